@@ -1,0 +1,138 @@
+"""The worker's exceptions, and the one place that turns any exception into a user-facing error.
+
+Every failure a caller can see is a `WorkerError` with a stable `code` and a message that says
+what went wrong and what to do about it. `error_result` is the only function that builds the
+`{"error": ...}` dict the handler returns, so the wording, the redaction of secrets and the
+`refresh_worker` decision live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+# Environment variables whose values must never appear in logs, errors or outputs.
+SECRET_ENV_VARS = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "R2_ACCESS_KEY",
+    "R2_SECRET_KEY",
+    "R2_ACCESS_KEY_ID",
+    "R2_SECRET_ACCESS_KEY",
+    "BUCKET_ACCESS_KEY_ID",
+    "BUCKET_SECRET_ACCESS_KEY",
+    "RUNPOD_AI_API_KEY",
+    "RUNPOD_API_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+)
+
+
+class WorkerError(Exception):
+    """A failure with a message meant for the caller."""
+
+    code: ClassVar[str] = "worker_error"
+    #: When True the worker asks RunPod to replace it after this job (it cannot recover).
+    refresh_worker: ClassVar[bool] = False
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class ConfigError(WorkerError):
+    """The deployment's environment is wrong; the fix is in the endpoint's settings."""
+
+    code = "config_error"
+
+
+class InputError(WorkerError):
+    """A job input is invalid. Names the field and says how to fix it."""
+
+    code = "invalid_input"
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        super().__init__(f"{field}: {problem}. {fix}", field=field)
+        self.field = field
+
+
+class ComfyUnavailable(WorkerError):
+    """ComfyUI is not running or not answering."""
+
+    code = "comfyui_unavailable"
+    refresh_worker = True
+
+
+class ComfyRejected(WorkerError):
+    """ComfyUI's /prompt refused the workflow (a 400 with node_errors)."""
+
+    code = "workflow_rejected"
+
+
+class ComfyExecutionError(WorkerError):
+    """A node failed while the workflow ran."""
+
+    code = "execution_error"
+
+
+class OutOfMemory(ComfyExecutionError):
+    """The GPU (or host) ran out of memory during the job."""
+
+    code = "out_of_memory"
+
+
+class JobTimeout(WorkerError):
+    """The job ran past its deadline; ComfyUI was interrupted."""
+
+    code = "timeout"
+
+
+class OutputError(WorkerError):
+    """The video could not be produced, read or delivered."""
+
+    code = "output_error"
+
+
+class StorageError(WorkerError):
+    """The upload to S3-compatible storage failed."""
+
+    code = "storage_error"
+
+
+def secret_values(env: dict[str, str] | None = None) -> list[str]:
+    """The current values of every secret variable, longest first, ignoring trivial ones."""
+    env = dict(os.environ) if env is None else env
+    values = {env[name] for name in SECRET_ENV_VARS if len(env.get(name, "")) >= 4}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str, env: dict[str, str] | None = None) -> str:
+    """Replace every secret's value in `text` with a placeholder."""
+    for value in secret_values(env):
+        text = text.replace(value, "[redacted]")
+    return text
+
+
+def error_result(exc: BaseException) -> dict[str, Any]:
+    """The handler's `{"error": ...}` result for any exception, secrets removed."""
+    if isinstance(exc, WorkerError):
+        result: dict[str, Any] = {"error": redact(exc.message), "error_code": exc.code}
+        for key, value in exc.details.items():
+            result[key] = redact(value) if isinstance(value, str) else value
+        if exc.refresh_worker:
+            result["refresh_worker"] = True
+        return result
+    if isinstance(exc, MemoryError):
+        return {
+            "error": "The worker ran out of host memory while handling the job. "
+            "Use a smaller start_image or output size, or a worker with more RAM.",
+            "error_code": "out_of_memory",
+        }
+    return {
+        "error": redact(
+            f"Internal error ({type(exc).__name__}: {exc}). The job was not completed; "
+            "retry it, and report the error if it repeats."
+        ),
+        "error_code": "internal_error",
+    }

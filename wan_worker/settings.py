@@ -1,0 +1,158 @@
+"""The worker's configuration: read once from the environment into a typed, frozen object.
+
+Every variable is documented in README.md ("Environment variables"). A bad value fails at
+start-up with a message naming the variable, never in the middle of a job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from wan_worker.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WORKFLOW = PROJECT_ROOT / "workflows" / "wan_flf_i2v_api.json"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name)
+    return default if value is None or value.strip() == "" else value.strip()
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    value = _number(env, name, default, minimum)
+    if value != int(value):
+        raise ConfigError(f"{name}={env.get(name)!r} must be a whole number")
+    return int(value)
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} must be one of 1/0, true/false, yes/no, on/off")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _text(env, name, default).lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} must be one of: {', '.join(choices)}")
+    return value
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """S3-compatible output storage (AWS S3, Cloudflare R2, RunPod storage, MinIO)."""
+
+    endpoint_url: str = ""
+    bucket: str = ""
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+    region: str = "auto"
+    key_prefix: str = "wan-i2v"
+    url_expiry_s: int = 86_400
+    upload: bool = True
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.bucket and self.access_key_id and self.secret_access_key)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the handler reads from the environment, with documented defaults."""
+
+    comfyui_url: str = "http://127.0.0.1:8188"
+    comfyui_dir: Path = Path("/opt/ComfyUI")
+    comfyui_pid_file: Path = Path("/tmp/comfyui.pid")  # noqa: S108 - written by start.sh
+    comfyui_log: Path = Path("/tmp/comfyui.log")  # noqa: S108 - written by start.sh
+    workflow_path: Path = DEFAULT_WORKFLOW
+    ready_timeout_s: float = 180.0
+    job_timeout_s: float = 900.0
+    image_fetch_timeout_s: float = 30.0
+    max_image_bytes: int = 25 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_prompt_chars: int = 4_000
+    max_output_pixels: int = 1280 * 720
+    attention: str = "sage"
+    attention_fallback: bool = True
+    include_base64: bool = True
+    max_base64_bytes: int = 7 * 1024 * 1024
+    storage: StorageSettings = field(default_factory=StorageSettings)
+
+    @property
+    def comfyui_input_dir(self) -> Path:
+        return self.comfyui_dir / "input"
+
+    @property
+    def comfyui_output_dir(self) -> Path:
+        return self.comfyui_dir / "output"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        storage = StorageSettings(
+            endpoint_url=_text(env, "BUCKET_ENDPOINT_URL", ""),
+            bucket=_text(env, "BUCKET_NAME", ""),
+            access_key_id=_text(env, "BUCKET_ACCESS_KEY_ID", ""),
+            secret_access_key=_text(env, "BUCKET_SECRET_ACCESS_KEY", ""),
+            region=_text(env, "BUCKET_REGION", "auto"),
+            key_prefix=_text(env, "BUCKET_KEY_PREFIX", "wan-i2v").strip("/"),
+            url_expiry_s=_integer(env, "BUCKET_URL_EXPIRY_S", 86_400, 1),
+            upload=_flag(env, "UPLOAD_OUTPUTS", True),
+        )
+        return cls(
+            comfyui_url=_text(env, "COMFYUI_URL", defaults.comfyui_url).rstrip("/"),
+            comfyui_dir=Path(_text(env, "COMFYUI_DIR", str(defaults.comfyui_dir))),
+            comfyui_pid_file=Path(_text(env, "COMFYUI_PID_FILE", str(defaults.comfyui_pid_file))),
+            comfyui_log=Path(_text(env, "COMFYUI_LOG", str(defaults.comfyui_log))),
+            workflow_path=Path(_text(env, "WORKFLOW_PATH", str(defaults.workflow_path))),
+            ready_timeout_s=_number(env, "COMFYUI_READY_TIMEOUT_S", defaults.ready_timeout_s, 1),
+            job_timeout_s=_number(env, "JOB_TIMEOUT_S", defaults.job_timeout_s, 1),
+            image_fetch_timeout_s=_number(
+                env, "IMAGE_FETCH_TIMEOUT_S", defaults.image_fetch_timeout_s, 1
+            ),
+            max_image_bytes=_integer(env, "MAX_IMAGE_BYTES", defaults.max_image_bytes, 1024),
+            max_image_pixels=_integer(env, "MAX_IMAGE_PIXELS", defaults.max_image_pixels, 256),
+            max_prompt_chars=_integer(env, "MAX_PROMPT_CHARS", defaults.max_prompt_chars, 1),
+            max_output_pixels=_integer(
+                env, "MAX_OUTPUT_PIXELS", defaults.max_output_pixels, 128 * 128
+            ),
+            attention=_choice(env, "ATTENTION", defaults.attention, ("sage", "sdpa")),
+            attention_fallback=_flag(env, "ATTENTION_FALLBACK", defaults.attention_fallback),
+            include_base64=_flag(env, "INCLUDE_BASE64", defaults.include_base64),
+            max_base64_bytes=_integer(env, "MAX_BASE64_BYTES", defaults.max_base64_bytes, 0),
+            storage=storage,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings.from_env()
