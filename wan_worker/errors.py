@@ -9,6 +9,7 @@ what went wrong and what to do about it. `error_result` is the only function tha
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 # Environment variables whose values must never appear in logs, errors or outputs.
@@ -33,12 +34,14 @@ class WorkerError(Exception):
 
     code: ClassVar[str] = "worker_error"
     #: When True the worker asks RunPod to replace it after this job (it cannot recover).
-    refresh_worker: ClassVar[bool] = False
+    refresh_worker: bool = False
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(self, message: str, *, refresh_worker: bool | None = None, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+        if refresh_worker is not None:
+            self.refresh_worker = refresh_worker  # type: ignore[misc]
 
 
 class ConfigError(WorkerError):
@@ -47,14 +50,35 @@ class ConfigError(WorkerError):
     code = "config_error"
 
 
+@dataclass(frozen=True)
+class FieldProblem:
+    """One thing wrong with one input field, and what the caller should send instead."""
+
+    field: str
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.problem}. {self.fix}"
+
+
 class InputError(WorkerError):
-    """A job input is invalid. Names the field and says how to fix it."""
+    """One or more job inputs are invalid. Names each field and says how to fix it."""
 
     code = "invalid_input"
 
-    def __init__(self, field: str, problem: str, fix: str) -> None:
-        super().__init__(f"{field}: {problem}. {fix}", field=field)
-        self.field = field
+    def __init__(self, problems: FieldProblem | list[FieldProblem]) -> None:
+        listed = [problems] if isinstance(problems, FieldProblem) else list(problems)
+        super().__init__(
+            " ".join(str(p) for p in listed),
+            field=listed[0].field,
+            fields=[p.field for p in listed],
+        )
+        self.problems = listed
+
+    @classmethod
+    def single(cls, field: str, problem: str, fix: str) -> InputError:
+        return cls(FieldProblem(field, problem, fix))
 
 
 class ComfyUnavailable(WorkerError):

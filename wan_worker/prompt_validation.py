@@ -126,7 +126,8 @@ class _Validator:
         )
         for name in names:
             spec = _input_spec(schema, name)
-            assert spec is not None
+            if spec is None:
+                continue
             input_type, category, extra = spec
             if name not in inputs:
                 if category == "required":
@@ -326,9 +327,7 @@ def validate_prompt(
         if schema.get("output_node") is True:
             outputs.append(node_id)
     if not outputs:
-        return ValidationResult(
-            False, _error("prompt_no_outputs", "Prompt has no outputs", ""), []
-        )
+        return ValidationResult(False, _error("prompt_no_outputs", "Prompt has no outputs", ""), [])
 
     validator = _Validator(prompt, object_info, choices or {})
     good: list[str] = []
@@ -363,8 +362,8 @@ def validate_prompt(
     return ValidationResult(True, None, good, node_errors)
 
 
-def model_file_choices(files_by_folder: Mapping[str, list[str]]) -> dict[tuple[str, str], list[str]]:
+def model_file_choices(
+    files_by_folder: Mapping[str, list[str]],
+) -> dict[tuple[str, str], list[str]]:
     """Choices for every model-file input, from the files the project provides per folder."""
-    return {
-        key: list(files_by_folder.get(folder, [])) for key, folder in MODEL_FILE_INPUTS.items()
-    }
+    return {key: list(files_by_folder.get(folder, [])) for key, folder in MODEL_FILE_INPUTS.items()}

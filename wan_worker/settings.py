@@ -102,7 +102,7 @@ class Settings:
     attention: str = "sage"
     attention_fallback: bool = True
     include_base64: bool = True
-    max_base64_bytes: int = 7 * 1024 * 1024
+    max_base64_bytes: int = 9_500_000
     storage: StorageSettings = field(default_factory=StorageSettings)
 
     @property

@@ -1,0 +1,657 @@
+"""A protocol-faithful stand-in for ComfyUI 0.33, for tests and local runs without a GPU.
+
+It serves ComfyUI's routes with the same payloads (`/prompt`, `/upload/image`, `/history`,
+`/view`, `/queue`, `/interrupt`, `/system_stats`, `/object_info`, `/ws`), validates `/prompt`
+against the node schemas of a real ComfyUI (tests/data/object_info.json) the way ComfyUI does,
+and "runs" a prompt by sending the websocket messages ComfyUI sends, in ComfyUI's order:
+`execution_start`, `execution_cached`, then per node `executing`, `progress` and
+`progress_state`, `executed` for the output node, `execution_success`; the history entry is
+written after `execution_success` and before the final `executing` with `node: null`, as in
+ComfyUI. The output node writes a real H.264 MP4 with ffmpeg, from the uploaded start image,
+with the frame count the workflow implies.
+
+Faults for tests are set with `POST /__double__/fault` (or `--fault` JSON at start):
+  {"crash_at": node}          the process dies when that node starts (`"oom": true` logs a
+                              CUDA out-of-memory error first)
+  {"error_at": node}          that node fails with an execution error (`"message"`, `"type"`)
+  {"hang_at": node}           that node never finishes (until /interrupt, unless
+                              `"ignore_interrupt": true`)
+  {"drop_ws_at": node}        every websocket is closed when that node starts (once)
+  {"black_when": "auto"|"disabled"|"always"}   the video is black for that attention mode
+  {"step_delay_s": seconds}   each sampling step takes this long
+
+Run it alone: `python -m tests.comfy_double --root /tmp/comfy --port 8188`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import mimetypes
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from wan_worker.prompt_validation import model_file_choices, validate_prompt
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+DEFAULT_OBJECT_INFO = HERE / "data" / "object_info.json"
+DEFAULT_MODELS = PROJECT / "workflows" / "models.json"
+SAMPLER_CLASSES = {"SamplerCustomAdvanced", "KSampler"}
+
+log = logging.getLogger("comfy_double")
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class NodeFailure(Exception):
+    def __init__(self, exc_type: str, message: str) -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+        self.message = message
+
+
+class Double:
+    def __init__(self, root: Path, object_info: dict[str, Any], models: dict[str, list[str]]):
+        self.root = root
+        self.input_dir = root / "input"
+        self.output_dir = root / "output"
+        self.temp_dir = root / "temp"
+        for folder in (self.input_dir, self.output_dir, self.temp_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.object_info = object_info
+        self.models = models
+        self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.pending: list[tuple[Any, ...]] = []
+        self.running: tuple[Any, ...] | None = None
+        self.history: dict[str, Any] = {}
+        self.number = 0
+        self.client_id: str | None = None
+        self.last_node_id: str | None = None
+        self.interrupt = asyncio.Event()
+        self.faults: dict[str, Any] = {}
+        self.dropped = False
+        self.prompts_received = 0
+
+    # -- messaging ---------------------------------------------------------------------------
+
+    def queue_info(self) -> dict[str, Any]:
+        remaining = len(self.pending) + (1 if self.running else 0)
+        return {"exec_info": {"queue_remaining": remaining}}
+
+    async def send(self, event: str, data: dict[str, Any], sid: str | None) -> None:
+        message = {"type": event, "data": data}
+        targets = list(self.sockets.values()) if sid is None else [self.sockets.get(sid)]
+        for ws in targets:
+            if ws is not None and not ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.send_json(message)
+
+    async def queue_updated(self) -> None:
+        await self.send("status", {"status": self.queue_info()}, None)
+
+    # -- validation --------------------------------------------------------------------------
+
+    def input_files(self) -> list[str]:
+        return sorted(
+            str(p.relative_to(self.input_dir)) for p in self.input_dir.rglob("*") if p.is_file()
+        )
+
+    def choices(self) -> dict[tuple[str, str], list[Any]]:
+        choices: dict[tuple[str, str], list[Any]] = dict(model_file_choices(self.models))
+        choices[("LoadImage", "image")] = self.input_files()
+        return choices
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def order(self, prompt: dict[str, Any], outputs: list[str]) -> list[str]:
+        seen: dict[str, None] = {}
+
+        def visit(node_id: str) -> None:
+            if node_id in seen:
+                return
+            for value in prompt[node_id].get("inputs", {}).values():
+                if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt:
+                    visit(str(value[0]))
+            seen[node_id] = None
+
+        for output in outputs:
+            visit(output)
+        return list(seen)
+
+    def literal(self, prompt: dict[str, Any], node_id: str, name: str) -> Any:
+        value = prompt[node_id]["inputs"][name]
+        while isinstance(value, list):
+            source = prompt[str(value[0])]
+            inputs = source["inputs"]
+            value = inputs.get("value", inputs.get(name))
+            if value is None and source["class_type"] == "GetImageSize":
+                return None
+        return value
+
+    def video_shape(self, prompt: dict[str, Any]) -> tuple[int, int, int, float, str]:
+        """Width, height, frames, fps and attention of a Wan workflow; plain defaults otherwise."""
+        size = next((n for n in prompt.values() if n["class_type"] == "EmptyImage"), None)
+        width = round(int(size["inputs"]["width"]) / 16) * 16 if size else 64
+        height = round(int(size["inputs"]["height"]) / 16) * 16 if size else 64
+        frames_node = next((n for n in prompt.values() if n["class_type"] == "INTConstant"), None)
+        length = int(frames_node["inputs"]["value"]) if frames_node else 9
+        decoded = (length - 1) // 4 * 4 + 1
+        rife = next((n for n in prompt.values() if n["class_type"] == "RIFE VFI"), None)
+        multiplier = int(rife["inputs"]["multiplier"]) if rife else 1
+        combine = next((n for n in prompt.values() if n["class_type"] == "VHS_VideoCombine"), None)
+        fps = float(combine["inputs"]["frame_rate"]) if combine else 24.0
+        patch = next(
+            (n for n in prompt.values() if n["class_type"] == "PathchSageAttentionKJ"), None
+        )
+        attention = str(patch["inputs"]["sage_attention"]) if patch else "disabled"
+        return width, height, (decoded - 1) * multiplier + 1, fps, attention
+
+    async def progress(self, prompt_id: str, node_id: str, value: int, total: int) -> None:
+        await self.send(
+            "progress",
+            {"value": value, "max": total, "prompt_id": prompt_id, "node": node_id},
+            self.client_id,
+        )
+        await self.send(
+            "progress_state",
+            {
+                "prompt_id": prompt_id,
+                "nodes": {
+                    node_id: {
+                        "value": float(value),
+                        "max": float(total),
+                        "state": "running",
+                        "node_id": node_id,
+                        "prompt_id": prompt_id,
+                        "display_node_id": node_id,
+                        "parent_node_id": None,
+                        "real_node_id": node_id,
+                    }
+                },
+            },
+            self.client_id,
+        )
+
+    def check_interrupt(self) -> None:
+        if self.interrupt.is_set() and not self.faults.get("ignore_interrupt"):
+            raise Interrupted
+
+    async def run_node(self, prompt_id: str, prompt: dict[str, Any], node_id: str) -> Any:
+        node = prompt[node_id]
+        faults = self.faults
+        if faults.get("crash_at") == node_id:
+            if faults.get("oom"):
+                print(
+                    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.50 GiB. "
+                    "GPU 0 has a total capacity of 31.36 GiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                print("Segmentation fault (core dumped)", file=sys.stderr, flush=True)
+            os._exit(137 if faults.get("oom") else 139)
+        if faults.get("drop_ws_at") == node_id and not self.dropped:
+            self.dropped = True
+            for ws in list(self.sockets.values()):
+                await ws.close()
+        if faults.get("error_at") == node_id:
+            raise NodeFailure(
+                faults.get("type", "RuntimeError"), faults.get("message", "simulated failure")
+            )
+        if faults.get("hang_at") == node_id:
+            while True:
+                self.check_interrupt()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.interrupt.wait(), timeout=0.5)
+        if node["class_type"] in SAMPLER_CLASSES:
+            steps = 3
+            for step in range(1, steps + 1):
+                self.check_interrupt()
+                delay = float(faults.get("step_delay_s", 0))
+                if delay:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.interrupt.wait(), timeout=delay)
+                    self.check_interrupt()
+                await self.progress(prompt_id, node_id, step, steps)
+        if node["class_type"] == "VHS_VideoCombine":
+            return await self.write_video(prompt_id, prompt, node_id)
+        if node["class_type"] == "SaveImage":
+            return {"images": []}
+        return None
+
+    async def write_video(
+        self, prompt_id: str, prompt: dict[str, Any], node_id: str
+    ) -> dict[str, Any]:
+        width, height, frames, fps, attention = self.video_shape(prompt)
+        prefix = str(prompt[node_id]["inputs"]["filename_prefix"])
+        subfolder, _, base = prefix.rpartition("/")
+        folder = self.output_dir / subfolder
+        if not folder.resolve().is_relative_to(self.output_dir.resolve()):
+            raise NodeFailure("ValueError", "filename_prefix escapes the output folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        counter = 1 + sum(1 for _ in folder.glob(f"{base}_*.mp4"))
+        stem = f"{base}_{counter:05}"
+        mp4, png = folder / f"{stem}.mp4", folder / f"{stem}.png"
+        black = self.faults.get("black_when") in (attention, "always")
+        image_node = next((n for n in prompt.values() if n["class_type"] == "LoadImage"), None)
+        if black or image_node is None:
+            source = ["-f", "lavfi", "-i", f"color=c=black:s={width}x{height}:r={fps:g}"]
+            filters = "null"
+        else:
+            image = self.input_dir / str(image_node["inputs"]["image"])
+            source = ["-loop", "1", "-framerate", f"{fps:g}", "-i", str(image)]
+            filters = (
+                f"scale={width}:{height}:force_original_aspect_ratio=increase,"
+                f"crop={width}:{height},hue=H=2*PI*t/3"
+            )
+        args = [
+            "ffmpeg", "-v", "error", "-n", *source, "-vf", filters, "-frames:v", str(frames),
+            "-c:v", "libx264", "-preset", "ultrafast", "-crf", "15", "-pix_fmt", "yuv420p",
+            str(mp4),
+        ]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise NodeFailure(
+                "Exception", "An error occured in the ffmpeg subprocess:\n" + err.decode()
+            )
+        first = [
+            "ffmpeg", "-v", "error", "-n", "-i", str(mp4), "-frames:v", "1", str(png),
+        ]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(*first)
+        await proc.wait()
+        for step in range(1, frames + 1, max(1, frames // 4)):
+            await self.progress(prompt_id, node_id, step, frames)
+        return {
+            "gifs": [
+                {
+                    "filename": mp4.name,
+                    "subfolder": subfolder,
+                    "type": "output",
+                    "format": "video/h264-mp4",
+                    "frame_rate": fps,
+                    "workflow": png.name,
+                    "fullpath": str(mp4),
+                }
+            ]
+        }
+
+    async def execute(self, item: tuple[Any, ...]) -> None:
+        number, prompt_id, prompt, extra_data, outputs, _sensitive = item
+        self.client_id = extra_data.get("client_id")
+        self.interrupt.clear()
+        messages: list[list[Any]] = []
+
+        async def add(event: str, data: dict[str, Any], broadcast: bool = False) -> None:
+            data = {**data, "timestamp": _ms()}
+            messages.append([event, data])
+            if self.client_id is not None or broadcast:
+                await self.send(event, data, self.client_id)
+
+        await add("execution_start", {"prompt_id": prompt_id})
+        await add("execution_cached", {"nodes": [], "prompt_id": prompt_id})
+        executed: list[str] = []
+        ui_outputs: dict[str, Any] = {}
+        success = True
+        current = None
+        try:
+            for node_id in self.order(prompt, outputs):
+                current = node_id
+                self.last_node_id = node_id
+                await self.send(
+                    "executing",
+                    {"node": node_id, "display_node": node_id, "prompt_id": prompt_id},
+                    self.client_id,
+                )
+                ui = await self.run_node(prompt_id, prompt, node_id)
+                executed.append(node_id)
+                if ui is not None:
+                    ui_outputs[node_id] = ui
+                    await self.send(
+                        "executed",
+                        {
+                            "node": node_id,
+                            "display_node": node_id,
+                            "output": ui,
+                            "prompt_id": prompt_id,
+                        },
+                        self.client_id,
+                    )
+            await add("execution_success", {"prompt_id": prompt_id})
+        except Interrupted:
+            success = False
+            await add(
+                "execution_interrupted",
+                {
+                    "prompt_id": prompt_id,
+                    "node_id": current,
+                    "node_type": prompt[current]["class_type"] if current else None,
+                    "executed": executed,
+                },
+                broadcast=True,
+            )
+        except NodeFailure as exc:
+            success = False
+            await add(
+                "execution_error",
+                {
+                    "prompt_id": prompt_id,
+                    "node_id": current,
+                    "node_type": prompt[current]["class_type"] if current else None,
+                    "executed": executed,
+                    "exception_message": exc.message,
+                    "exception_type": exc.exc_type,
+                    "traceback": [f'  File "nodes.py", line 1, in {exc.exc_type}\n'],
+                    "current_inputs": {},
+                    "current_outputs": [],
+                },
+            )
+        self.last_node_id = None
+        self.history[prompt_id] = {
+            "prompt": [number, prompt_id, prompt, extra_data, outputs],
+            "outputs": ui_outputs,
+            "status": {
+                "status_str": "success" if success else "error",
+                "completed": success,
+                "messages": messages,
+            },
+            "meta": {
+                node: {
+                    "node_id": node,
+                    "display_node": node,
+                    "parent_node": None,
+                    "real_node_id": node,
+                }
+                for node in ui_outputs
+            },
+        }
+        self.running = None
+        await self.queue_updated()
+        if self.client_id is not None:
+            await self.send("executing", {"node": None, "prompt_id": prompt_id}, self.client_id)
+
+    async def worker(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if item not in self.pending:
+                continue  # deleted from the queue before it ran
+            self.pending.remove(item)
+            self.running = item
+            await self.execute(item)
+
+
+# -- HTTP routes ----------------------------------------------------------------------------
+
+
+def _safe_join(root: Path, *parts: str) -> Path | None:
+    path = root.joinpath(*parts).resolve()
+    return path if path.is_relative_to(root.resolve()) else None
+
+
+def build_app(double: Double) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/ws")
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        sid = request.rel_url.query.get("clientId", "") or uuid.uuid4().hex
+        double.sockets.pop(sid, None)
+        double.sockets[sid] = ws
+        try:
+            await double.send("status", {"status": double.queue_info(), "sid": sid}, sid)
+            if double.client_id == sid and double.last_node_id is not None:
+                await double.send("executing", {"node": double.last_node_id}, sid)
+            async for msg in ws:
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            if double.sockets.get(sid) is ws:
+                double.sockets.pop(sid, None)
+        return ws
+
+    @routes.get("/system_stats")
+    async def system_stats(_request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "system": {
+                    "os": "posix",
+                    "comfyui_version": "0.33.0",
+                    "python_version": sys.version,
+                    "embedded_python": False,
+                },
+                "devices": [{"name": "cpu", "type": "cpu", "index": None}],
+            }
+        )
+
+    @routes.get("/object_info")
+    async def object_info(_request: web.Request) -> web.Response:
+        return web.json_response(double.object_info)
+
+    @routes.get("/object_info/{node_class}")
+    async def object_info_one(request: web.Request) -> web.Response:
+        name = request.match_info["node_class"]
+        return web.json_response(
+            {name: double.object_info[name]} if name in double.object_info else {}
+        )
+
+    @routes.post("/upload/image")
+    async def upload_image(request: web.Request) -> web.Response:
+        post = await request.post()
+        image = post.get("image")
+        if not isinstance(image, web.FileField) or not image.filename:
+            return web.Response(status=400)
+        kind = str(post.get("type") or "input")
+        root = {"input": double.input_dir, "temp": double.temp_dir, "output": double.output_dir}
+        upload_dir = root.get(kind, double.input_dir)
+        subfolder = str(post.get("subfolder") or "")
+        target = _safe_join(upload_dir, subfolder, image.filename)
+        if target is None:
+            return web.Response(status=400)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = image.file.read()
+        name = image.filename
+        if str(post.get("overwrite")) not in ("true", "1"):
+            stem, ext = os.path.splitext(image.filename)
+            counter = 1
+            while target.exists() and target.read_bytes() != data:
+                name = f"{stem} ({counter}){ext}"
+                target = target.with_name(name)
+                counter += 1
+        target.write_bytes(data)
+        return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
+
+    @routes.get("/view")
+    async def view(request: web.Request) -> web.StreamResponse:
+        query = request.rel_url.query
+        filename = query.get("filename", "")
+        if not filename or filename[0] == "/" or ".." in filename:
+            return web.Response(status=400)
+        root = {"input": double.input_dir, "temp": double.temp_dir, "output": double.output_dir}
+        folder = root.get(query.get("type", "output"))
+        if folder is None:
+            return web.Response(status=400)
+        path = _safe_join(folder, query.get("subfolder", ""), os.path.basename(filename))
+        if path is None:
+            return web.Response(status=403)
+        if not path.is_file():
+            return web.Response(status=404)
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return web.FileResponse(
+            path,
+            headers={
+                "Content-Type": content_type,
+                "Content-Disposition": f'filename="{path.name}"',
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    @routes.post("/prompt")
+    async def post_prompt(request: web.Request) -> web.Response:
+        double.prompts_received += 1
+        body = await request.json()
+        if "prompt" not in body:
+            error = {
+                "type": "no_prompt",
+                "message": "No prompt provided",
+                "details": "No prompt provided",
+                "extra_info": {},
+            }
+            return web.json_response({"error": error, "node_errors": {}}, status=400)
+        prompt_id = body.get("prompt_id")
+        if prompt_id is None:
+            prompt_id = str(uuid.uuid4())
+        else:
+            try:
+                if str(uuid.UUID(str(prompt_id))) != prompt_id:
+                    raise ValueError(prompt_id)
+            except ValueError:
+                error = {
+                    "type": "invalid_prompt_id",
+                    "message": "prompt_id must be a valid UUID",
+                    "details": "prompt_id must be a UUID string in canonical lowercase hyphenated "
+                    "form; omit it to let the server generate one",
+                    "extra_info": {},
+                }
+                return web.json_response({"error": error, "node_errors": {}}, status=400)
+        prompt = body["prompt"]
+        result = validate_prompt(prompt, double.object_info, double.choices())
+        if not result.ok:
+            return web.json_response(
+                {"error": result.error, "node_errors": result.node_errors}, status=400
+            )
+        number = double.number
+        double.number += 1
+        extra = dict(body.get("extra_data") or {})
+        if "client_id" in body:
+            extra["client_id"] = body["client_id"]
+        extra["create_time"] = _ms()
+        item = (number, prompt_id, prompt, extra, result.outputs, {})
+        double.pending.append(item)
+        await double.queue.put(item)
+        await double.queue_updated()
+        return web.json_response(
+            {"prompt_id": prompt_id, "number": number, "node_errors": result.node_errors}
+        )
+
+    @routes.get("/queue")
+    async def get_queue(_request: web.Request) -> web.Response:
+        strip = [list(item[:5]) for item in ([double.running] if double.running else [])]
+        return web.json_response(
+            {"queue_running": strip, "queue_pending": [list(i[:5]) for i in double.pending]}
+        )
+
+    @routes.post("/queue")
+    async def post_queue(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("clear"):
+            double.pending.clear()
+        for prompt_id in body.get("delete", []):
+            double.pending = [i for i in double.pending if i[1] != prompt_id]
+        return web.Response(status=200)
+
+    @routes.post("/interrupt")
+    async def interrupt(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            body = {}
+        target = body.get("prompt_id")
+        if not target or (double.running is not None and double.running[1] == target):
+            double.interrupt.set()
+        return web.Response(status=200)
+
+    @routes.get("/history")
+    async def history(_request: web.Request) -> web.Response:
+        return web.json_response(double.history)
+
+    @routes.get("/history/{prompt_id}")
+    async def history_one(request: web.Request) -> web.Response:
+        prompt_id = request.match_info["prompt_id"]
+        entry = double.history.get(prompt_id)
+        return web.json_response({prompt_id: entry} if entry is not None else {})
+
+    @routes.post("/__double__/fault")
+    async def set_fault(request: web.Request) -> web.Response:
+        double.faults = await request.json()
+        double.dropped = False
+        return web.json_response(double.faults)
+
+    @routes.get("/__double__/stats")
+    async def stats(_request: web.Request) -> web.Response:
+        return web.json_response({"prompts_received": double.prompts_received})
+
+    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app.add_routes(routes)
+
+    async def start_worker(app: web.Application) -> None:
+        app["worker"] = asyncio.create_task(double.worker())
+
+    app.on_startup.append(start_worker)
+    return app
+
+
+def load_models(path: Path) -> dict[str, list[str]]:
+    files: dict[str, list[str]] = {}
+    for entry in json.loads(path.read_text(encoding="utf-8"))["models"]:
+        files.setdefault(entry["folder"], []).append(entry["filename"])
+    return files
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="A protocol-faithful ComfyUI double.")
+    parser.add_argument("--root", type=Path, required=True, help="holds input/, output/, temp/")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8188, help="0 picks a free port")
+    parser.add_argument("--object-info", type=Path, default=DEFAULT_OBJECT_INFO)
+    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS)
+    parser.add_argument("--pid-file", type=Path)
+    parser.add_argument("--fault", default="{}", help="faults as JSON, as for /__double__/fault")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    double = Double(
+        args.root,
+        json.loads(args.object_info.read_text(encoding="utf-8")),
+        load_models(args.models),
+    )
+    double.faults = json.loads(args.fault)
+    runner = web.AppRunner(build_app(double))
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    if args.pid_file:
+        args.pid_file.write_text(str(os.getpid()), encoding="ascii")
+    print(f"To see the GUI go to: http://{args.host}:{port}", flush=True)
+    print(f"READY {port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Job input validation: every bad field named, with its fix; good input normalised."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wan_worker.errors import InputError, error_result
+from wan_worker.job_input import RANDOM_SEED_MAX, parse_job_input, snap
+from wan_worker.settings import Settings
+from wan_worker.workflow import load_template
+
+TEMPLATE = load_template(
+    Path(__file__).resolve().parent.parent / "workflows" / "wan_flf_i2v_api.json"
+)
+SETTINGS = Settings()
+GOOD = {"start_image": "https://example.com/a.png", "prompt": "a cat walks"}
+
+
+def parse(raw):
+    return parse_job_input(raw, TEMPLATE, SETTINGS)
+
+
+def error_of(raw) -> dict:
+    with pytest.raises(InputError) as caught:
+        parse(raw)
+    return error_result(caught.value)
+
+
+def test_minimal_input_takes_the_workflows_defaults():
+    request = parse(dict(GOOD))
+    assert request.start_image == "https://example.com/a.png"
+    assert request.params.prompt == "a cat walks"
+    assert request.params.negative_prompt == TEMPLATE.default_negative_prompt
+    assert (request.params.width, request.params.height) == (720, 1280)
+    assert request.seed_was_random
+    assert 0 <= request.params.seed <= RANDOM_SEED_MAX
+
+
+def test_random_seeds_differ_between_identical_requests():
+    seeds = {parse(dict(GOOD)).params.seed for _ in range(20)}
+    assert len(seeds) == 20
+
+
+def test_every_field_is_applied():
+    request = parse({**GOOD, "negative_prompt": " blurry ", "seed": 7, "width": 480, "height": 832})
+    assert request.params.negative_prompt == "blurry"
+    assert (request.params.seed, request.params.width, request.params.height) == (7, 480, 832)
+    assert not request.seed_was_random
+
+
+@pytest.mark.parametrize(
+    ("given", "snapped"), [(480, 480), (487, 480), (488, 496), (721, 720), (130, 128)]
+)
+def test_sizes_snap_to_multiples_of_16(given, snapped):
+    assert snap(given) == snapped
+    assert parse({**GOOD, "width": given, "height": 480}).params.width == snapped
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "text"),
+    [
+        (None, "input", "input: must be a JSON object, got null"),
+        ("a string", "input", "input: must be a JSON object, got a string"),
+        ({"prompt": "x"}, "start_image", "start_image: is required"),
+        ({**GOOD, "start_image": ""}, "start_image", "start_image: must be a non-empty string"),
+        (
+            {**GOOD, "start_image": 12},
+            "start_image",
+            "start_image: must be a non-empty string, got an integer",
+        ),
+        ({"start_image": "x"}, "prompt", "prompt: is required"),
+        ({**GOOD, "prompt": ""}, "prompt", "prompt: is empty"),
+        ({**GOOD, "prompt": "   \n "}, "prompt", "prompt: is empty"),
+        ({**GOOD, "prompt": ["a"]}, "prompt", "prompt: must be a string, got a list"),
+        (
+            {**GOOD, "prompt": "x" * 4001},
+            "prompt",
+            "prompt: is 4001 characters long, above the limit of 4000",
+        ),
+        (
+            {**GOOD, "prompt": "bad\x00byte"},
+            "prompt",
+            "prompt: contains control or unassigned characters (U+0000)",
+        ),
+        ({**GOOD, "prompt": "esc\x1b[31m"}, "prompt", "U+001B"),
+        ({**GOOD, "negative_prompt": ""}, "negative_prompt", "negative_prompt: is empty"),
+        (
+            {**GOOD, "negative_prompt": 3},
+            "negative_prompt",
+            "negative_prompt: must be a string, got an integer",
+        ),
+        ({**GOOD, "seed": "12"}, "seed", "seed: must be an integer, got a string"),
+        ({**GOOD, "seed": True}, "seed", "seed: must be an integer, got a boolean"),
+        ({**GOOD, "seed": 1.5}, "seed", "seed: must be an integer, got a number"),
+        ({**GOOD, "seed": -1}, "seed", "seed: must be from 0 to 9223372036854775807, got -1"),
+        ({**GOOD, "seed": 2**63}, "seed", "seed: must be from 0 to 9223372036854775807"),
+        ({**GOOD, "width": 100}, "width", "width: must be from 128 to 2048, got 100"),
+        ({**GOOD, "height": 4096}, "height", "height: must be from 128 to 2048, got 4096"),
+        ({**GOOD, "width": "720"}, "width", "width: must be an integer, got a string"),
+        (
+            {**GOOD, "width": 1280, "height": 1280},
+            "width",
+            "1280x1280 is 1638400 pixels, above this worker's limit of 921600",
+        ),
+        (
+            {**GOOD, "steps": 10},
+            "steps",
+            "steps: is not a known input. Remove it; known inputs: start_image, prompt",
+        ),
+        ({**GOOD, "model": "other.safetensors"}, "model", "model: is not a known input"),
+    ],
+)
+def test_bad_input_names_the_field_and_the_fix(raw, field, text):
+    result = error_of(raw)
+    assert result["error_code"] == "invalid_input"
+    assert result["field"] == field
+    assert text in result["error"]
+    assert result["error"].rstrip().endswith(".")
+
+
+def test_all_problems_are_reported_at_once():
+    result = error_of({"prompt": "", "seed": "x", "extra": 1})
+    assert result["fields"] == ["extra", "start_image", "prompt", "seed"]
+    for fragment in (
+        "extra: is not a known input",
+        "start_image: is required",
+        "prompt: is empty",
+        "seed: must be an integer",
+    ):
+        assert fragment in result["error"]
+
+
+def test_unicode_prompts_are_kept_and_normalised():
+    request = parse({**GOOD, "prompt": "Cafe\u0301 🌸 猫が歩く\n\tslowly"})
+    assert request.params.prompt == "Café 🌸 猫が歩く\n\tslowly"
+
+
+def test_integral_floats_are_accepted_for_integers():
+    assert parse({**GOOD, "seed": 42.0, "width": 480.0}).params.width == 480

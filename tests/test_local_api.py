@@ -1,0 +1,121 @@
+"""The worker through the runpod SDK's own local modes: the HTTP API and test_input.json."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ComfyServer, make_png
+from tests.media import probe
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def worker_env(comfy: ComfyServer) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    env.update(comfy.env())
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def api(comfy: ComfyServer) -> Iterator[str]:
+    """rp_handler.py --rp_serve_api in a subprocess; ready once uvicorn says it is listening."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "rp_handler.py", "--rp_serve_api",
+            "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port),
+        ],
+        cwd=PROJECT,
+        env=worker_env(comfy),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen: list[str] = []
+    for line in proc.stdout:  # blocks until the server logs each line; ends if it exits
+        seen.append(line)
+        if "Uvicorn running on" in line:
+            break
+    else:
+        raise RuntimeError("the local API did not start:\n" + "".join(seen[-40:]))
+    drain = threading.Thread(target=proc.stdout.read, daemon=True)
+    drain.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_runsync_returns_a_playable_mp4(api: str, comfy: ComfyServer):
+    body = {
+        "input": {
+            "start_image": "data:image/png;base64," + base64.b64encode(make_png(200, 120)).decode(),
+            "prompt": "waves roll onto the beach",
+            "width": 176,
+            "height": 128,
+        }
+    }
+    reply = requests.post(f"{api}/runsync", json=body, timeout=900).json()
+    assert reply["status"] == "COMPLETED", reply
+    output = reply["output"]
+    info = probe(base64.b64decode(output["video"]))
+    assert (info.codec, info.width, info.height, info.frames) == ("h264", 176, 128, 161)
+    assert output["frames"] == 161 and output["fps"] == 24.0
+    assert comfy.job_files() == []
+
+
+def test_runsync_reports_input_errors(api: str):
+    reply = requests.post(
+        f"{api}/runsync", json={"input": {"prompt": "x", "colour": "red"}}, timeout=60
+    ).json()
+    assert reply["status"] == "FAILED"
+    assert "colour: is not a known input" in reply["error"]
+    assert "start_image: is required" in reply["error"]
+
+
+def test_test_input_json_runs_one_job_and_exits_zero(comfy_double: ComfyServer, tmp_path: Path):
+    comfy = comfy_double
+    shutil_copy = tmp_path / "project"
+    shutil_copy.mkdir()
+    sample = json.loads((PROJECT / "test_input.json").read_text())
+    assert set(sample["input"]) <= {
+        "start_image",
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "width",
+        "height",
+    }
+    (shutil_copy / "test_input.json").write_text(json.dumps(sample))
+    done = subprocess.run(
+        [sys.executable, str(PROJECT / "rp_handler.py")],
+        cwd=shutil_copy,
+        env={**worker_env(comfy), "PYTHONPATH": str(PROJECT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "completed successfully" in done.stdout + done.stderr
+    assert comfy.job_files() == []

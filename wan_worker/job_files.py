@@ -1,0 +1,63 @@
+"""The files one job leaves in ComfyUI's input and output folders, removed when it ends.
+
+Each job uploads its start image under a unique name and writes its video into its own
+output subfolder, so removing them can never touch another job's files or a cached model.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+OUTPUT_ROOT = "wan-i2v"
+
+
+def safe_token(text: object, limit: int = 48) -> str:
+    """A file-name-safe form of a job id."""
+    token = re.sub(r"[^A-Za-z0-9_-]", "-", str(text))[:limit].strip("-")
+    return token or "job"
+
+
+class JobFiles:
+    """Names for one job's files, and their removal (on success and on failure alike)."""
+
+    def __init__(self, input_dir: Path, output_dir: Path, job_id: object) -> None:
+        self.input_dir = input_dir.resolve()
+        self.output_dir = output_dir.resolve()
+        self.token = f"{safe_token(job_id)}-{uuid.uuid4().hex[:8]}"
+        self.image_name = f"wan-i2v-{self.token}.png"
+        self.output_subfolder = f"{OUTPUT_ROOT}/{self.token}"
+        self.output_prefix = f"{self.output_subfolder}/clip"
+        self.uploaded_as: str | None = None
+
+    def _inside(self, path: Path, root: Path) -> bool:
+        return path.resolve().is_relative_to(root) and path.resolve() != root
+
+    def cleanup(self) -> list[Path]:
+        """Remove this job's input image and output folder; return what was removed."""
+        removed: list[Path] = []
+        targets: list[Path] = [self.output_dir / self.output_subfolder]
+        if self.uploaded_as:
+            targets.append(self.input_dir / self.uploaded_as)
+        for target in targets:
+            if not self._inside(target, self.input_dir) and not self._inside(
+                target, self.output_dir
+            ):
+                continue
+            try:
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+                else:
+                    continue
+            except OSError as exc:
+                log.warning("could not remove %s: %s", target, exc)
+                continue
+            removed.append(target)
+        return removed
