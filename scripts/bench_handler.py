@@ -21,8 +21,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import make_png, start_double, stop  # noqa: E402
-from wan_worker.handler import handle  # noqa: E402
+from tests.conftest import make_png, start_double, stop
+from wan_worker.handler import handle
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,7 +74,9 @@ def main() -> None:
             stop(server)
 
     without_encode = [a - e for a, e in zip(after_success, encode, strict=True)]
-    print(f"jobs: {args.jobs} at {args.width}x{args.height}, MP4 median {statistics.median(sizes)} B")
+    print(
+        f"jobs: {args.jobs} at {args.width}x{args.height}, MP4 median {statistics.median(sizes)} B"
+    )
     for name, values in (
         ("execution_success -> handler returned", after_success),
         ("  of which base64 encode", encode),

@@ -32,9 +32,11 @@ from wan_worker.errors import (
     ComfyExecutionError,
     ComfyRejected,
     ComfyUnavailable,
+    DiskFull,
     JobTimeout,
     OutOfMemory,
     OutputError,
+    WorkerError,
 )
 from wan_worker.prompt_validation import MODEL_FILE_INPUTS
 
@@ -114,13 +116,20 @@ def format_node_errors(body: dict[str, Any], prompt: dict[str, Any]) -> str:
     return "ComfyUI rejected the workflow: " + "; ".join(parts) + "." + hint
 
 
-def execution_error(data: dict[str, Any]) -> ComfyExecutionError:
+def execution_error(data: dict[str, Any]) -> WorkerError:
     """The worker error for an `execution_error` message (socket or history)."""
     node_id = data.get("node_id", "?")
     node_type = data.get("node_type", "?")
     exc_type = str(data.get("exception_type", "")).rsplit(".", 1)[-1]
     message = str(data.get("exception_message", "")).strip()
     text = f"node {node_id} ({node_type}) failed: {exc_type}: {message}"
+    if "No space left on device" in message or "Errno 28" in message:
+        return DiskFull(
+            f"ComfyUI's disk is full: {text[:600]}. The job was not completed; free space "
+            "on the worker (or give it more container disk) and retry.",
+            node_id=node_id,
+            node_type=node_type,
+        )
     if "OutOfMemory" in exc_type or "out of memory" in message.lower():
         return OutOfMemory(
             f"Out of memory in {text}. Lower width and height (for example 480x832), or use a "

@@ -8,6 +8,7 @@ what went wrong and what to do about it. `error_result` is the only function tha
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -118,6 +119,12 @@ class OutputError(WorkerError):
     code = "output_error"
 
 
+class DiskFull(OutputError):
+    """A disk filled up while the job wrote its files."""
+
+    code = "disk_full"
+
+
 class StorageError(WorkerError):
     """The upload to S3-compatible storage failed."""
 
@@ -147,6 +154,12 @@ def error_result(exc: BaseException) -> dict[str, Any]:
         if exc.refresh_worker:
             result["refresh_worker"] = True
         return result
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return {
+            "error": f"The worker's disk is full ({redact(str(exc))}). The job was not "
+            "completed; retry it, and give the worker more container disk if it repeats.",
+            "error_code": DiskFull.code,
+        }
     if isinstance(exc, MemoryError):
         return {
             "error": "The worker ran out of host memory while handling the job. "

@@ -15,15 +15,18 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from wan_worker.comfy_client import ComfyClient
+from wan_worker.comfy_client import ComfyClient, RunOutcome
 from wan_worker.comfy_process import ComfyProcess
-from wan_worker.delivery import deliver
-from wan_worker.errors import WorkerError, error_result, redact
+from wan_worker.delivery import deliver, make_store
+from wan_worker.errors import OutputError, WorkerError, error_result, redact
 from wan_worker.job_files import JobFiles
-from wan_worker.job_input import parse_job_input
+from wan_worker.job_input import JobRequest, parse_job_input
 from wan_worker.progress import JobProgress, Sender, runpod_sender
 from wan_worker.settings import Settings
 from wan_worker.start_image import load_start_image
+from wan_worker.storage import VideoStore
+from wan_worker.video_check import FrameReport
+from wan_worker.video_check import inspect as inspect_frames
 from wan_worker.workflow import OUTPUT_NODE, STAGES, WorkflowTemplate, load_template
 
 log = logging.getLogger(__name__)
@@ -31,11 +34,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Worker:
-    """What a job needs that outlives it: settings, the workflow, the ComfyUI client."""
+    """What a job needs that outlives it: settings, the workflow, ComfyUI, the bucket."""
 
     settings: Settings
     template: WorkflowTemplate
     client: ComfyClient
+    store: VideoStore | None = None
     send_progress: Sender | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -46,6 +50,7 @@ class Worker:
             settings=settings,
             template=load_template(settings.workflow_path),
             client=ComfyClient(settings.comfyui_url, process),
+            store=make_store(settings),
             send_progress=runpod_sender(),
         )
 
@@ -58,8 +63,75 @@ class _Timer:
 
     def lap(self, name: str) -> None:
         now = time.monotonic()
-        self.laps[name] = round(now - self.mark, 3)
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self.mark, 3)
         self.mark = now
+
+
+@dataclass
+class _Generation:
+    video: bytes
+    attention: str
+    fallback: bool
+    report: FrameReport
+    outcomes: list[RunOutcome]
+
+
+def _generate(
+    worker: Worker,
+    job: dict[str, Any],
+    request: JobRequest,
+    files: JobFiles,
+    deadline: float,
+    timer: _Timer,
+) -> _Generation:
+    """Run the workflow; once more with PyTorch attention if SageAttention's video is black."""
+    settings = worker.settings
+    attention = settings.attention
+    outcomes: list[RunOutcome] = []
+    fallback = False
+    while True:
+        prompt = worker.template.build(
+            request.params,
+            image_name=files.uploaded_as or files.image_name,
+            output_prefix=files.output_prefix,
+            attention=attention,
+        )
+        outcome = worker.client.run(
+            prompt,
+            output_node=OUTPUT_NODE,
+            deadline=deadline,
+            progress=JobProgress(job, worker.send_progress),
+            stage_of=STAGES.get,
+        )
+        outcomes.append(outcome)
+        timer.mark = time.monotonic()
+        video = worker.client.view(outcome.video)
+        timer.lap("fetch_s")
+        report = inspect_frames(
+            video, settings.comfyui_dir if settings.comfyui_dir.is_dir() else None
+        )
+        timer.lap("check_s")
+        if not report.bad:
+            return _Generation(video, attention, fallback, report, outcomes)
+        if attention == "sage" and settings.attention_fallback:
+            log.warning(
+                "job %s: SageAttention gave a bad video (%s); running it again with PyTorch "
+                "attention",
+                job.get("id"),
+                report.describe(),
+            )
+            attention, fallback = "sdpa", True
+            continue
+        hint = (
+            "It happened with PyTorch attention too, which points at damaged model files: "
+            "check the model step of the worker's boot log."
+            if attention == "sdpa"
+            else "Set ATTENTION=sdpa, or ATTENTION_FALLBACK=1 to retry such jobs automatically."
+        )
+        raise OutputError(
+            f"The generated video is black or flat ({report.describe()}) with {attention} "
+            f"attention. {hint}"
+        )
 
 
 def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
@@ -79,31 +151,19 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
             timer.lap("wait_ready_s")
             files.uploaded_as = worker.client.upload_image(image.png, files.image_name)
             timer.lap("upload_s")
-            prompt = worker.template.build(
-                request.params,
-                image_name=files.uploaded_as,
-                output_prefix=files.output_prefix,
-                attention=settings.attention,
-            )
-            progress = JobProgress(job, worker.send_progress)
-            outcome = worker.client.run(
-                prompt,
-                output_node=OUTPUT_NODE,
-                deadline=deadline,
-                progress=progress,
-                stage_of=STAGES.get,
-            )
-            timer.mark = time.monotonic()
-            video = worker.client.view(outcome.video)
-            timer.lap("fetch_s")
-        delivered = deliver(video, settings)
+            generation = _generate(worker, job, request, files, deadline, timer)
+        delivered = deliver(generation.video, f"{files.token}.mp4", settings, worker.store)
         timer.lap("deliver_s")
         params = request.params
         timings: dict[str, Any] = dict(timer.laps)
+        stages: dict[str, float] = {}
+        for outcome in generation.outcomes:
+            for stage, seconds in outcome.stage_s.items():
+                stages[stage] = round(stages.get(stage, 0.0) + seconds, 3)
         timings.update(
-            queued_s=round(outcome.queued_s, 3),
-            inference_s=round(outcome.executed_s, 3),
-            stages={k: round(v, 3) for k, v in outcome.stage_s.items()},
+            queued_s=round(sum(o.queued_s for o in generation.outcomes), 3),
+            inference_s=round(sum(o.executed_s for o in generation.outcomes), 3),
+            stages=stages,
             total_s=round(time.monotonic() - timer.start, 3),
         )
         return {
@@ -114,8 +174,9 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
             "height": params.height,
             "frames": worker.template.output_frames,
             "fps": worker.template.fps,
-            "attention": settings.attention,
-            "bytes": len(video),
+            "attention": generation.attention,
+            "attention_fallback": generation.fallback,
+            "bytes": len(generation.video),
             "timings": timings,
         }
     except Exception as exc:  # every failure becomes an error result

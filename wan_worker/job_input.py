@@ -20,6 +20,7 @@ FIELDS = ("start_image", "prompt", "negative_prompt", "seed", "width", "height")
 SIZE_STEP = 16
 MIN_SIDE = 128
 MAX_SIDE = 2048
+MAX_LISTED = 10  # unknown keys named one by one; the rest are counted
 SEED_MAX = 2**63 - 1  # PrimitiveInt's maximum in ComfyUI
 RANDOM_SEED_MAX = 2**53 - 1  # random seeds stay exact in JavaScript clients
 
@@ -69,7 +70,7 @@ def _clean_text(field: str, value: Any, limit: int, problems: list[FieldProblem]
         )
         return None
     text = text.strip()
-    if not text:
+    if not text or all(c.isspace() or unicodedata.category(c) == "Cf" for c in text):
         problems.append(FieldProblem(field, "is empty", "Send a non-empty text."))
         return None
     if len(text) > limit:
@@ -117,14 +118,22 @@ def parse_job_input(raw: Any, template: WorkflowTemplate, settings: Settings) ->
             'Send {"input": {"start_image": ..., "prompt": ...}}.',
         )
     problems: list[FieldProblem] = []
-    unknown = sorted(str(key) for key in raw if key not in FIELDS)
+    unknown = sorted(str(key)[:40] for key in raw if key not in FIELDS)
     if unknown:
         problems.extend(
             FieldProblem(
                 key, "is not a known input", f"Remove it; known inputs: {', '.join(FIELDS)}."
             )
-            for key in unknown
+            for key in unknown[:MAX_LISTED]
         )
+        if len(unknown) > MAX_LISTED:
+            problems.append(
+                FieldProblem(
+                    "input",
+                    f"has {len(unknown) - MAX_LISTED} more unknown keys",
+                    "Send only the known inputs.",
+                )
+            )
 
     start_image = raw.get("start_image")
     if start_image is None:

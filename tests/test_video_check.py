@@ -1,0 +1,91 @@
+"""Black and flat videos are caught on real decoded frames; SageAttention falls back per job."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ComfyServer, make_png
+from tests.media import probe
+from wan_worker.handler import handle
+from wan_worker.video_check import inspect
+
+
+def encode(tmp_path: Path, source: str, frames: int = 40) -> bytes:
+    out = tmp_path / "v.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-frames:v", str(frames),
+         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out)],
+        check=True,
+    )  # fmt: skip
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("source", "bad"),
+    [
+        ("color=c=black:s=128x128:r=24", True),
+        ("color=c=0x808080:s=128x128:r=24", True),  # flat grey, as a NaN-born video can be
+        ("testsrc2=s=128x128:r=24", False),
+        ("testsrc2=s=128x128:r=24,eq=brightness=-0.45", False),  # a dark but real scene
+        ("mandelbrot=s=128x128:r=24", False),
+    ],
+)
+def test_black_and_flat_videos_are_told_apart_from_real_ones(tmp_path, source, bad):
+    report = inspect(encode(tmp_path, source))
+    assert report.frames == 10  # every fourth of 40
+    assert report.bad is bad, report.describe()
+
+
+def test_a_video_that_cannot_be_decoded_is_an_output_error():
+    from wan_worker.errors import OutputError
+
+    with pytest.raises(OutputError, match="could not be decoded"):
+        inspect(b"\x00\x00\x00\x18ftypmp42 not really a video")
+
+
+def job() -> dict:
+    return {
+        "id": "attn",
+        "input": {
+            "start_image": base64.b64encode(make_png()).decode(),
+            "prompt": "p",
+            "width": 128,
+            "height": 128,
+            "seed": 5,
+        },
+    }
+
+
+def test_a_black_sage_video_is_redone_with_pytorch_attention(comfy_double: ComfyServer):
+    comfy_double.set_fault(black_when="auto")  # the double blacks out SageAttention's output
+    worker = comfy_double.worker(attention="sage")
+    result = handle(job(), worker)
+    assert "error" not in result, result
+    assert result["attention"] == "sdpa" and result["attention_fallback"] is True
+    video = base64.b64decode(result["video"])
+    assert not inspect(video).bad
+    assert probe(video).frames == 161
+    assert comfy_double.job_files() == []
+    comfy_double.set_fault()
+    again = handle(job(), worker)
+    assert (again["attention"], again["attention_fallback"]) == ("sage", False)
+
+
+def test_without_fallback_a_black_video_is_an_error_not_a_result(comfy_double: ComfyServer):
+    comfy_double.set_fault(black_when="auto")
+    result = handle(job(), comfy_double.worker(attention="sage", attention_fallback=False))
+    assert result["error_code"] == "output_error"
+    assert "The generated video is black or flat (" in result["error"]
+    assert "with sage attention. Set ATTENTION=sdpa, or ATTENTION_FALLBACK=1" in result["error"]
+
+
+def test_black_with_pytorch_attention_too_points_at_the_models(comfy_double: ComfyServer):
+    comfy_double.set_fault(black_when="always")
+    result = handle(job(), comfy_double.worker(attention="sage"))
+    assert result["error_code"] == "output_error"
+    assert "with sdpa attention. It happened with PyTorch attention too" in result["error"]
+    assert comfy_double.job_files() == []

@@ -1,0 +1,95 @@
+"""Catch black, NaN-born or flat videos before they are returned.
+
+SageAttention with FP8 Wan2.2 weights and fp16 accumulation can turn the latents into NaN or
+inf (SageAttention #221, ComfyUI #8573). The VAE then decodes black frames, and VHS writes a
+black MP4 that plays fine. The only place left to see it is the decoded video, so every
+fourth frame is decoded by ffmpeg at 64x64 grey and judged by its mean and spread of luma.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from wan_worker.errors import OutputError
+
+SIDE = 64
+EVERY = 4
+BLACK_MEAN = 24.0  # video black is luma 16 (limited range); a dark scene still varies
+FLAT_STDDEV = 2.0
+BAD_SHARE = 0.8  # a video is bad when this share of its sampled frames is black or flat
+
+
+@dataclass(frozen=True)
+class FrameReport:
+    frames: int
+    black: int
+    flat: int
+    mean_luma: float
+
+    @property
+    def bad(self) -> bool:
+        return self.frames == 0 or (self.black + self.flat) >= BAD_SHARE * self.frames
+
+    def describe(self) -> str:
+        return (
+            f"{self.black} of {self.frames} sampled frames black, {self.flat} flat "
+            f"(mean luma {self.mean_luma:.1f})"
+        )
+
+
+def _frame_stats(frame: bytes) -> tuple[float, float]:
+    n = len(frame)
+    total = sum(frame)
+    squares = sum(v * v for v in frame)
+    mean = total / n
+    return mean, math.sqrt(max(0.0, squares / n - mean * mean))
+
+
+def inspect(video: bytes, scratch_dir: Path | None = None) -> FrameReport:
+    """Decode a sample of the video's frames and count the black and the flat ones."""
+    sample = f"select=not(mod(n\\,{EVERY})),scale={SIDE}:{SIDE}:flags=area,format=gray"
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".mp4", dir=scratch_dir) as handle:
+            handle.write(video)
+            handle.flush()
+            done = subprocess.run(
+                [
+                    "ffmpeg", "-v", "error", "-nostdin", "-i", handle.name,
+                    "-vf", sample,
+                    "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1",
+                ],
+                capture_output=True,
+                check=False,
+                timeout=120,
+            )  # fmt: skip
+    except OSError as exc:
+        raise OutputError(f"Could not check the video's frames: {exc}") from None
+    except subprocess.TimeoutExpired:
+        raise OutputError("Checking the video's frames took over 120 s.") from None
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise OutputError(
+            f"ComfyUI's video could not be decoded ({'; '.join(message) or 'ffmpeg failed'}). "
+            "Retry the job."
+        )
+    size = SIDE * SIDE
+    frames = [done.stdout[i : i + size] for i in range(0, len(done.stdout) - size + 1, size)]
+    black = flat = 0
+    means = []
+    for frame in frames:
+        mean, spread = _frame_stats(frame)
+        means.append(mean)
+        if mean < BLACK_MEAN and spread < 4 * FLAT_STDDEV:
+            black += 1
+        elif spread < FLAT_STDDEV:
+            flat += 1
+    return FrameReport(
+        frames=len(frames),
+        black=black,
+        flat=flat,
+        mean_luma=sum(means) / len(means) if means else 0.0,
+    )
