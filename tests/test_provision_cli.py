@@ -56,7 +56,7 @@ def test_cli_downloads_then_warm_start_is_a_no_op(tmp_path):
         requests_seen = list(server.methods)
     assert first.returncode == 0, first.stderr
     assert (tmp_path / "models" / "loras" / "m.safetensors").read_bytes() == data
-    assert "[provision] loras/m.safetensors: done, 1.9 MiB" in first.stderr
+    assert "[provision] loras/m.safetensors: transferred 1.9 MiB" in first.stderr
     assert "1 downloaded" in first.stderr
     assert second.returncode == 0 and "1 already verified, 0 verified now" in second.stderr
     assert requests_seen == ["HEAD", "GET"]  # the warm start asked nothing

@@ -283,12 +283,13 @@ class Provisioner:
                 self._open_first(plan, plan.source_index + 1)
                 continue
             progress.forget(model.relpath)
+            seconds = max(time.monotonic() - started, 1e-6)
+            self._say(
+                f"{model.relpath}: transferred {human_bytes(fetched)} in {seconds:.1f}s "
+                f"({human_bytes(fetched / seconds)}/s); verifying"
+            )
             if self._accept_download(plan, remote):
-                seconds = max(time.monotonic() - started, 1e-6)
-                self._say(
-                    f"{model.relpath}: done, {human_bytes(fetched)} in {seconds:.1f}s "
-                    f"({human_bytes(fetched / seconds)}/s)"
-                )
+                self._say(f"{model.relpath}: ready ({remote.label})")
                 self._done(Outcome(model.relpath, "downloaded", remote.label, fetched))
                 return
             self._open_first(plan, plan.source_index + 1)

@@ -35,7 +35,7 @@ class NoRangeSupport(Exception):
     """The server ignored a Range request."""
 
 
-Sink = Callable[[int, bytes], None]
+Sink = Callable[[int, bytes | memoryview], None]
 
 
 class Remote(Protocol):
@@ -229,7 +229,7 @@ class OffsetWriter:
         self._since_persist = 0
         self._lock = threading.Lock()
 
-    def write_at(self, offset: int, data: bytes) -> None:
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         pos = offset
         while view:
@@ -305,7 +305,7 @@ def _fetch_range(
     """One range with retries; a retry continues from the last byte received."""
     position = start
 
-    def sink(offset: int, data: bytes) -> None:
+    def sink(offset: int, data: bytes | memoryview) -> None:
         nonlocal position
         writer.write_at(offset, data)
         position = offset + len(data)
