@@ -66,7 +66,9 @@ http {{
 }}
 """
     )
-    subprocess.run(["nginx", "-c", str(conf), "-p", str(work)], check=True)
+    subprocess.run(
+        ["nginx", "-c", str(conf), "-p", str(work), "-e", str(work / "error.log")], check=True
+    )
     return port, conf
 
 

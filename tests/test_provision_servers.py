@@ -74,7 +74,9 @@ http {{
             encoding="utf-8",
         )
         # With `daemon on` (the default) nginx binds its sockets before the launcher exits.
-        subprocess.run([binary, "-c", str(self.conf), "-p", str(w)], check=True)
+        subprocess.run(
+            [binary, "-c", str(self.conf), "-p", str(w), "-e", str(w / "error.log")], check=True
+        )
 
     def stop(self) -> None:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"

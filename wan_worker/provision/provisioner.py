@@ -106,7 +106,7 @@ class Provisioner:
         self.report = Report(root=self.root)
         self._lock = threading.Lock()
 
-    # ---------------------------------------------------------------- helpers
+    # ---------------------------------------------------------------- internals
     def _say(self, text: str) -> None:
         self.log(redact(f"[provision] {text}"))
 
