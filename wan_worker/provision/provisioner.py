@@ -1,0 +1,441 @@
+"""Make every model in the manifest present and verified under the models root.
+
+For each model, cheapest first:
+1. the file is there and its verified marker matches its identity: done (one `stat`);
+2. the file is there without a valid marker: verify it once (size, sha256) and record a marker;
+3. RunPod's Hugging Face cache has it: link to it in place;
+4. otherwise download it from the first source that answers, the next ones as fallbacks.
+
+Free space is checked before any download starts. A model that cannot be had fails the whole
+run with a message naming the file and every source tried, with the reason for each.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from wan_worker.errors import WorkerError, redact
+from wan_worker.provision import verify
+from wan_worker.provision.hfcache import find_cached
+from wan_worker.provision.manifest import Manifest, ModelSpec, load_manifest
+from wan_worker.provision.settings import ProvisionSettings
+from wan_worker.provision.transfer import (
+    STATE_SUFFIX,
+    PartialState,
+    Progress,
+    RetryPolicy,
+    SourceFailed,
+    human_bytes,
+    transfer,
+)
+
+Log = Callable[[str], None]
+FreeBytes = Callable[[Path], int]
+
+
+class ProvisionError(WorkerError):
+    """A model could not be made available; the worker cannot start without it."""
+
+    code = "provision_failed"
+    refresh_worker: ClassVar[bool] = True
+
+
+class DiskSpaceError(ProvisionError):
+    code = "disk_full"
+
+
+def disk_free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+@dataclass
+class Outcome:
+    relpath: str
+    action: str  # "marker", "verified", "linked", "downloaded"
+    source: str = ""
+    fetched: int = 0
+
+
+@dataclass
+class Report:
+    root: Path
+    outcomes: list[Outcome] = field(default_factory=list)
+    hashed: int = 0
+    fetched_bytes: int = 0
+    seconds: float = 0.0
+
+    def count(self, action: str) -> int:
+        return sum(1 for o in self.outcomes if o.action == action)
+
+
+@dataclass
+class _Plan:
+    model: ModelSpec
+    dest: Path
+    tmp: Path
+    tried: list[str] = field(default_factory=list)
+    remote: Any = None
+    source_index: int = -1
+    need: int = 0
+
+
+def _tmp_path(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.partial")
+
+
+class Provisioner:
+    def __init__(
+        self,
+        settings: ProvisionSettings,
+        *,
+        log: Log = print,
+        free_bytes: FreeBytes = disk_free_bytes,
+    ) -> None:
+        self.settings = settings
+        self.log = log
+        self.free_bytes = free_bytes
+        self.root = settings.models_root
+        self.report = Report(root=self.root)
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- internals
+    def _say(self, text: str) -> None:
+        self.log(redact(f"[provision] {text}"))
+
+    def _hash(self, path: Path) -> str:
+        with self._lock:
+            self.report.hashed += 1
+        return verify.sha256_file(path)
+
+    def _done(self, outcome: Outcome) -> None:
+        with self._lock:
+            self.report.outcomes.append(outcome)
+            self.report.fetched_bytes += outcome.fetched
+
+    def _dest(self, model: ModelSpec) -> Path:
+        return self.root / model.folder / model.filename
+
+    # ---------------------------------------------------------------- phase 1: local
+    def _check_marker(self, model: ModelSpec, dest: Path) -> bool:
+        """True when the file is there and its marker vouches for it (no hashing)."""
+        try:
+            st = dest.stat()
+        except OSError:
+            return False
+        marker = verify.read_marker(self.root, model.relpath)
+        if marker is None or not marker.matches(st):
+            return False
+        if model.size is not None and marker.size != model.size:
+            return False
+        return not (model.sha256 and marker.sha256 != model.sha256)
+
+    def _verify_existing(self, model: ModelSpec, dest: Path, plan: _Plan) -> bool:
+        """A file without a valid marker: check size and sha256 once against the best facts
+        available (manifest, else the first source that answers)."""
+        size, sha, source = model.size, model.sha256, "manifest"
+        if sha is None:
+            remote = self._open_first(plan)
+            if remote is not None:
+                size = size or remote.size
+                sha = remote.sha256
+                source = remote.label
+        actual_size = dest.stat().st_size
+        if size is not None and actual_size != size:
+            self._say(f"{model.relpath}: on disk {actual_size} bytes, expected {size}; replacing")
+            return False
+        checked = False
+        if sha is not None:
+            self._say(f"{model.relpath}: verifying sha256 of the file found on disk (once)")
+            if self._hash(dest) != sha:
+                self._say(f"{model.relpath}: sha256 does not match {source}; replacing")
+                return False
+            checked = True
+        else:
+            self._say(f"{model.relpath}: no sha256 is published for it; accepted on size")
+        verify.write_marker(
+            self.root,
+            model.relpath,
+            dest,
+            {
+                "size": actual_size,
+                "sha256": sha,
+                "sha256_checked": checked,
+                "source": source,
+            },
+        )
+        self._done(Outcome(model.relpath, "verified", source))
+        return True
+
+    # ---------------------------------------------------------------- phase 2: cache
+    def _link_cached(self, model: ModelSpec, dest: Path) -> bool:
+        for spec in model.sources:
+            cached = find_cached(self.settings.hf_cache_dir, spec)
+            if cached is None:
+                continue
+            if model.size is not None and cached.size != model.size:
+                self._say(f"{model.relpath}: cached copy has the wrong size; not used")
+                continue
+            if model.sha256 and cached.sha256 and cached.sha256 != model.sha256:
+                self._say(f"{model.relpath}: cached copy has another sha256; not used")
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp_link = dest.with_name(f".{dest.name}.link")
+            tmp_link.unlink(missing_ok=True)
+            tmp_link.symlink_to(cached.path)
+            os.replace(tmp_link, dest)
+            verify.write_marker(
+                self.root,
+                model.relpath,
+                dest,
+                {
+                    "size": cached.size,
+                    "sha256": cached.sha256 or model.sha256,
+                    "sha256_checked": bool(cached.sha256 and model.sha256),
+                    "source": f"RunPod cache {cached.path}",
+                },
+            )
+            self._say(f"{model.relpath}: using RunPod's cached copy in place ({cached.path})")
+            self._done(Outcome(model.relpath, "linked", str(cached.path)))
+            return True
+        return False
+
+    # ---------------------------------------------------------------- phase 3: download
+    def _open_first(self, plan: _Plan, start: int = 0) -> Any:
+        from wan_worker.provision.sources import open_source  # noqa: PLC0415
+
+        for index in range(start, len(plan.model.sources)):
+            spec = plan.model.sources[index]
+            label = spec.label(self.settings.r2.bucket)
+            try:
+                remote = open_source(spec, self.settings)
+            except SourceFailed as exc:
+                plan.tried.append(f"{label}: {exc}")
+                continue
+            if plan.model.size is not None and remote.size != plan.model.size:
+                plan.tried.append(
+                    f"{label}: has {remote.size} bytes, the manifest says {plan.model.size}"
+                )
+                continue
+            if plan.model.sha256 and remote.sha256 and remote.sha256 != plan.model.sha256:
+                plan.tried.append(f"{label}: publishes sha256 {remote.sha256}, not the manifest's")
+                continue
+            if plan.model.sha256:
+                remote.identity = f"sha256:{plan.model.sha256}"  # any source may resume it
+            plan.remote, plan.source_index = remote, index
+            return remote
+        plan.remote, plan.source_index = None, len(plan.model.sources)
+        return None
+
+    def _partial_bytes(self, plan: _Plan) -> int:
+        state = PartialState.load(plan.tmp.with_name(plan.tmp.name + STATE_SUFFIX))
+        if state is None or plan.remote is None:
+            return 0
+        if state.size != plan.remote.size or state.identity != plan.remote.identity:
+            return 0
+        return state.done.total()
+
+    def _check_space(self, plans: list[_Plan]) -> None:
+        need = sum(p.need for p in plans)
+        free = self.free_bytes(self.root)
+        if need + self.settings.min_free_bytes <= free:
+            return
+        lines = ", ".join(f"{p.model.relpath} ({human_bytes(p.need)})" for p in plans)
+        raise DiskSpaceError(
+            f"Not enough disk space under {self.root}: the models still to download need "
+            f"{human_bytes(need)} plus a {human_bytes(self.settings.min_free_bytes)} margin, "
+            f"but only {human_bytes(free)} is free. Missing: {lines}. Fix: attach a larger "
+            "network volume (or container disk), free space there, or point MODELS_ROOT at a "
+            "disk with room. Nothing was downloaded."
+        )
+
+    def _download(self, plan: _Plan, progress: Progress) -> None:
+        model = plan.model
+        policy = RetryPolicy(self.settings.retries, self.settings.backoff_s)
+        while plan.remote is not None:
+            remote = plan.remote
+            started = time.monotonic()
+            self._say(
+                f"{model.relpath}: downloading {human_bytes(remote.size)} from {remote.label}"
+            )
+            try:
+                fetched = transfer(
+                    remote,
+                    plan.tmp,
+                    connections=self.settings.connections,
+                    chunk_bytes=self.settings.chunk_bytes,
+                    policy=policy,
+                    progress=progress,
+                    name=model.relpath,
+                    log=self._say,
+                )
+            except SourceFailed as exc:
+                progress.forget(model.relpath)
+                plan.tried.append(f"{remote.label}: {exc}")
+                self._say(f"{model.relpath}: {remote.label} failed ({exc}); trying the next source")
+                self._open_first(plan, plan.source_index + 1)
+                continue
+            progress.forget(model.relpath)
+            seconds = max(time.monotonic() - started, 1e-6)
+            self._say(
+                f"{model.relpath}: transferred {human_bytes(fetched)} in {seconds:.1f}s "
+                f"({human_bytes(fetched / seconds)}/s); verifying"
+            )
+            if self._accept_download(plan, remote):
+                self._say(f"{model.relpath}: ready ({remote.label})")
+                self._done(Outcome(model.relpath, "downloaded", remote.label, fetched))
+                return
+            self._open_first(plan, plan.source_index + 1)
+        raise ProvisionError(self._failure_text([plan]))
+
+    def _accept_download(self, plan: _Plan, remote: Any) -> bool:
+        model, tmp = plan.model, plan.tmp
+        size = tmp.stat().st_size
+        if size != remote.size or (model.size is not None and size != model.size):
+            plan.tried.append(f"{remote.label}: downloaded {size} bytes, expected {remote.size}")
+            tmp.unlink(missing_ok=True)
+            return False
+        expected = model.sha256 or remote.sha256
+        actual = self._hash(tmp)
+        if expected is not None and actual != expected:
+            plan.tried.append(f"{remote.label}: sha256 {actual} does not match {expected}")
+            self._say(f"{model.relpath}: sha256 mismatch from {remote.label}; discarded")
+            tmp.unlink(missing_ok=True)
+            return False
+        if expected is None:
+            self._say(
+                f"{model.relpath}: sha256 {actual} (no published value to compare; "
+                "add it to the manifest to pin it)"
+            )
+        os.replace(tmp, plan.dest)
+        verify.write_marker(
+            self.root,
+            model.relpath,
+            plan.dest,
+            {
+                "size": size,
+                "sha256": actual,
+                "sha256_checked": expected is not None,
+                "source": remote.label,
+            },
+        )
+        return True
+
+    # ---------------------------------------------------------------- links
+    def _make_links(self, manifest: Manifest) -> None:
+        for model in manifest.models:
+            for template in model.link_into:
+                folder = Path(
+                    template.format(comfyui_dir=self.settings.comfyui_dir, models_root=self.root)
+                )
+                link = folder / model.filename
+                target = self._dest(model)
+                folder.mkdir(parents=True, exist_ok=True)
+                if link.is_symlink() or not link.exists():
+                    tmp_link = folder / f".{model.filename}.link"
+                    tmp_link.unlink(missing_ok=True)
+                    tmp_link.symlink_to(target)
+                    os.replace(tmp_link, link)
+                else:
+                    self._say(f"{link} is a regular file; left as it is")
+
+    def _failure_text(self, plans: list[_Plan]) -> str:
+        parts = []
+        for plan in plans:
+            tried = (
+                "; ".join(f"({i}) {t.rstrip('.')}" for i, t in enumerate(plan.tried, 1))
+                or "no sources"
+            )
+            parts.append(f"{plan.model.relpath} could not be downloaded. Sources tried: {tried}")
+        return redact(
+            " | ".join(parts)
+            + ". Fix: check the network and the source settings (R2_ENDPOINT, R2_BUCKET, "
+            "R2_ACCESS_KEY, R2_SECRET_KEY; HF_TOKEN for gated repos), or place the file under "
+            f"{self.root} yourself."
+        )
+
+    # ---------------------------------------------------------------- run
+    def run(self, manifest: Manifest | None = None) -> Report:
+        started = time.monotonic()
+        manifest = manifest or load_manifest(self.settings.manifest_path)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._say(f"models root: {self.root} ({self.settings.models_root_reason})")
+        pending: list[_Plan] = []
+        for model in manifest.models:
+            dest = self._dest(model)
+            if self._check_marker(model, dest):
+                self._done(Outcome(model.relpath, "marker"))
+                continue
+            if dest.is_symlink() and not dest.exists():
+                dest.unlink()  # a link into a cache that is gone
+            pending.append(_Plan(model=model, dest=dest, tmp=_tmp_path(dest)))
+        if pending:
+            self._resolve(pending)
+        self._make_links(manifest)
+        self.report.seconds = time.monotonic() - started
+        self._say(
+            f"all {len(manifest.models)} models ready in {self.report.seconds:.2f}s "
+            f"({self.report.count('marker')} already verified, {self.report.count('verified')} "
+            f"verified now, {self.report.count('linked')} from the RunPod cache, "
+            f"{self.report.count('downloaded')} downloaded, "
+            f"{human_bytes(self.report.fetched_bytes)} fetched)"
+        )
+        return self.report
+
+    def _resolve(self, pending: list[_Plan]) -> None:
+        def local_or_open(plan: _Plan) -> _Plan | None:
+            if plan.dest.exists() and self._verify_existing(plan.model, plan.dest, plan):
+                return None
+            if self._link_cached(plan.model, plan.dest):
+                return None
+            if plan.remote is None and plan.source_index < 0:
+                self._open_first(plan)
+            return plan
+
+        workers = max(self.settings.max_parallel_files, len(pending))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(local_or_open, pending))
+        downloads = [p for p in results if p is not None]
+        if not downloads:
+            return
+        unavailable = [p for p in downloads if p.remote is None]
+        if unavailable:
+            raise ProvisionError(self._failure_text(unavailable))
+        for plan in downloads:
+            plan.need = plan.remote.size - self._partial_bytes(plan)
+        self._check_space(downloads)
+        for plan in downloads:
+            plan.dest.parent.mkdir(parents=True, exist_ok=True)
+        progress = Progress(self._say, self.settings.progress_interval_s)
+        progress.start()
+        errors: list[ProvisionError] = []
+        try:
+            with ThreadPoolExecutor(max_workers=self.settings.max_parallel_files) as pool:
+                futures = [pool.submit(self._download, plan, progress) for plan in downloads]
+                for future in futures:
+                    try:
+                        future.result()
+                    except ProvisionError as exc:
+                        errors.append(exc)
+        finally:
+            progress.stop()
+        if errors:
+            raise ProvisionError(" | ".join(e.message for e in errors))
+
+
+def provision(
+    settings: ProvisionSettings | None = None,
+    *,
+    log: Log = print,
+    free_bytes: FreeBytes = disk_free_bytes,
+) -> Report:
+    """Provision every model in the manifest; raises ProvisionError (or ConfigError)."""
+    settings = settings or ProvisionSettings.from_env()
+    return Provisioner(settings, log=log, free_bytes=free_bytes).run()
