@@ -8,8 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_provision_servers import FlakyFileServer, make_blob, running, write_manifest
-
+from tests.provision_servers import FlakyFileServer, make_blob, running, write_manifest
 from wan_worker.provision.settings import ProvisionSettings, resolve_models_root, runpod_mode
 
 ROOT = Path(__file__).resolve().parent.parent

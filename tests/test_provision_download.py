@@ -13,7 +13,8 @@ from pathlib import Path
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
-from test_provision_servers import (
+
+from tests.provision_servers import (
     Fault,
     FlakyFileServer,
     HubStub,
@@ -24,7 +25,6 @@ from test_provision_servers import (
     running,
     write_manifest,
 )
-
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import load_manifest
 from wan_worker.provision.provisioner import DiskSpaceError, Provisioner, ProvisionError
@@ -499,7 +499,7 @@ def r2() -> Iterator[R2Settings]:
 
 
 def _put(r2: R2Settings, key: str, data: bytes) -> None:
-    from wan_worker.provision.sources import r2_client  # noqa: PLC0415
+    from wan_worker.provision.sources import r2_client
 
     client = r2_client(ProvisionSettings(r2=r2))
     client.put_object(Bucket=r2.bucket, Key=key, Body=data)

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_provision_servers import (
+
+from tests.provision_servers import (
     FlakyFileServer,
     closed_port,
     free_port,

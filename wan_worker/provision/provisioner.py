@@ -209,7 +209,7 @@ class Provisioner:
 
     # ---------------------------------------------------------------- phase 3: download
     def _open_first(self, plan: _Plan, start: int = 0) -> Any:
-        from wan_worker.provision.sources import open_source  # noqa: PLC0415
+        from wan_worker.provision.sources import open_source
 
         for index in range(start, len(plan.model.sources)):
             spec = plan.model.sources[index]

@@ -34,7 +34,7 @@ _thread_local = threading.local()
 
 
 def _session() -> requests.Session:
-    import requests  # noqa: PLC0415 - lazy: warm starts never need it
+    import requests
 
     session = getattr(_thread_local, "session", None)
     if session is None:
@@ -209,8 +209,8 @@ class S3Remote:
         self._chunk = chunk_bytes
 
     def fetch_whole(self, writer: OffsetWriter) -> None:
-        from boto3.s3.transfer import TransferConfig  # noqa: PLC0415
-        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
 
         config = TransferConfig(
             multipart_threshold=self._chunk,
@@ -224,7 +224,7 @@ class S3Remote:
             raise RetryableError(_short(exc)) from exc
 
     def read_range(self, start: int, end: int, sink: Sink) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             response = self._client.get_object(
@@ -247,8 +247,8 @@ class S3Remote:
 def r2_client(settings: ProvisionSettings) -> Any:
     """A boto3 S3 client for R2: region `auto`, SigV4, checksums only where required (R2
     rejects the newer default CRC checksums), and a connection pool sized for the transfers."""
-    import boto3  # noqa: PLC0415
-    from botocore.config import Config  # noqa: PLC0415
+    import boto3
+    from botocore.config import Config
 
     pool = settings.connections * settings.max_parallel_files + 4
     config = Config(
@@ -284,7 +284,7 @@ def _shared_r2_client(settings: ProvisionSettings) -> Any:
 
 
 def _open_r2(spec: SourceSpec, settings: ProvisionSettings) -> S3Remote:
-    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+    from botocore.exceptions import BotoCoreError, ClientError
 
     label = spec.label(settings.r2.bucket)
     if not settings.r2.configured:
@@ -317,8 +317,8 @@ def _open_r2(spec: SourceSpec, settings: ProvisionSettings) -> S3Remote:
 
 
 def _open_hf(spec: SourceSpec, settings: ProvisionSettings) -> HttpRemote:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url  # noqa: PLC0415
-    from huggingface_hub.utils import build_hf_headers  # noqa: PLC0415
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
 
     label = spec.label()
     if settings.hf_offline:
@@ -353,7 +353,7 @@ def _open_hf(spec: SourceSpec, settings: ProvisionSettings) -> HttpRemote:
 
 
 def _open_url(spec: SourceSpec, settings: ProvisionSettings) -> HttpRemote:
-    import requests  # noqa: PLC0415
+    import requests
 
     try:
         response = _session().head(
