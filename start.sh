@@ -97,8 +97,8 @@ start_comfyui() {
   echo "$COMFYUI_PID" >"$COMFYUI_PID_FILE"
   log "ComfyUI pid $COMFYUI_PID (pid file $COMFYUI_PID_FILE, log $COMFYUI_LOG)"
   if is_true "$COMFYUI_WAIT_READY"; then
-    app_python -m wan_worker.provision.comfyui_ready --url "http://127.0.0.1:$COMFYUI_PORT" \
-      --pid "$COMFYUI_PID" --timeout "$COMFYUI_READY_TIMEOUT_S" --log "$COMFYUI_LOG" \
+    app_python -m wan_worker.comfy_ready --url "http://127.0.0.1:$COMFYUI_PORT" \
+      --pid-file "$COMFYUI_PID_FILE" --timeout "$COMFYUI_READY_TIMEOUT_S" --log "$COMFYUI_LOG" \
       || die "ComfyUI is not answering; see the lines above" 1
   fi
 }

@@ -12,57 +12,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from wan_worker.errors import ConfigError
+import wan_worker.env as read
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKFLOW = PROJECT_ROOT / "workflows" / "wan_flf_i2v_api.json"
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _text(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name)
-    return default if value is None or value.strip() == "" else value.strip()
-
-
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
-    return value
-
-
-def _integer(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    value = _number(env, name, default, minimum)
-    if value != int(value):
-        raise ConfigError(f"{name}={env.get(name)!r} must be a whole number")
-    return int(value)
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    lowered = raw.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r} must be one of 1/0, true/false, yes/no, on/off")
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _text(env, name, default).lower()
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} must be one of: {', '.join(choices)}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -118,36 +71,40 @@ class Settings:
         env = os.environ if env is None else env
         defaults = cls()
         storage = StorageSettings(
-            endpoint_url=_text(env, "BUCKET_ENDPOINT_URL", ""),
-            bucket=_text(env, "BUCKET_NAME", ""),
-            access_key_id=_text(env, "BUCKET_ACCESS_KEY_ID", ""),
-            secret_access_key=_text(env, "BUCKET_SECRET_ACCESS_KEY", ""),
-            region=_text(env, "BUCKET_REGION", "auto"),
-            key_prefix=_text(env, "BUCKET_KEY_PREFIX", "wan-i2v").strip("/"),
-            url_expiry_s=_integer(env, "BUCKET_URL_EXPIRY_S", 86_400, 1),
-            upload=_flag(env, "UPLOAD_OUTPUTS", True),
+            endpoint_url=read.text(env, "BUCKET_ENDPOINT_URL", ""),
+            bucket=read.text(env, "BUCKET_NAME", ""),
+            access_key_id=read.text(env, "BUCKET_ACCESS_KEY_ID", ""),
+            secret_access_key=read.text(env, "BUCKET_SECRET_ACCESS_KEY", ""),
+            region=read.text(env, "BUCKET_REGION", "auto"),
+            key_prefix=read.text(env, "BUCKET_KEY_PREFIX", "wan-i2v").strip("/"),
+            url_expiry_s=read.integer(env, "BUCKET_URL_EXPIRY_S", 86_400, 1),
+            upload=read.flag(env, "UPLOAD_OUTPUTS", True),
         )
         return cls(
-            comfyui_url=_text(env, "COMFYUI_URL", defaults.comfyui_url).rstrip("/"),
-            comfyui_dir=Path(_text(env, "COMFYUI_DIR", str(defaults.comfyui_dir))),
-            comfyui_pid_file=Path(_text(env, "COMFYUI_PID_FILE", str(defaults.comfyui_pid_file))),
-            comfyui_log=Path(_text(env, "COMFYUI_LOG", str(defaults.comfyui_log))),
-            workflow_path=Path(_text(env, "WORKFLOW_PATH", str(defaults.workflow_path))),
-            ready_timeout_s=_number(env, "COMFYUI_READY_TIMEOUT_S", defaults.ready_timeout_s, 1),
-            job_timeout_s=_number(env, "JOB_TIMEOUT_S", defaults.job_timeout_s, 1),
-            image_fetch_timeout_s=_number(
+            comfyui_url=read.text(env, "COMFYUI_URL", defaults.comfyui_url).rstrip("/"),
+            comfyui_dir=Path(read.text(env, "COMFYUI_DIR", str(defaults.comfyui_dir))),
+            comfyui_pid_file=Path(
+                read.text(env, "COMFYUI_PID_FILE", str(defaults.comfyui_pid_file))
+            ),
+            comfyui_log=Path(read.text(env, "COMFYUI_LOG", str(defaults.comfyui_log))),
+            workflow_path=Path(read.text(env, "WORKFLOW_PATH", str(defaults.workflow_path))),
+            ready_timeout_s=read.number(
+                env, "COMFYUI_READY_TIMEOUT_S", defaults.ready_timeout_s, 1
+            ),
+            job_timeout_s=read.number(env, "JOB_TIMEOUT_S", defaults.job_timeout_s, 1),
+            image_fetch_timeout_s=read.number(
                 env, "IMAGE_FETCH_TIMEOUT_S", defaults.image_fetch_timeout_s, 1
             ),
-            max_image_bytes=_integer(env, "MAX_IMAGE_BYTES", defaults.max_image_bytes, 1024),
-            max_image_pixels=_integer(env, "MAX_IMAGE_PIXELS", defaults.max_image_pixels, 256),
-            max_prompt_chars=_integer(env, "MAX_PROMPT_CHARS", defaults.max_prompt_chars, 1),
-            max_output_pixels=_integer(
+            max_image_bytes=read.integer(env, "MAX_IMAGE_BYTES", defaults.max_image_bytes, 1024),
+            max_image_pixels=read.integer(env, "MAX_IMAGE_PIXELS", defaults.max_image_pixels, 256),
+            max_prompt_chars=read.integer(env, "MAX_PROMPT_CHARS", defaults.max_prompt_chars, 1),
+            max_output_pixels=read.integer(
                 env, "MAX_OUTPUT_PIXELS", defaults.max_output_pixels, 128 * 128
             ),
-            attention=_choice(env, "ATTENTION", defaults.attention, ("sage", "sdpa")),
-            attention_fallback=_flag(env, "ATTENTION_FALLBACK", defaults.attention_fallback),
-            include_base64=_flag(env, "INCLUDE_BASE64", defaults.include_base64),
-            max_base64_bytes=_integer(env, "MAX_BASE64_BYTES", defaults.max_base64_bytes, 0),
+            attention=read.choice(env, "ATTENTION", defaults.attention, ("sage", "sdpa")),
+            attention_fallback=read.flag(env, "ATTENTION_FALLBACK", defaults.attention_fallback),
+            include_base64=read.flag(env, "INCLUDE_BASE64", defaults.include_base64),
+            max_base64_bytes=read.integer(env, "MAX_BASE64_BYTES", defaults.max_base64_bytes, 0),
             storage=storage,
         )
 

@@ -11,50 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wan_worker.errors import ConfigError
+import wan_worker.env as read
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_MANIFEST = PROJECT_ROOT / "workflows" / "models.json"
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _text(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name)
-    return default if value is None or value.strip() == "" else value.strip()
-
-
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number; unset it or give a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
-    return value
-
-
-def _integer(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    value = _number(env, name, default, minimum)
-    if value != int(value):
-        raise ConfigError(f"{name}={env.get(name)!r} must be a whole number")
-    return int(value)
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    lowered = raw.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r} must be one of 1/0, true/false, yes/no, on/off")
 
 
 def runpod_mode(env: Mapping[str, str]) -> str:
@@ -115,31 +75,36 @@ class ProvisionSettings:
         env = os.environ if env is None else env
         d = cls()
         mode = runpod_mode(env)
-        comfyui_dir = Path(_text(env, "COMFYUI_DIR", str(d.comfyui_dir)))
+        comfyui_dir = Path(read.text(env, "COMFYUI_DIR", str(d.comfyui_dir)))
         root, reason = resolve_models_root(env, mode, comfyui_dir)
         return cls(
-            manifest_path=Path(_text(env, "MODELS_MANIFEST", str(d.manifest_path))),
+            manifest_path=Path(read.text(env, "MODELS_MANIFEST", str(d.manifest_path))),
             models_root=root,
             models_root_reason=reason,
             comfyui_dir=comfyui_dir,
-            hf_cache_dir=Path(_text(env, "RUNPOD_HF_CACHE", str(d.hf_cache_dir))),
-            hf_endpoint=_text(env, "HF_ENDPOINT", d.hf_endpoint).rstrip("/"),
-            hf_token=_text(env, "HF_TOKEN", "") or _text(env, "HUGGING_FACE_HUB_TOKEN", ""),
-            hf_offline=_flag(env, "HF_HUB_OFFLINE", False),
+            hf_cache_dir=Path(read.text(env, "RUNPOD_HF_CACHE", str(d.hf_cache_dir))),
+            hf_endpoint=read.text(env, "HF_ENDPOINT", d.hf_endpoint).rstrip("/"),
+            hf_token=read.text(env, "HF_TOKEN", "") or read.text(env, "HUGGING_FACE_HUB_TOKEN", ""),
+            hf_offline=read.flag(env, "HF_HUB_OFFLINE", False),
             r2=R2Settings(
-                endpoint=_text(env, "R2_ENDPOINT", ""),
-                bucket=_text(env, "R2_BUCKET", R2Settings.bucket),
-                access_key=_text(env, "R2_ACCESS_KEY", ""),
-                secret_key=_text(env, "R2_SECRET_KEY", ""),
+                endpoint=read.text(env, "R2_ENDPOINT", ""),
+                bucket=read.text(env, "R2_BUCKET", R2Settings.bucket),
+                access_key=read.text(env, "R2_ACCESS_KEY", ""),
+                secret_key=read.text(env, "R2_SECRET_KEY", ""),
             ),
-            max_parallel_files=_integer(env, "PROVISION_PARALLEL_FILES", d.max_parallel_files, 1),
-            connections=_integer(env, "PROVISION_CONNECTIONS", d.connections, 1),
-            chunk_bytes=_integer(env, "PROVISION_CHUNK_MB", d.chunk_bytes >> 20, 1) << 20,
-            retries=_integer(env, "PROVISION_RETRIES", d.retries, 1),
-            backoff_s=_number(env, "PROVISION_BACKOFF_S", d.backoff_s, 0),
-            timeout_s=_number(env, "PROVISION_TIMEOUT_S", d.timeout_s, 1),
-            min_free_bytes=_integer(env, "PROVISION_MIN_FREE_MB", d.min_free_bytes >> 20, 0) << 20,
-            progress_interval_s=_number(env, "PROVISION_PROGRESS_S", d.progress_interval_s, 0.1),
+            max_parallel_files=read.integer(
+                env, "PROVISION_PARALLEL_FILES", d.max_parallel_files, 1
+            ),
+            connections=read.integer(env, "PROVISION_CONNECTIONS", d.connections, 1),
+            chunk_bytes=read.integer(env, "PROVISION_CHUNK_MB", d.chunk_bytes >> 20, 1) << 20,
+            retries=read.integer(env, "PROVISION_RETRIES", d.retries, 1),
+            backoff_s=read.number(env, "PROVISION_BACKOFF_S", d.backoff_s, 0),
+            timeout_s=read.number(env, "PROVISION_TIMEOUT_S", d.timeout_s, 1),
+            min_free_bytes=read.integer(env, "PROVISION_MIN_FREE_MB", d.min_free_bytes >> 20, 0)
+            << 20,
+            progress_interval_s=read.number(
+                env, "PROVISION_PROGRESS_S", d.progress_interval_s, 0.1
+            ),
             mode=mode,
         )
 
@@ -147,13 +112,13 @@ class ProvisionSettings:
 def resolve_models_root(env: Mapping[str, str], mode: str, comfyui_dir: Path) -> tuple[Path, str]:
     """Where models live, and why: MODELS_ROOT; else the network volume; else /workspace on
     a pod; else ComfyUI's own models folder on the container disk."""
-    explicit = _text(env, "MODELS_ROOT", "")
+    explicit = read.text(env, "MODELS_ROOT", "")
     if explicit:
         return Path(explicit), "MODELS_ROOT"
-    volume = Path(_text(env, "RUNPOD_VOLUME_DIR", "/runpod-volume"))
+    volume = Path(read.text(env, "RUNPOD_VOLUME_DIR", "/runpod-volume"))
     if volume.is_dir():
         return volume / "models", f"network volume at {volume}"
-    workspace = Path(_text(env, "WORKSPACE_DIR", "/workspace"))
+    workspace = Path(read.text(env, "WORKSPACE_DIR", "/workspace"))
     if mode == "pod" and workspace.is_dir():
         return workspace / "models", f"pod volume at {workspace}"
     return comfyui_dir / "models", "container disk (no network volume mounted)"

@@ -1,0 +1,58 @@
+"""Typed readers for environment variables; a bad value raises ConfigError naming the variable.
+
+Shared by the handler's settings and the provisioner's, so both accept the same spellings
+(1/0, true/false, yes/no, on/off for flags) and fail with the same kind of message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from wan_worker.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name)
+    return default if value is None or value.strip() == "" else value.strip()
+
+
+def number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; unset it or give a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def integer(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    value = number(env, name, default, minimum)
+    if value != int(value):
+        raise ConfigError(f"{name}={env.get(name)!r} must be a whole number")
+    return int(value)
+
+
+def flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} must be one of 1/0, true/false, yes/no, on/off")
+
+
+def choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = text(env, name, default).lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} must be one of: {', '.join(choices)}")
+    return value
