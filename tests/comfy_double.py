@@ -32,9 +32,11 @@ import json
 import logging
 import mimetypes
 import os
+import struct
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,7 @@ class Double:
         self.faults: dict[str, Any] = {}
         self.dropped = False
         self.prompts_received = 0
+        self.monitor_interval = 1.0
 
     # -- messaging ---------------------------------------------------------------------------
 
@@ -103,6 +106,25 @@ class Double:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await ws.send_json(message)
 
+    async def send_text(self, node_id: str, text: str) -> None:
+        """A binary TEXT frame (event type 3), as ComfyUI sends node text to the client."""
+        body = node_id.encode()
+        payload = struct.pack(">I", 3) + struct.pack(">I", len(body)) + body + text.encode()
+        ws = self.sockets.get(self.client_id or "")
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_bytes(payload)
+
+    async def monitor(self, interval: float) -> None:
+        """Crystools' resource monitor: a broadcast every `interval` seconds, job or not."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.send(
+                "crystools.monitor",
+                {"cpu_utilization": 50.0, "ram_used_percent": 20.0, "device_type": "cpu"},
+                None,
+            )
+
     async def queue_updated(self) -> None:
         await self.send("status", {"status": self.queue_info()}, None)
 
@@ -114,9 +136,16 @@ class Double:
         )
 
     def choices(self) -> dict[tuple[str, str], list[Any]]:
-        choices: dict[tuple[str, str], list[Any]] = dict(model_file_choices(self.models))
-        choices[("LoadImage", "image")] = self.input_files()
-        return choices
+        return dict(model_file_choices(self.models))
+
+    def custom_checks(self) -> dict[tuple[str, str], Callable[[Any], str | None]]:
+        """LoadImage's own VALIDATE_INPUTS: the file must exist in the input folder."""
+
+        def image_exists(value: Any) -> str | None:
+            path = _safe_join(self.input_dir, str(value))
+            return None if path is not None and path.is_file() else f"Invalid image file: {value}"
+
+        return {("LoadImage", "image"): image_exists}
 
     # -- execution ---------------------------------------------------------------------------
 
@@ -230,6 +259,8 @@ class Double:
                         await asyncio.wait_for(self.interrupt.wait(), timeout=delay)
                     self.check_interrupt()
                 await self.progress(prompt_id, node_id, step, steps)
+        if node["class_type"] == "GetImageSize":
+            await self.send_text(node_id, "width: 0, height: 0\n batch size: 1")
         if node["class_type"] == "VHS_VideoCombine":
             return await self.write_video(prompt_id, prompt, node_id)
         if node["class_type"] == "SaveImage":
@@ -534,7 +565,9 @@ def build_app(double: Double) -> web.Application:
                 }
                 return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt = body["prompt"]
-        result = validate_prompt(prompt, double.object_info, double.choices())
+        result = validate_prompt(
+            prompt, double.object_info, double.choices(), double.custom_checks()
+        )
         if not result.ok:
             return web.json_response(
                 {"error": result.error, "node_errors": result.node_errors}, status=400
@@ -605,6 +638,8 @@ def build_app(double: Double) -> web.Application:
 
     async def start_worker(app: web.Application) -> None:
         app["worker"] = asyncio.create_task(double.worker())
+        if double.monitor_interval > 0:
+            app["monitor"] = asyncio.create_task(double.monitor(double.monitor_interval))
 
     app.on_startup.append(start_worker)
     return app
@@ -626,6 +661,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", type=Path, default=DEFAULT_MODELS)
     parser.add_argument("--pid-file", type=Path)
     parser.add_argument("--fault", default="{}", help="faults as JSON, as for /__double__/fault")
+    parser.add_argument(
+        "--monitor-interval",
+        type=float,
+        default=1.0,
+        help="seconds between Crystools-style monitor broadcasts; 0 turns them off",
+    )
     return parser.parse_args(argv)
 
 
@@ -636,6 +677,7 @@ async def serve(args: argparse.Namespace) -> None:
         load_models(args.models),
     )
     double.faults = json.loads(args.fault)
+    double.monitor_interval = args.monitor_interval
     runner = web.AppRunner(build_app(double))
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)

@@ -45,14 +45,18 @@ def manifest_files() -> dict[str, list[str]]:
     return files
 
 
-def choices(image: str = "start_image.png") -> dict[tuple[str, str], list[Any]]:
-    result: dict[tuple[str, str], list[Any]] = dict(model_file_choices(manifest_files()))
-    result[("LoadImage", "image")] = [image]
-    return result
+def choices() -> dict[tuple[str, str], list[Any]]:
+    return dict(model_file_choices(manifest_files()))
+
+
+def image_check(*uploaded: str):
+    """LoadImage's own validation, as ComfyUI runs it: the file must have been uploaded."""
+    names = uploaded or ("start_image.png",)
+    return {("LoadImage", "image"): lambda v: None if v in names else f"Invalid image file: {v}"}
 
 
 def test_workflow_is_accepted_as_comfyui_would(workflow, object_info):
-    result = validate_prompt(workflow, object_info, choices())
+    result = validate_prompt(workflow, object_info, choices(), image_check())
     assert result.messages() == []
     assert result.ok
     assert result.outputs == [OUTPUT_NODE]
@@ -89,7 +93,7 @@ def test_model_files_are_all_in_the_manifest(workflow):
 def test_the_users_workflow_is_rejected_for_the_rife_drift(object_info):
     """The user's original file, kept as data: today's RIFE VFI needs three more inputs."""
     user = json.loads((PROJECT / "tests" / "data" / "user_workflow_api.json").read_text())
-    result = validate_prompt(user, object_info, choices("INPUT_IMAGE.png"))
+    result = validate_prompt(user, object_info, choices(), image_check("INPUT_IMAGE.png"))
     assert not result.ok
     assert sorted(result.messages()) == [
         "node 904 (RIFE VFI): Required input is missing: batch_size",
@@ -130,8 +134,8 @@ def test_the_users_workflow_is_rejected_for_the_rife_drift(object_info):
             "node 323 (VAEDecode): Return type mismatch between linked nodes: vae, received_type(CLIP) mismatch input_type(VAE)",
         ),
         (
-            lambda w: w["323"]["inputs"].update(vae=["9999", 0]),
-            "node 323 (VAEDecode): Linked node does not exist: vae: node 9999 is not in the prompt",
+            lambda w: w["481"]["inputs"].update(positive=["9999", 0]),
+            "node 481 (WanFirstLastFrameToVideo): Exception when validating inner node: '9999'",
         ),
         (
             lambda w: w["907"]["inputs"].update(unet_name="missing.safetensors"),
@@ -139,14 +143,14 @@ def test_the_users_workflow_is_rejected_for_the_rife_drift(object_info):
         ),
         (
             lambda w: w["260"]["inputs"].update(image="other.png"),
-            "node 260 (LoadImage): Value not in list: image: 'other.png' not in ['start_image.png']",
+            "node 260 (LoadImage): Custom validation failed for node: image - Invalid image file: other.png",
         ),
     ],
 )
 def test_validation_reports_what_comfyui_reports(workflow, object_info, mutate, expected):
     broken = copy.deepcopy(workflow)
     mutate(broken)
-    result = validate_prompt(broken, object_info, choices())
+    result = validate_prompt(broken, object_info, choices(), image_check())
     assert not result.ok
     assert any(m.startswith(expected) for m in result.messages()), result.messages()
 
@@ -154,18 +158,22 @@ def test_validation_reports_what_comfyui_reports(workflow, object_info, mutate, 
 def test_unknown_class_and_missing_output_are_rejected(workflow, object_info):
     broken = copy.deepcopy(workflow)
     broken["7"]["class_type"] = "NotANode"
-    result = validate_prompt(broken, object_info, choices())
+    result = validate_prompt(broken, object_info, choices(), image_check())
     assert result.error is not None and result.error["type"] == "missing_node_type"
-    assert "NotANode" in result.error["message"]
+    assert (
+        result.error["message"]
+        == "Node 'Negative conditioning' not found. The custom node may not be installed."
+    )
+    assert result.error["extra_info"]["class_type"] == "NotANode"
     no_output = {k: v for k, v in workflow.items() if k != OUTPUT_NODE}
-    result = validate_prompt(no_output, object_info, choices())
+    result = validate_prompt(no_output, object_info, choices(), image_check())
     assert result.error is not None and result.error["type"] == "prompt_no_outputs"
 
 
 def test_a_cycle_is_reported(workflow, object_info):
     broken = copy.deepcopy(workflow)
     broken["288"]["inputs"]["model"] = ["362", 0]  # 362 already depends on 288
-    result = validate_prompt(broken, object_info, choices())
+    result = validate_prompt(broken, object_info, choices(), image_check())
     assert not result.ok
     assert any("Dependency cycle detected" in m for m in result.messages())
 
@@ -190,7 +198,7 @@ def test_build_fills_the_role_nodes_and_leaves_the_template_alone(workflow, obje
         "disabled",
         "disabled",
     ]
-    assert validate_prompt(prompt, object_info, choices("wan-i2v-x.png")).ok
+    assert validate_prompt(prompt, object_info, choices(), image_check("wan-i2v-x.png")).ok
 
 
 def test_template_facts_match_the_workflow():

@@ -42,8 +42,8 @@ from wan_worker.prompt_validation import MODEL_FILE_INPUTS
 
 log = logging.getLogger(__name__)
 
-SILENCE_CHECK_S = 2.0  # how long the socket may be quiet before the process is checked
-HISTORY_CHECK_S = 15.0  # how long it may be quiet before /history is asked as well
+PROCESS_CHECK_S = 2.0  # how often ComfyUI's process is checked while a job runs
+HISTORY_CHECK_S = 15.0  # how often /history is asked, in case a message was lost
 INTERRUPT_GRACE_S = 15.0  # how long an interrupted prompt may take to stop
 
 
@@ -381,8 +381,8 @@ class _Follower:
         self.started_at: float | None = None
         self.current: tuple[str | None, float] | None = None
         self.outcome = RunOutcome(prompt_id, OutputFile("", "", "output"))
-        self.last_message_at = client.clock()
         self.last_history_at = client.clock()
+        self.next_process_check = client.clock() + PROCESS_CHECK_S
 
     def close(self) -> None:
         if self.ws is not None:
@@ -416,7 +416,8 @@ class _Follower:
 
     def follow(self) -> RunOutcome:
         while True:
-            remaining = self.deadline - self.client.clock()
+            now = self.client.clock()
+            remaining = self.deadline - now
             if remaining <= 0:
                 self._time_out()
             if self.ws is None:
@@ -424,26 +425,28 @@ class _Follower:
                 if outcome is not None:
                     return outcome
                 continue
-            self.ws.settimeout(max(0.01, min(remaining, SILENCE_CHECK_S)))
+            # Wake for the next liveness check even if messages keep coming: a node such as
+            # Crystools broadcasts every second, so a quiet socket cannot be relied on.
+            until_check = self.next_process_check - now
+            self.ws.settimeout(max(0.01, min(remaining, until_check)))
             try:
                 raw = self.ws.recv()
             except websocket.WebSocketTimeoutException:
-                outcome = self._on_silence()
-                if outcome is not None:
-                    return outcome
-                continue
+                raw = None
             except (websocket.WebSocketException, OSError) as exc:
                 log.warning("ComfyUI websocket dropped (%s); reconnecting", type(exc).__name__)
                 self.close()
                 continue
-            self.last_message_at = self.client.clock()
-            if not isinstance(raw, str):
-                continue  # binary previews
-            try:
-                message = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
-            outcome = self._on_message(message)
+            if isinstance(raw, str):  # binary frames are previews and node text
+                try:
+                    message = json.loads(raw)
+                except json.JSONDecodeError:
+                    message = None
+                if isinstance(message, dict):
+                    outcome = self._on_message(message)
+                    if outcome is not None:
+                        return outcome
+            outcome = self._periodic_checks()
             if outcome is not None:
                 return outcome
 
@@ -514,9 +517,14 @@ class _Follower:
             )
         return None
 
-    def _on_silence(self) -> RunOutcome | None:
+    def _periodic_checks(self) -> RunOutcome | None:
+        """Every few seconds: is ComfyUI's process alive; less often: did /history move on."""
+        now = self.client.clock()
+        if now < self.next_process_check:
+            return None
+        self.next_process_check = now + PROCESS_CHECK_S
         self.client.check_process()
-        if self.client.clock() - self.last_history_at >= HISTORY_CHECK_S:
+        if now - self.last_history_at >= HISTORY_CHECK_S:
             return self._from_history(required=False)
         return None
 

@@ -13,7 +13,7 @@ Model-file enums are empty in a schema taken from a ComfyUI with no models insta
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,9 @@ ObjectInfo = Mapping[str, Any]
 Prompt = Mapping[str, Any]
 #: (class_type, input_name) -> the values allowed there, replacing the schema's enum.
 Choices = Mapping[tuple[str, str], list[Any]]
+#: (class_type, input_name) -> a node's own VALIDATE_INPUTS for that input: None when the value
+#: is fine, else the reason (reported as `custom_validation_failed`, as ComfyUI does).
+CustomChecks = Mapping[tuple[str, str], Callable[[Any], str | None]]
 
 # Inputs that name a model file, by ComfyUI model folder. Their schema enums list whatever a
 # given ComfyUI happened to have on disk, so the project checks them against its own manifest.
@@ -96,10 +99,13 @@ def _convert(input_type: Any, value: Any) -> Any:
 
 
 class _Validator:
-    def __init__(self, prompt: Prompt, object_info: ObjectInfo, choices: Choices) -> None:
+    def __init__(
+        self, prompt: Prompt, object_info: ObjectInfo, choices: Choices, custom: CustomChecks
+    ) -> None:
         self.prompt = prompt
         self.object_info = object_info
         self.choices = choices
+        self.custom = custom
         self.validated: dict[str, tuple[bool, list[dict[str, Any]]]] = {}
 
     def node(self, node_id: str, visiting: list[str]) -> tuple[bool, list[dict[str, Any]]]:
@@ -145,6 +151,19 @@ class _Validator:
                 ok = self._link(node_id, name, input_type, value, errors, visiting)
                 valid = valid and ok
                 continue
+            check = self.custom.get((class_type, name))
+            if check is not None:  # the node validates this input itself: no enum or range
+                reason = check(value)
+                if reason is not None:
+                    errors.append(
+                        _error(
+                            "custom_validation_failed",
+                            "Custom validation failed for node",
+                            f"{name} - {reason}",
+                            input_name=name,
+                        )
+                    )
+                continue
             self._literal(class_type, name, input_type, extra, value, errors)
 
         previous = self.validated.get(node_id, (True, []))
@@ -176,30 +195,9 @@ class _Validator:
             )
             return True
         source_id, slot = str(value[0]), value[1]
-        source = self.prompt.get(source_id)
-        if source is None:
-            errors.append(
-                _error(
-                    "bad_linked_input",
-                    "Linked node does not exist",
-                    f"{name}: node {source_id} is not in the prompt",
-                    input_name=name,
-                    linked_node=value,
-                )
-            )
-            return True
-        outputs = self.object_info[source["class_type"]].get("output", [])
-        if not isinstance(slot, int) or not 0 <= slot < len(outputs):
-            errors.append(
-                _error(
-                    "bad_linked_input",
-                    "Linked output slot does not exist",
-                    f"{name}: {source['class_type']} has {len(outputs)} outputs, not slot {slot}",
-                    input_name=name,
-                    linked_node=value,
-                )
-            )
-            return True
+        # As in ComfyUI, a link to a missing node or output slot raises here (KeyError,
+        # IndexError); the node that linked to this one reports it as an inner exception.
+        outputs = self.object_info[self.prompt[source_id]["class_type"]].get("output", [])
         received = outputs[slot]
         if not types_match(received, input_type):
             errors.append(
@@ -216,6 +214,23 @@ class _Validator:
         visiting.append(node_id)
         try:
             ok, _ = self.node(source_id, visiting)
+        except (KeyError, IndexError, TypeError) as exc:
+            self.validated[source_id] = (
+                False,
+                [
+                    _error(
+                        "exception_during_inner_validation",
+                        "Exception when validating inner node",
+                        str(exc),
+                        input_name=name,
+                        input_config=[input_type, {}],
+                        exception_message=str(exc),
+                        exception_type=type(exc).__name__,
+                        linked_node=value,
+                    )
+                ],
+            )
+            return False
         finally:
             visiting.pop()
         return ok
@@ -288,9 +303,13 @@ class _Validator:
 
 
 def validate_prompt(
-    prompt: Prompt, object_info: ObjectInfo, choices: Choices | None = None
+    prompt: Prompt,
+    object_info: ObjectInfo,
+    choices: Choices | None = None,
+    custom: CustomChecks | None = None,
 ) -> ValidationResult:
-    """Check `prompt` as ComfyUI's /prompt would, with `choices` replacing enums where given."""
+    """Check `prompt` as ComfyUI's /prompt would, with `choices` replacing enums where given
+    and `custom` standing in for nodes' own input validation."""
     if not isinstance(prompt, Mapping) or not prompt:
         return ValidationResult(
             False, _error("no_prompt", "No prompt provided", "No prompt provided"), []
@@ -313,14 +332,16 @@ def validate_prompt(
         class_type = node["class_type"]
         schema = object_info.get(class_type)
         if schema is None:
+            title = (node.get("_meta") or {}).get("title", class_type)
             return ValidationResult(
                 False,
                 _error(
                     "missing_node_type",
-                    f"Node '{class_type}' not found. The custom node may not be installed.",
+                    f"Node '{title}' not found. The custom node may not be installed.",
                     f"Node ID '#{node_id}'",
                     node_id=node_id,
                     class_type=class_type,
+                    node_title=title,
                 ),
                 [],
             )
@@ -329,12 +350,26 @@ def validate_prompt(
     if not outputs:
         return ValidationResult(False, _error("prompt_no_outputs", "Prompt has no outputs", ""), [])
 
-    validator = _Validator(prompt, object_info, choices or {})
+    validator = _Validator(prompt, object_info, choices or {}, custom or {})
     good: list[str] = []
     failures: list[dict[str, Any]] = []
     node_errors: dict[str, Any] = {}
     for output_id in outputs:
-        ok, reasons = validator.node(output_id, [])
+        try:
+            ok, reasons = validator.node(output_id, [])
+        except (KeyError, IndexError, TypeError) as exc:
+            ok, reasons = (
+                False,
+                [
+                    _error(
+                        "exception_during_validation",
+                        "Exception when validating node",
+                        str(exc),
+                        exception_type=type(exc).__name__,
+                    )
+                ],
+            )
+            validator.validated[output_id] = (ok, reasons)
         if ok:
             good.append(output_id)
             continue
