@@ -143,13 +143,6 @@ RUN --mount=type=cache,target=/root/.cache/uv \
       --reinstall-package opencv-contrib-python opencv-contrib-python \
  && uv pip check
 
-# RIFE never downloads at job time: Frame-Interpolation looks for rife47.pth in its own
-# ckpts/rife/, which is a link to the models volume, where provisioning puts it.
-ARG RIFE_CKPT_DIR=/runpod-volume/models/rife
-ENV RIFE_CKPT_DIR=${RIFE_CKPT_DIR}
-RUN mkdir -p /opt/ComfyUI/custom_nodes/ComfyUI-Frame-Interpolation/ckpts \
- && ln -sfn "${RIFE_CKPT_DIR}" /opt/ComfyUI/custom_nodes/ComfyUI-Frame-Interpolation/ckpts/rife
-
 # The worker.
 WORKDIR /app
 COPY rp_handler.py extra_model_paths.yaml ./
@@ -159,11 +152,13 @@ COPY workflows/ ./workflows/
 COPY scripts/ ./scripts/
 ENV COMFYUI_DIR=/opt/ComfyUI
 
-# Build-time smoke test (no GPU here): the build fails unless it passes.
+# Build-time smoke test (no GPU here): the build fails unless it passes. It also checks that
+# Frame-Interpolation reads RIFE from the folder provisioning links rife47.pth into, so RIFE
+# never downloads at job time.
 RUN python /app/scripts/smoke_image.py image \
       --comfyui-dir /opt/ComfyUI \
       --workflow /app/workflows/wan_flf_i2v_api.json \
       --lock /app/docker/requirements.lock \
-      --rife-dir "${RIFE_CKPT_DIR}"
+      --models-manifest /app/workflows/models.json
 
 ENTRYPOINT ["/app/start.sh"]

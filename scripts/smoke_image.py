@@ -7,7 +7,7 @@ Two commands:
       wheel holds sm_120a device code, and no other architecture.
 
   smoke_image.py image [--comfyui-dir DIR] [--workflow FILE] [--lock FILE]
-                       [--rife-dir DIR] [--skip-gpu-build-checks]
+                       [--models-manifest FILE] [--skip-gpu-build-checks]
       In the finished image, with the image's Python:
       - torch is the pinned CUDA 12.8 build and was compiled for sm_120;
       - sageattention imports, with its compiled sm80/sm89 kernels and fused ops;
@@ -19,7 +19,8 @@ Two commands:
         "Cannot import" in its log, and each node listed as imported;
       - (--workflow) a ComfyUI started on loopback registers every node class the
         workflow uses, read back from /object_info;
-      - (--rife-dir) Frame-Interpolation's ckpts/rife is a link to that directory.
+      - (--models-manifest) Frame-Interpolation reads RIFE checkpoints from the folder the
+        manifest links rife47.pth into, so RIFE never downloads at job time.
 
 --skip-gpu-build-checks skips the torch CUDA and sageattention checks and says so: for a run
 on a CPU-only machine against a fetched ComfyUI and a CPU build of torch.
@@ -238,11 +239,41 @@ def check_node_dirs(comfyui: Path, nodes: list[str]) -> str:
     return f"{len(nodes)} custom nodes present; no Manager, no QwenVL"
 
 
-def check_rife_link(comfyui: Path, rife_dir: Path) -> str:
-    link = comfyui / "custom_nodes" / "ComfyUI-Frame-Interpolation" / "ckpts" / "rife"
-    if not link.is_symlink() or Path(os.readlink(link)) != rife_dir:
-        raise SmokeError(f"{link} must be a symlink to {rife_dir}")
-    return f"{link} -> {rife_dir}"
+def frame_interpolation_reads(comfyui: Path, model_type: str) -> Path:
+    """The folder ComfyUI-Frame-Interpolation loads `model_type` checkpoints from.
+
+    The node joins its own directory, config.yaml's ckpts_path and the model type, and downloads
+    into that folder whatever it does not find there.
+    """
+    node = comfyui / "custom_nodes" / "ComfyUI-Frame-Interpolation"
+    config = (node / "config.yaml").read_text()
+    match = re.search(r"^ckpts_path:\s*[\"']?([^\"'#\n]+?)[\"']?\s*(#.*)?$", config, re.MULTILINE)
+    if match is None:
+        raise SmokeError(f"{node / 'config.yaml'} has no ckpts_path")
+    return Path(os.path.normpath(node / match.group(1).strip() / model_type))
+
+
+def check_rife_folder(comfyui: Path, manifest: Path) -> str:
+    """Provisioning links rife47.pth where the RIFE VFI node looks, so it never downloads it."""
+    reads = frame_interpolation_reads(comfyui, "rife")
+    models = json.loads(manifest.read_text())["models"]
+    rife = [m for m in models if m.get("folder") == "rife"]
+    if not rife:
+        raise SmokeError(f"{manifest} has no model in folder 'rife'")
+    links = {
+        Path(os.path.normpath(t.format(comfyui_dir=comfyui, models_root="/models-root")))
+        for model in rife
+        for t in model.get("link_into", [])
+    }
+    if reads not in links:
+        raise SmokeError(
+            f"RIFE VFI reads checkpoints from {reads}, but {manifest.name} links "
+            f"{rife[0]['filename']} into {sorted(map(str, links))}: RIFE would download at "
+            "job time"
+        )
+    if reads.is_symlink() and not reads.exists():
+        raise SmokeError(f"{reads} is a dangling link")
+    return f"RIFE VFI reads {reads}, where provisioning links {rife[0]['filename']}"
 
 
 def comfyui_command(comfyui: Path, scratch: Path, *extra: str) -> list[str]:
@@ -357,8 +388,8 @@ def image_checks(args: argparse.Namespace, versions: Mapping) -> list:
     ]
     if args.workflow:
         checks.append(("workflow", lambda: check_workflow_nodes(comfyui, args.workflow)))
-    if args.rife_dir:
-        checks.append(("rife", lambda: check_rife_link(comfyui, args.rife_dir)))
+    if args.models_manifest:
+        checks.append(("rife", lambda: check_rife_folder(comfyui, args.models_manifest)))
     return checks
 
 
@@ -372,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     image.add_argument("--comfyui-dir", type=Path, default=Path("/opt/ComfyUI"))
     image.add_argument("--workflow", type=Path, help="API workflow whose node classes must exist")
     image.add_argument("--lock", type=Path, help="fail on packages this lock does not pin")
-    image.add_argument("--rife-dir", type=Path, help="where ckpts/rife must point")
+    image.add_argument(
+        "--models-manifest", type=Path, help="models.json whose RIFE link_into the node must read"
+    )
     image.add_argument(
         "--skip-gpu-build-checks",
         action="store_true",

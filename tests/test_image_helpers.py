@@ -296,6 +296,27 @@ def test_node_dirs_reject_manager_and_qwenvl(tmp_path: Path) -> None:
     assert "9 custom nodes present" in smoke.check_node_dirs(tmp_path, NODES)
 
 
+def frame_interpolation(root: Path, ckpts_path: str) -> Path:
+    node = root / "ComfyUI" / "custom_nodes" / "ComfyUI-Frame-Interpolation"
+    node.mkdir(parents=True)
+    (node / "config.yaml").write_text(
+        f'#Plz don\'t delete this file\nckpts_path: "{ckpts_path}"\nops_backend: "cupy"\n'
+    )
+    return root / "ComfyUI"
+
+
+def test_rife_folder_check_accepts_the_folder_provisioning_links_into(tmp_path: Path) -> None:
+    comfyui = frame_interpolation(tmp_path, "./ckpts")
+    verdict = smoke.check_rife_folder(comfyui, REPO / "workflows" / "models.json")
+    assert "ComfyUI-Frame-Interpolation/ckpts/rife" in verdict
+
+
+def test_rife_folder_check_fails_when_the_node_reads_elsewhere(tmp_path: Path) -> None:
+    comfyui = frame_interpolation(tmp_path, "/somewhere/else")
+    with pytest.raises(smoke.SmokeError, match="RIFE would download at job time"):
+        smoke.check_rife_folder(comfyui, REPO / "workflows" / "models.json")
+
+
 def test_unpinned_and_mismatched_packages_are_named() -> None:
     lock = smoke.parse_pins("numpy==2.5.5\n    # via x\nrequests==2.34.2\n")
     torch_pins = smoke.exact_pins(['nvidia-cudnn-cu12==9.10.2.21; platform_system == "Linux"'])
