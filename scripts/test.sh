@@ -20,6 +20,7 @@ main() {
   hadolint Dockerfile
   shell_scripts | xargs -0 --no-run-if-empty shellcheck
   actionlint
+  check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
   python -m pytest "$@"
 }
 
