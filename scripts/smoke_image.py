@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VERSIONS = REPO / "docker" / "versions.json"
 DEFAULT_LOCK = REPO / "docker" / "requirements.lock"
 FORBIDDEN_NODES = re.compile(r"manager|qwen[-_]?vl", re.IGNORECASE)
+IMPORT_TIMES = "Import times for custom nodes:"
 FAILURE_MARKERS = ("IMPORT FAILED", "Cannot import")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 SAGE_EXTENSIONS = ("_qattn_sm80", "_qattn_sm89", "_fused")
@@ -113,9 +114,11 @@ def node_import_problems(log: str, nodes: Iterable[str]) -> list[str]:
         for line in log.splitlines()
         if any(marker in line for marker in FAILURE_MARKERS)
     ]
+    # Only the import section counts: ComfyUI lists prestartup scripts in the same format.
+    _, found, section = log.rpartition(IMPORT_TIMES)
     imported = {
         Path(match.group(1).strip()).name
-        for match in re.finditer(r"\b[\d.]+ seconds: (.+)$", log, re.MULTILINE)
+        for match in re.finditer(r"\b[\d.]+ seconds: (.+)$", section if found else "", re.M)
     }
     problems += [
         f"custom node {node} is not listed among the imported nodes"

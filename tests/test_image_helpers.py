@@ -147,7 +147,8 @@ def make_wheel(directory: Path, name: str, version: str, requires: tuple[str, ..
 
 
 def uv(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("uv")
+    beside = Path(sys.executable).parent / "uv"
+    binary = str(beside) if beside.exists() else shutil.which("uv")
     assert binary, "uv is not installed (requirements-dev.txt pins it)"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
     env |= {"UV_CACHE_DIR": str(cwd / "cache"), "UV_NO_CONFIG": "1", "UV_OFFLINE": "1"}
@@ -253,6 +254,17 @@ def test_cannot_import_warning_and_a_silently_skipped_node_are_reported() -> Non
         "log: Cannot import /opt/ComfyUI/custom_nodes/ComfyUI-KJNodes module for custom "
         "nodes: boom",
         "custom node ComfyUI-KJNodes is not listed among the imported nodes",
+    ]
+
+
+def test_a_node_listed_only_among_prestartup_scripts_is_not_imported() -> None:
+    log = (
+        "Prestartup times for custom nodes:\n"
+        "   0.0 seconds: /opt/ComfyUI/custom_nodes/ComfyUI-Easy-Use\n"
+        + comfyui_log(missing="ComfyUI-Easy-Use")
+    )
+    assert smoke.node_import_problems(log, NODES) == [
+        "custom node ComfyUI-Easy-Use is not listed among the imported nodes"
     ]
 
 
