@@ -5,9 +5,22 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
+# Every shell script of the project, NUL-separated: tracked and new files, not ignored ones.
+shell_scripts() {
+  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files -z --cached --others --exclude-standard -- '*.sh' '.ci/run'
+  else
+    find . -path ./.venv -prune -o \( -name '*.sh' -o -path ./.ci/run \) -type f -print0
+  fi
+}
+
 main() {
   ruff check .
   ruff format --check .
+  hadolint Dockerfile
+  shell_scripts | xargs -0 --no-run-if-empty shellcheck
+  actionlint
+  check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
   python -m pytest "$@"
 }
 

@@ -1,0 +1,164 @@
+# syntax=docker/dockerfile:1.7
+#
+# Wan2.2 image-to-video worker for RunPod Serverless, built for the RTX 5090 (sm_120):
+# CUDA 12.8, Python 3.12, PyTorch 2.10.0 (cu128), SageAttention 2.2.0 compiled for sm_120,
+# ComfyUI 0.33.0 and nine custom nodes. Every source is pinned; docker/versions.json records
+# the same pins and tests/test_dockerfile.py keeps the two in step. The last RUN step is a
+# smoke test: the build fails unless the image works (docs/image.md).
+
+# ---------------------------------------------------------------------------------------------
+# uv, the installer used in both stages.
+FROM ghcr.io/astral-sh/uv:0.13.8 AS uv
+
+# ---------------------------------------------------------------------------------------------
+# Builder: compile SageAttention into a wheel against the same torch the image runs.
+FROM nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04 AS sage-builder
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive
+
+# Ubuntu pins the package set of the release; exact apt versions vanish from the archive.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      build-essential ca-certificates git python3.12 python3.12-dev \
+ && rm -rf /var/lib/apt/lists/*
+
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    VIRTUAL_ENV=/opt/build-venv \
+    PATH=/opt/build-venv/bin:$PATH
+
+COPY docker/constraints.txt /build/constraints.txt
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv venv --python /usr/bin/python3.12 /opt/build-venv \
+ && uv pip install --index-url https://download.pytorch.org/whl/cu128 \
+      --constraint /build/constraints.txt torch \
+ && uv pip install --index-url https://pypi.org/simple \
+      setuptools==74.1.3 wheel==0.43.0 packaging==23.2 ninja==1.13.2
+
+COPY --chmod=0755 docker/git-fetch-commit.sh /usr/local/bin/git-fetch-commit
+RUN git-fetch-commit https://github.com/thu-ml/SageAttention.git /build/SageAttention \
+      d1a57a546c3d395b1ffcbeecc66d81db76f3b4b5
+
+# sm_120 alone: adding 9.0 makes the sm_90a kernels compile for sm_120 and fail (upstream
+# issue #291). The 5090 needs nothing else.
+ENV TORCH_CUDA_ARCH_LIST="12.0"
+# Parallelism bounded so a 4-core, 16 GB hosted runner does not run out of memory:
+# EXT_PARALLEL extensions at once, MAX_JOBS compiler processes each, NVCC_THREADS per nvcc.
+ARG EXT_PARALLEL=1
+ARG MAX_JOBS=2
+ARG NVCC_THREADS=2
+WORKDIR /build/SageAttention
+RUN EXT_PARALLEL="${EXT_PARALLEL}" MAX_JOBS="${MAX_JOBS}" \
+    NVCC_APPEND_FLAGS="--threads ${NVCC_THREADS}" \
+    uv build --wheel --no-build-isolation --python /opt/build-venv/bin/python \
+      --out-dir /wheels .
+
+COPY scripts/smoke_image.py docker/versions.json /build/smoke/
+RUN python /build/smoke/smoke_image.py --versions /build/smoke/versions.json \
+      wheel /wheels/sageattention-*.whl
+
+# ---------------------------------------------------------------------------------------------
+# Runtime.
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS runtime
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive
+
+# ffmpeg: MP4 encoding (VideoHelperSuite). libgl1, libglib2.0-0: OpenCV. gcc, python3.12-dev:
+# Triton compiles a small launcher with the system C compiler the first time a Triton kernel
+# runs. git: ComfyUI and nodes read their own revision.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      ca-certificates curl ffmpeg gcc git libc6-dev libgl1 libglib2.0-0 libgomp1 \
+      python3.12 python3.12-dev \
+ && rm -rf /var/lib/apt/lists/*
+
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_LINK_MODE=copy \
+    UV_COMPILE_BYTECODE=1 \
+    UV_PYTHON_DOWNLOADS=never \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1
+
+# The CUDA 12.8 PyTorch stack first, from the cu128 index; every later install is constrained
+# by the same file, so nothing can replace it.
+COPY docker/constraints.txt docker/requirements.lock docker/versions.json /app/docker/
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv venv --python /usr/bin/python3.12 /opt/venv \
+ && uv pip install --index-url https://download.pytorch.org/whl/cu128 \
+      --constraint /app/docker/constraints.txt torch torchvision torchaudio
+
+RUN --mount=type=bind,from=sage-builder,source=/wheels,target=/wheels \
+    uv pip install --no-deps /wheels/sageattention-2.2.0-*.whl
+
+COPY --chmod=0755 docker/git-fetch-commit.sh /usr/local/bin/git-fetch-commit
+RUN git-fetch-commit https://github.com/comfyanonymous/ComfyUI.git /opt/ComfyUI \
+      783545f689a0af730065994b46b382ae24844c99
+
+# The nine custom nodes. Never ComfyUI-Manager (it installs code at run time) or QwenVL.
+WORKDIR /opt/ComfyUI/custom_nodes
+RUN git-fetch-commit https://github.com/rgthree/rgthree-comfy.git \
+      rgthree-comfy 13b4399c00b5ef5a97b1b6800fc1185874740f5d \
+ && git-fetch-commit https://github.com/cubiq/ComfyUI_essentials.git \
+      ComfyUI_essentials 33ff89fd354d8ec3ab6affb605a79a931b445d99 \
+ && git-fetch-commit https://github.com/yolain/ComfyUI-Easy-Use.git \
+      ComfyUI-Easy-Use 4de1ab3b66e48da916b6f263bacd001df53a2720 \
+ && git-fetch-commit https://github.com/kijai/ComfyUI-KJNodes.git \
+      ComfyUI-KJNodes 3f20054214fec9f9234fd3841ae6f1e4287948f6 \
+ && git-fetch-commit https://github.com/Kosinkadink/ComfyUI-VideoHelperSuite.git \
+      ComfyUI-VideoHelperSuite 4ee72c065db22c9d96c2427954dc69e7b908444b \
+ && git-fetch-commit https://github.com/crystian/ComfyUI-Crystools.git \
+      ComfyUI-Crystools 2f18256c5b5063937106f29a8e0a7db3ae3869b7 \
+ && git-fetch-commit https://github.com/ClownsharkBatwing/RES4LYF.git \
+      RES4LYF 022c873c6d198c67b3312a1804336533a050df18 \
+ && git-fetch-commit https://github.com/pythongosssss/ComfyUI-Custom-Scripts.git \
+      ComfyUI-Custom-Scripts 609f3afaa74b2f88ef9ce8d939626065e3247469 \
+ && git-fetch-commit https://github.com/Fannovel16/ComfyUI-Frame-Interpolation.git \
+      ComfyUI-Frame-Interpolation 26545cc2dd95bc3d27f056016300673bdeee78f5
+
+# ComfyUI's, the nodes' and the worker's requirements in one resolution, every version fixed
+# by the lock and torch held by the constraints; a node whose requirements cannot be met fails
+# the build. Three opencv wheels share the cv2 package and would overwrite each other in
+# parallel, so the contrib build (a superset, needed by Frame-Interpolation) is reinstalled last.
+COPY requirements.txt /app/requirements.txt
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv pip install --only-binary :all: \
+      --constraint /app/docker/constraints.txt --constraint /app/docker/requirements.lock \
+      -r /opt/ComfyUI/requirements.txt \
+      -r /opt/ComfyUI/custom_nodes/rgthree-comfy/requirements.txt \
+      -r /opt/ComfyUI/custom_nodes/ComfyUI_essentials/requirements.txt \
+      -r /opt/ComfyUI/custom_nodes/ComfyUI-Easy-Use/requirements.txt \
+      -r /opt/ComfyUI/custom_nodes/ComfyUI-KJNodes/requirements.txt \
+      -r /opt/ComfyUI/custom_nodes/ComfyUI-VideoHelperSuite/requirements.txt \
+      -r /opt/ComfyUI/custom_nodes/ComfyUI-Crystools/requirements.txt \
+      -r /opt/ComfyUI/custom_nodes/RES4LYF/requirements.txt \
+      -r /opt/ComfyUI/custom_nodes/ComfyUI-Frame-Interpolation/requirements-no-cupy.txt \
+      -r /app/requirements.txt \
+ && uv pip install --only-binary :all: --no-deps --constraint /app/docker/requirements.lock \
+      --reinstall-package opencv-contrib-python opencv-contrib-python \
+ && uv pip check
+
+# The worker.
+WORKDIR /app
+COPY rp_handler.py extra_model_paths.yaml ./
+COPY --chmod=0755 start.sh ./
+COPY wan_worker/ ./wan_worker/
+COPY workflows/ ./workflows/
+COPY scripts/ ./scripts/
+ENV COMFYUI_DIR=/opt/ComfyUI
+
+# Build-time smoke test (no GPU here): the build fails unless it passes. It also checks that
+# Frame-Interpolation reads RIFE from the folder provisioning links rife47.pth into, so RIFE
+# never downloads at job time.
+RUN python /app/scripts/smoke_image.py image \
+      --comfyui-dir /opt/ComfyUI \
+      --workflow /app/workflows/wan_flf_i2v_api.json \
+      --lock /app/docker/requirements.lock \
+      --models-manifest /app/workflows/models.json
+
+ENTRYPOINT ["/app/start.sh"]

@@ -1,0 +1,362 @@
+"""The image build's helpers, run for real: the SHA-only git fetch, the torch constraints under
+the image's uv, and the smoke test's verdicts on ComfyUI logs and package sets."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import importlib.util
+import io
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FETCH = REPO / "docker" / "git-fetch-commit.sh"
+CONSTRAINTS = REPO / "docker" / "constraints.txt"
+NODES = [
+    "rgthree-comfy",
+    "ComfyUI_essentials",
+    "ComfyUI-Easy-Use",
+    "ComfyUI-KJNodes",
+    "ComfyUI-VideoHelperSuite",
+    "ComfyUI-Crystools",
+    "RES4LYF",
+    "ComfyUI-Custom-Scripts",
+    "ComfyUI-Frame-Interpolation",
+]
+
+
+def load_smoke() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("smoke_image", REPO / "scripts/smoke_image.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+smoke = load_smoke()
+
+
+# ------------------------------------------------------------------ git-fetch-commit.sh
+
+
+def git(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A repository with two commits; returns (path, first sha, second sha)."""
+    repo = tmp_path_factory.mktemp("upstream")
+    git("init", "-q", "-b", "main", cwd=repo)
+    (repo / "node.py").write_text("VERSION = 1\n")
+    git("add", "node.py", cwd=repo)
+    git("commit", "-q", "-m", "one", cwd=repo)
+    first = git("rev-parse", "HEAD", cwd=repo)
+    (repo / "node.py").write_text("VERSION = 2\n")
+    git("commit", "-q", "-am", "two", cwd=repo)
+    return repo, first, git("rev-parse", "HEAD", cwd=repo)
+
+
+def fetch(url: str, dest: Path, commit: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(FETCH), url, str(dest), commit], capture_output=True, text=True, check=False
+    )
+
+
+def test_fetches_exactly_the_pinned_commit_not_the_branch_tip(
+    upstream: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    repo, first, _ = upstream
+    result = fetch(f"file://{repo}", tmp_path / "node", first)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "node" / "node.py").read_text() == "VERSION = 1\n"
+    assert git("rev-parse", "HEAD", cwd=tmp_path / "node") == first
+    assert git("rev-list", "--count", "HEAD", cwd=tmp_path / "node") == "1"  # shallow
+
+
+@pytest.mark.parametrize("commit", ["main", "v1.0", "abc1234"])
+def test_refuses_branches_tags_and_short_shas(
+    upstream: tuple[Path, str, str], tmp_path: Path, commit: str
+) -> None:
+    repo, _, _ = upstream
+    result = fetch(f"file://{repo}", tmp_path / "node", commit)
+    assert result.returncode == 1
+    assert "must be a full 40-character lowercase hex SHA" in result.stderr
+    assert not (tmp_path / "node").exists()
+
+
+def test_unknown_commit_fails_naming_it(upstream: tuple[Path, str, str], tmp_path: Path) -> None:
+    repo, _, _ = upstream
+    missing = "0" * 40
+    result = fetch(f"file://{repo}", tmp_path / "node", missing)
+    assert result.returncode == 1
+    assert f"could not fetch {missing}" in result.stderr
+
+
+def test_refuses_to_fetch_over_existing_files(
+    upstream: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    repo, _, second = upstream
+    (tmp_path / "node").mkdir()
+    (tmp_path / "node" / "keep.txt").write_text("mine")
+    result = fetch(f"file://{repo}", tmp_path / "node", second)
+    assert result.returncode == 1
+    assert "already exists and is not empty" in result.stderr
+    assert (tmp_path / "node" / "keep.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------------------ constraints under uv
+
+
+def make_wheel(directory: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> None:
+    """A minimal, valid wheel with the given metadata."""
+    dist_info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}_pkg/__init__.py": b"",
+        f"{dist_info}/METADATA": "\n".join(
+            ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+            + [f"Requires-Dist: {r}" for r in requires]
+        ).encode()
+        + b"\n",
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = io.StringIO()
+    writer = csv.writer(record, lineterminator="\n")
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        writer.writerow([path, f"sha256={digest}", len(data)])
+    writer.writerow([f"{dist_info}/RECORD", "", ""])
+    files[f"{dist_info}/RECORD"] = record.getvalue().encode()
+    with zipfile.ZipFile(directory / f"{name}-{version}-py3-none-any.whl", "w") as wheel:
+        for path, data in files.items():
+            wheel.writestr(path, data)
+
+
+def uv(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    beside = Path(sys.executable).parent / "uv"
+    binary = str(beside) if beside.exists() else shutil.which("uv")
+    assert binary, "uv is not installed (requirements-dev.txt pins it)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
+    env |= {"UV_CACHE_DIR": str(cwd / "cache"), "UV_NO_CONFIG": "1", "UV_OFFLINE": "1"}
+    return subprocess.run(
+        [binary, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture
+def cuda_torch_venv(tmp_path: Path) -> Path:
+    """A venv holding stand-ins for the cu128 torch stack, and an index offering newer torch."""
+    cu128, index = tmp_path / "cu128", tmp_path / "index"
+    cu128.mkdir()
+    index.mkdir()
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            make_wheel(cu128, name, version)
+            make_wheel(index, name, version.split("+")[0])  # what PyPI has
+    make_wheel(index, "torch", "2.11.0")
+    make_wheel(index, "polite_node", "1.0", ("torch", "torchvision"))
+    make_wheel(index, "greedy_node", "1.0", ("torch>=2.11",))
+    assert uv("venv", "-q", "-p", sys.executable, "venv", cwd=tmp_path).returncode == 0
+    result = uv(
+        "pip", "install", "-p", "venv", "--no-index", "--find-links", str(cu128),
+        "--constraint", str(CONSTRAINTS), "torch", "torchvision", "torchaudio", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return tmp_path
+
+
+def installed(root: Path) -> dict[str, str]:
+    freeze = uv("pip", "freeze", "-p", "venv", cwd=root).stdout
+    return dict(line.split("==") for line in freeze.splitlines())
+
+
+def test_node_requirements_keep_the_installed_cu128_torch(cuda_torch_venv: Path) -> None:
+    root = cuda_torch_venv
+    result = uv(
+        "pip", "install", "-p", "venv", "--no-index", "--find-links", str(root / "index"),
+        "--constraint", str(CONSTRAINTS), "polite_node", cwd=root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert installed(root) == {
+        "polite-node": "1.0",
+        "torch": "2.10.0+cu128",
+        "torchaudio": "2.10.0+cu128",
+        "torchvision": "0.25.0+cu128",
+    }
+
+
+def test_a_node_that_wants_another_torch_fails_instead_of_replacing_it(
+    cuda_torch_venv: Path,
+) -> None:
+    root = cuda_torch_venv
+    result = uv(
+        "pip", "install", "-p", "venv", "--no-index", "--find-links", str(root / "index"),
+        "--constraint", str(CONSTRAINTS), "greedy_node", cwd=root,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "torch" in result.stderr
+    assert installed(root)["torch"] == "2.10.0+cu128"
+    # Without the constraints the same install would have replaced torch:
+    unconstrained = uv(
+        "pip", "install", "-p", "venv", "--no-index", "--find-links", str(root / "index"),
+        "greedy_node", cwd=root,
+    )  # fmt: skip
+    assert unconstrained.returncode == 0, unconstrained.stderr
+    assert installed(root)["torch"] == "2.11.0"
+
+
+# ------------------------------------------------------------------ smoke test verdicts
+
+
+def comfyui_log(failed: str | None = None, missing: str | None = None) -> str:
+    lines = ["\x1b[32m[INFO]\x1b[0m Import times for custom nodes:"]
+    for node in NODES:
+        if node == missing:
+            continue
+        mark = " (IMPORT FAILED)" if node == failed else ""
+        lines.append(
+            f"\x1b[32m[INFO]\x1b[0m    0.3 seconds{mark}: /opt/ComfyUI/custom_nodes/{node}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def test_clean_log_with_every_node_imported_passes() -> None:
+    assert smoke.node_import_problems(comfyui_log(), NODES) == []
+
+
+def test_failed_node_is_reported_from_the_import_times() -> None:
+    problems = smoke.node_import_problems(comfyui_log(failed="RES4LYF"), NODES)
+    assert any("IMPORT FAILED" in p and "RES4LYF" in p for p in problems)
+    assert "custom node RES4LYF is not listed among the imported nodes" in problems
+
+
+def test_cannot_import_warning_and_a_silently_skipped_node_are_reported() -> None:
+    log = comfyui_log(missing="ComfyUI-KJNodes") + (
+        "Cannot import /opt/ComfyUI/custom_nodes/ComfyUI-KJNodes module for custom nodes: boom\n"
+    )
+    problems = smoke.node_import_problems(log, NODES)
+    assert problems == [
+        "log: Cannot import /opt/ComfyUI/custom_nodes/ComfyUI-KJNodes module for custom "
+        "nodes: boom",
+        "custom node ComfyUI-KJNodes is not listed among the imported nodes",
+    ]
+
+
+def test_a_node_listed_only_among_prestartup_scripts_is_not_imported() -> None:
+    log = (
+        "Prestartup times for custom nodes:\n"
+        "   0.0 seconds: /opt/ComfyUI/custom_nodes/ComfyUI-Easy-Use\n"
+        + comfyui_log(missing="ComfyUI-Easy-Use")
+    )
+    assert smoke.node_import_problems(log, NODES) == [
+        "custom node ComfyUI-Easy-Use is not listed among the imported nodes"
+    ]
+
+
+def fake_comfyui(root: Path, log: str, exit_code: int = 0) -> Path:
+    comfyui = root / "ComfyUI"
+    comfyui.mkdir()
+    (comfyui / "main.py").write_text(
+        "import sys\n"
+        "assert '--cpu' in sys.argv and '--quick-test-for-ci' in sys.argv, sys.argv\n"
+        f"sys.stderr.write({log!r})\n"
+        f"sys.exit({exit_code})\n"
+    )
+    return comfyui
+
+
+def test_quick_test_passes_when_comfyui_loads_every_node(tmp_path: Path) -> None:
+    comfyui = fake_comfyui(tmp_path, comfyui_log())
+    assert "all 9 custom nodes imported" in smoke.check_quick_test(comfyui, NODES)
+
+
+def test_quick_test_fails_on_a_failed_node_even_though_comfyui_exits_0(tmp_path: Path) -> None:
+    comfyui = fake_comfyui(tmp_path, comfyui_log(failed="ComfyUI-Frame-Interpolation"))
+    with pytest.raises(smoke.SmokeError, match="ComfyUI-Frame-Interpolation"):
+        smoke.check_quick_test(comfyui, NODES)
+
+
+def test_quick_test_fails_when_comfyui_crashes(tmp_path: Path) -> None:
+    comfyui = fake_comfyui(tmp_path, comfyui_log(), exit_code=3)
+    with pytest.raises(smoke.SmokeError, match="exited 3"):
+        smoke.check_quick_test(comfyui, NODES)
+
+
+def test_node_dirs_reject_manager_and_qwenvl(tmp_path: Path) -> None:
+    nodes_dir = tmp_path / "custom_nodes"
+    for node in [*NODES, "ComfyUI-Manager", "ComfyUI-QwenVL"]:
+        (nodes_dir / node).mkdir(parents=True)
+    with pytest.raises(smoke.SmokeError, match=r"'ComfyUI-Manager', 'ComfyUI-QwenVL'"):
+        smoke.check_node_dirs(tmp_path, NODES)
+    shutil.rmtree(nodes_dir / "ComfyUI-Manager")
+    shutil.rmtree(nodes_dir / "ComfyUI-QwenVL")
+    assert "9 custom nodes present" in smoke.check_node_dirs(tmp_path, NODES)
+
+
+def frame_interpolation(root: Path, ckpts_path: str) -> Path:
+    node = root / "ComfyUI" / "custom_nodes" / "ComfyUI-Frame-Interpolation"
+    node.mkdir(parents=True)
+    (node / "config.yaml").write_text(
+        f'#Plz don\'t delete this file\nckpts_path: "{ckpts_path}"\nops_backend: "cupy"\n'
+    )
+    return root / "ComfyUI"
+
+
+def test_rife_folder_check_accepts_the_folder_provisioning_links_into(tmp_path: Path) -> None:
+    comfyui = frame_interpolation(tmp_path, "./ckpts")
+    verdict = smoke.check_rife_folder(comfyui, REPO / "workflows" / "models.json")
+    assert "ComfyUI-Frame-Interpolation/ckpts/rife" in verdict
+
+
+def test_rife_folder_check_fails_when_the_node_reads_elsewhere(tmp_path: Path) -> None:
+    comfyui = frame_interpolation(tmp_path, "/somewhere/else")
+    with pytest.raises(smoke.SmokeError, match="RIFE would download at job time"):
+        smoke.check_rife_folder(comfyui, REPO / "workflows" / "models.json")
+
+
+def test_unpinned_and_mismatched_packages_are_named() -> None:
+    lock = smoke.parse_pins("numpy==2.5.5\n    # via x\nrequests==2.34.2\n")
+    torch_pins = smoke.exact_pins(['nvidia-cudnn-cu12==9.10.2.21; platform_system == "Linux"'])
+    installed_now = {
+        "numpy": "2.5.5",
+        "requests": "2.33.0",
+        "nvidia-cudnn-cu12": "9.10.2.21",
+        "left-pad": "1.0",
+    }
+    assert smoke.unpinned(installed_now, [lock, torch_pins]) == [
+        "left-pad==1.0 is installed but pinned nowhere",
+        "requests==2.33.0 is installed, pinned 2.34.2",
+    ]
+
+
+def test_cuobjdump_listing_is_read_per_architecture() -> None:
+    listing = (
+        "ELF file    1: _qattn_sm89.1.sm_120a.cubin\n"
+        "ELF file    2: _qattn_sm89.2.sm_120a.cubin\n"
+        "ELF file    3: _fused.1.sm_90a.cubin\n"
+    )
+    assert smoke.cuobjdump_archs(listing) == {"sm_120a", "sm_90a"}
+
+
+def test_workflow_class_types_are_collected() -> None:
+    workflow = {
+        "1": {"class_type": "LoadImage", "inputs": {}},
+        "2": {"class_type": "RIFE VFI", "inputs": {}},
+        "3": {"class_type": "LoadImage", "inputs": {}},
+    }
+    assert smoke.workflow_class_types(workflow) == {"LoadImage", "RIFE VFI"}
