@@ -448,7 +448,6 @@ def report(path: Path, written: bool, started: float) -> None:
 def make_file(folder: str, path: Path, size: Size, comfyui_dir: Path, seed: int) -> None:
     started = time.monotonic()
     shape = SHAPES[size]
-    metadata = {"format": "pt", "synthetic": f"random weights, size={size}, seed={seed}"}
     if folder == "rife":
         data = rife_state_bytes(comfyui_dir, seed)
         written = not (path.is_file() and path.read_bytes() == data)
@@ -470,6 +469,10 @@ def make_file(folder: str, path: Path, size: Size, comfyui_dir: Path, seed: int)
             f"models.json folder {folder!r} has no synthetic generator; "
             f"known folders: {', '.join([*builders, 'rife'])}"
         )
+    # The text encoder is the same file for both sizes: keep its header size-free, so
+    # switching sizes does not rewrite 6 GiB.
+    label = f"seed={seed}" if folder == "text_encoders" else f"size={size}, seed={seed}"
+    metadata = {"format": "pt", "synthetic": f"random weights, {label}"}
     written = write_safetensors(path, builders[folder](), metadata, seed)
     report(path, written, started)
 
