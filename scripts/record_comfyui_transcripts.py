@@ -10,7 +10,8 @@ real protocol. Re-record them whenever ComfyUI or a custom node is re-pinned:
 
 Scenarios: a successful job, the same job again (all cached), /prompt rejections, a node that
 fails at run time (a truncated model file, planted under ``--models-root`` for the run and
-removed after), an interrupt, the feature-flags handshake and a few idle HTTP replies. Local
+removed after), an interrupt, the feature-flags handshake and a few idle HTTP replies. The
+uploaded image and the job's output files are removed at the end. Local
 paths are replaced by neutral ones (``/opt/ComfyUI``, ``/opt/models``, ``/opt/venv``...), and
 the script refuses to write a file that still holds one.
 """
@@ -286,6 +287,19 @@ class Scenarios:
         )
         rerun = self.run_prompt("success_cached_rerun", workflow(changes))
         rerun["prompt_overrides"] = changes
+        self.remove_outputs(record)
+
+    def remove_outputs(self, record: dict[str, Any]) -> None:
+        """Leave ComfyUI's output folder as it was: tests count the files jobs leave there."""
+        for item in record["output_files"]:
+            entry = item["gifs_entry"]
+            folder = self.comfyui_dir / "output" / entry["subfolder"]
+            for name in (entry["filename"], entry.get("workflow")):
+                if name:
+                    (folder / name).unlink(missing_ok=True)
+
+    def remove_upload(self) -> None:
+        (self.comfyui_dir / "input" / self.image).unlink(missing_ok=True)
 
     def output_files(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         prompt_id = record["post_prompt"]["body"]["prompt_id"]
@@ -505,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios.rejections()
     scenarios.runtime_error()
     scenarios.interrupt()
+    scenarios.remove_upload()
     write(scenarios.records, args.out, Redactor(pairs))
     return 0
 

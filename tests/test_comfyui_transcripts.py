@@ -151,3 +151,16 @@ def test_render_keeps_one_message_per_line_and_valid_json(recorder):
 
     assert json.loads(text)["ws_messages"][0]["t"] == 0.0
     assert '    {"t": 0.0, "kind": "text", "message": {"a": 1}}' in text.splitlines()
+
+
+def test_recorder_removes_the_job_outputs_it_recorded(recorder, tmp_path):
+    folder = tmp_path / "output" / "wan-i2v"
+    folder.mkdir(parents=True)
+    for name in ("output_00001.mp4", "output_00001.png", "other.mp4"):
+        (folder / name).write_bytes(b"x")
+    scenarios = recorder.Scenarios(recorder.Session("http://127.0.0.1:9"), tmp_path, tmp_path)
+    gifs = load("success")["output_files"][0]["gifs_entry"]
+
+    scenarios.remove_outputs({"output_files": [{"gifs_entry": gifs}]})
+
+    assert sorted(p.name for p in folder.iterdir()) == ["other.mp4"]
