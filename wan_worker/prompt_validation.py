@@ -401,4 +401,6 @@ def model_file_choices(
     files_by_folder: Mapping[str, list[str]],
 ) -> dict[tuple[str, str], list[str]]:
     """Choices for every model-file input, from the files the project provides per folder."""
-    return {key: list(files_by_folder.get(folder, [])) for key, folder in MODEL_FILE_INPUTS.items()}
+    return {  # ComfyUI lists a model folder sorted
+        key: sorted(files_by_folder.get(folder, [])) for key, folder in MODEL_FILE_INPUTS.items()
+    }
