@@ -21,6 +21,9 @@ COMFYUI_READY_TIMEOUT_S="${COMFYUI_READY_TIMEOUT_S:-180}"
 HANDLER="${HANDLER:-$APP_DIR/rp_handler.py}"
 SKIP_GPU_CHECK="${SKIP_GPU_CHECK:-0}"
 SKIP_PROVISION="${SKIP_PROVISION:-0}"
+SELF_TEST="${SELF_TEST:-0}"
+SELF_TEST_SIZE="${SELF_TEST_SIZE:-tiny}"
+SELF_TEST_MODELS_ROOT="${SELF_TEST_MODELS_ROOT:-/tmp/wan-self-test/models}"
 
 log() {
   printf '[start] %s\n' "$*" >&2
@@ -79,6 +82,16 @@ provision_models() {
   fi
 }
 
+# SELF_TEST=1: random weights of the right shapes under the manifest's names, instead of the
+# real models, so the whole path (ComfyUI, every node, the handler) runs with no credentials.
+make_synthetic_models() {
+  export MODELS_ROOT="$SELF_TEST_MODELS_ROOT"
+  log "SELF_TEST is set: writing $SELF_TEST_SIZE synthetic weights to $MODELS_ROOT (no downloads)"
+  "$COMFYUI_PYTHON" "$APP_DIR/scripts/make_synthetic_weights.py" --size "$SELF_TEST_SIZE" \
+    --models-root "$MODELS_ROOT" --comfyui-dir "$COMFYUI_DIR" \
+    || die "writing the synthetic self-test weights failed; see the lines above" 2
+}
+
 start_comfyui() {
   local listen="$1"
   local -a args extra
@@ -118,7 +131,11 @@ main() {
   log "mode: $mode (app $APP_DIR, ComfyUI $COMFYUI_DIR, python $PYTHON)"
 
   wait_for_gpu
-  provision_models
+  if is_true "$SELF_TEST"; then
+    make_synthetic_models
+  else
+    provision_models
+  fi
   start_comfyui "$listen"
 
   log "handing over to the handler: $HANDLER"
