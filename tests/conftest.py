@@ -83,6 +83,23 @@ class ComfyServer:
             found += [p for p in base.rglob("*") if p.is_file() and "wan-i2v" in str(p)]
         return found
 
+    def signal(self, signum: int) -> None:
+        """Send a signal to the ComfyUI process (SIGKILL to crash it, SIGSTOP to hang it)."""
+        os.kill(int(self.pid_file.read_text()), signum)
+
+    def restart(self) -> None:
+        """Bring ComfyUI back after a crash: a new double on the same port, or COMFYUI_RESTART."""
+        if self.is_double:
+            stop(self)
+            port = int(self.url.rsplit(":", 1)[1])
+            fresh = start_double(self.root.parent, port=port)
+            self.proc = fresh.proc
+            return
+        command = os.environ.get("COMFYUI_RESTART")
+        if not command:
+            pytest.skip("restarting a real ComfyUI needs COMFYUI_RESTART (a command)")
+        subprocess.run(["bash", "-c", command], check=True, timeout=600)
+
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "comfyui_url": self.url,
@@ -116,14 +133,14 @@ class ComfyServer:
         }
 
 
-def start_double(tmp: Path, fault: dict[str, Any] | None = None) -> ComfyServer:
+def start_double(tmp: Path, fault: dict[str, Any] | None = None, port: int = 0) -> ComfyServer:
     root = tmp / "comfyui"
     root.mkdir(parents=True, exist_ok=True)
     pid_file, log_file = tmp / "comfyui.pid", tmp / "comfyui.log"
-    log_handle = log_file.open("wb")
+    log_handle = log_file.open("ab")
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "tests.comfy_double", "--root", str(root), "--port", "0",
+            sys.executable, "-m", "tests.comfy_double", "--root", str(root), "--port", str(port),
             "--pid-file", str(pid_file), "--fault", json.dumps(fault or {}),
         ],
         cwd=PROJECT,

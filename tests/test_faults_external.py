@@ -1,0 +1,95 @@
+"""Faults injected from outside ComfyUI, so the same tests run against the double in CI and
+against a real ComfyUI (COMFYUI_URL; COMFYUI_RESTART brings it back after the crash test).
+
+The fault fires from the handler's own progress callback at a chosen stage: the process is
+killed (SIGKILL) or frozen (SIGSTOP), or a TCP proxy between the worker and ComfyUI cuts every
+connection. Each test then checks the error text, the files left, and that the next job runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.conftest import ComfyServer, make_png
+from tests.media import probe
+from tests.tcp_proxy import proxy_to
+from wan_worker.handler import Worker, handle
+
+
+def job(name: str) -> dict[str, Any]:
+    return {
+        "id": name,
+        "input": {
+            "start_image": base64.b64encode(make_png(144, 128)).decode(),
+            "prompt": "a boat drifts across a calm lake",
+            "width": 128,
+            "height": 128,
+            "seed": 11,
+        },
+    }
+
+
+def fire_at(worker: Worker, stage: str, action: Callable[[], None]) -> dict[str, float]:
+    """Run `action` once, when the job reaches `stage`; return when it fired."""
+    fired: dict[str, float] = {}
+
+    def on_progress(_job: dict[str, Any], payload: dict[str, Any]) -> None:
+        if payload["stage"] == stage and not fired:
+            fired["at"] = time.monotonic()
+            action()
+
+    worker.send_progress = on_progress
+    return fired
+
+
+def test_comfyui_killed_mid_job(comfy: ComfyServer):
+    worker = comfy.worker()
+    fired = fire_at(worker, "sample_high_noise", lambda: comfy.signal(signal.SIGKILL))
+    result = handle(job("killed"), worker)
+    reported = time.monotonic()
+    assert fired, "the job never reached sampling"
+    assert reported - fired["at"] < 10, "the crash took too long to notice"
+    assert result["error_code"] == "comfyui_unavailable"
+    assert "ComfyUI (pid " in result["error"]
+    assert "The job was not completed; the worker will be replaced." in result["error"]
+    assert result["refresh_worker"] is True
+    assert comfy.job_files() == []
+    comfy.restart()
+    worker = comfy.worker()
+    follow_up = handle(job("after-kill"), worker)
+    assert "error" not in follow_up, follow_up
+
+
+def test_comfyui_frozen_mid_job(comfy: ComfyServer, monkeypatch):
+    monkeypatch.setattr("wan_worker.comfy_client.INTERRUPT_GRACE_S", 3.0)
+    timeout = 4.0 if comfy.is_double else 30.0
+    worker = comfy.worker(job_timeout_s=timeout)
+    worker.client.http_timeout_s = 3.0
+    fired = fire_at(worker, "load_models", lambda: comfy.signal(signal.SIGSTOP))
+    try:
+        result = handle(job("frozen"), worker)
+    finally:
+        comfy.signal(signal.SIGCONT)
+    assert fired
+    assert result["error_code"] == "timeout"
+    assert "did not finish before its deadline" in result["error"]
+    assert "did not stop when interrupted; the worker will be replaced" in result["error"]
+    assert result["refresh_worker"] is True
+    assert comfy.job_files() == []
+    follow_up = handle(job("after-freeze"), comfy.worker())
+    assert "error" not in follow_up, follow_up
+
+
+def test_connections_cut_mid_job(comfy: ComfyServer):
+    with proxy_to(comfy.url) as proxy:
+        worker = comfy.worker(comfyui_url=proxy.url)
+        fired = fire_at(worker, "sample_low_noise", proxy.drop_all)
+        result = handle(job("cut"), worker)
+        assert fired and proxy.drops >= 1
+    assert "error" not in result, result
+    assert probe(base64.b64decode(result["video"])).frames == 161
+    assert comfy.job_files() == []
