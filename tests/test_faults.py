@@ -37,29 +37,48 @@ def can_mount_tmpfs(where: Path) -> bool:
     return probe.returncode == 0
 
 
-def test_a_full_disk_is_a_clear_error_and_the_next_job_runs(tmp_path: Path):
-    """The double and the worker share a mount namespace whose output/ is a 700 kB tmpfs."""
+REAL_COMFYUI_DIR = os.environ.get("REAL_COMFYUI_DIR", "")
+REAL_COMFYUI_PYTHON = os.environ.get("REAL_COMFYUI_PYTHON", "")
+REAL_MODELS_ROOT = os.environ.get("REAL_MODELS_ROOT", "")
+REAL = bool(REAL_COMFYUI_DIR and REAL_COMFYUI_PYTHON and REAL_MODELS_ROOT)
+
+
+def comfyui_command(root: Path, port: int) -> tuple[str, Path]:
+    """The shell command that runs ComfyUI in the namespace, and its folder."""
+    if REAL:
+        return (
+            f'cd "{REAL_COMFYUI_DIR}" && MODELS_ROOT="{REAL_MODELS_ROOT}" "{REAL_COMFYUI_PYTHON}" '
+            f"main.py --cpu --listen 127.0.0.1 --port {port} --disable-auto-launch "
+            f'--preview-method none --extra-model-paths-config "{PROJECT}/extra_model_paths.yaml"',
+            Path(REAL_COMFYUI_DIR),
+        )
+    return (f'"$PY" -m tests.comfy_double --root "{root}" --port {port}', root)
+
+
+@pytest.mark.parametrize("server", ["real" if REAL else "double"])
+def test_a_full_disk_is_a_clear_error_and_the_next_job_runs(tmp_path: Path, server: str):
+    """ComfyUI and the worker share a mount namespace in which ComfyUI's output/ is a small
+    tmpfs; the test fills it (through /proc/<pid>/root, which shows that namespace's files)."""
     if not can_mount_tmpfs(tmp_path / "probe"):
         pytest.skip("this machine cannot mount a tmpfs in a user namespace (unshare -rm)")
-    root = tmp_path / "comfyui"
-    (root / "output").mkdir(parents=True)
     api_port, comfy_port = free_port(), free_port()
+    command, comfy_dir = comfyui_command(tmp_path / "comfyui", comfy_port)
+    (comfy_dir / "output").mkdir(parents=True, exist_ok=True)
     pid_file = tmp_path / "comfyui.pid"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")},
-        "ROOT": str(root),
         "PY": sys.executable,
         "COMFYUI_URL": f"http://127.0.0.1:{comfy_port}",
-        "COMFYUI_DIR": str(root),
+        "COMFYUI_DIR": str(comfy_dir),
         "COMFYUI_PID_FILE": str(pid_file),
         "COMFYUI_LOG": str(tmp_path / "comfyui.log"),
         "ATTENTION": "sdpa",
+        "JOB_TIMEOUT_S": "1800",
         "PYTHONUNBUFFERED": "1",
     }
     script = (
-        'mount -t tmpfs -o size=700k tmpfs "$ROOT/output" && '
-        f'"$PY" -m tests.comfy_double --root "$ROOT" --port {comfy_port} '
-        '--pid-file "$COMFYUI_PID_FILE" 2>"$COMFYUI_LOG" >/dev/null & '
+        f'mount -t tmpfs -o size=8m tmpfs "{comfy_dir}/output" && '
+        f'(echo $BASHPID > "$COMFYUI_PID_FILE"; exec {command}) >"$COMFYUI_LOG" 2>&1 & '
         f'exec "$PY" rp_handler.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port {api_port}'
     )
     proc = subprocess.Popen(
@@ -71,24 +90,31 @@ def test_a_full_disk_is_a_clear_error_and_the_next_job_runs(tmp_path: Path):
         if "Uvicorn running on" in line:
             break
     threading.Thread(target=proc.stdout.read, daemon=True).start()
+    # ComfyUI's view of its output folder: the tmpfs, seen through its own mount namespace.
+    output = Path(f"/proc/{int(pid_file.read_text())}/root{comfy_dir}/output")
     api = f"http://127.0.0.1:{api_port}/runsync"
-    image = base64.b64encode(make_png()).decode()
+    payload = {
+        "input": {
+            "start_image": base64.b64encode(make_png()).decode(),
+            "prompt": "a lighthouse at dusk",
+            "width": 128,
+            "height": 128,
+        }
+    }
     try:
-        big = requests.post(
-            api,
-            json={"input": {"start_image": image, "prompt": "p", "width": 720, "height": 1280}},
-            timeout=300,
-        ).json()
-        assert big["status"] == "FAILED"
-        assert "ComfyUI's disk is full" in big["error"]
-        assert "No space left on device" in big["error"]
-        small = requests.post(
-            api,
-            json={"input": {"start_image": image, "prompt": "p", "width": 128, "height": 128}},
-            timeout=300,
-        ).json()
-        assert small["status"] == "COMPLETED", small
-        assert len(base64.b64decode(small["output"]["video"])) == small["output"]["bytes"]
+        filler = output / "filler.bin"
+        with contextlib.suppress(OSError), filler.open("wb") as handle:
+            while True:  # fill the tmpfs to the last block
+                handle.write(b"\0" * 65536)
+        full = requests.post(api, json=payload, timeout=1800).json()
+        assert full["status"] == "FAILED", full
+        assert "disk is full" in full["error"] and "No space left on device" in full["error"]
+        filler.unlink()
+        assert [p.name for p in output.rglob("*") if p.is_file()] == []
+        done = requests.post(api, json=payload, timeout=1800).json()
+        assert done["status"] == "COMPLETED", done
+        assert len(base64.b64decode(done["output"]["video"])) == done["output"]["bytes"]
+        assert [p.name for p in output.rglob("*") if p.is_file()] == []
     finally:
         proc.terminate()
         proc.wait(timeout=20)
