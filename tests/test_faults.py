@@ -44,15 +44,16 @@ REAL = bool(REAL_COMFYUI_DIR and REAL_COMFYUI_PYTHON and REAL_MODELS_ROOT)
 
 
 def comfyui_command(root: Path, port: int) -> tuple[str, Path]:
-    """The shell command that runs ComfyUI in the namespace, and its folder."""
+    """The shell command that runs ComfyUI in the namespace (exec'd), and its folder."""
     if REAL:
         return (
-            f'cd "{REAL_COMFYUI_DIR}" && MODELS_ROOT="{REAL_MODELS_ROOT}" "{REAL_COMFYUI_PYTHON}" '
-            f"main.py --cpu --listen 127.0.0.1 --port {port} --disable-auto-launch "
-            f'--preview-method none --extra-model-paths-config "{PROJECT}/extra_model_paths.yaml"',
+            f'cd "{REAL_COMFYUI_DIR}" && export MODELS_ROOT="{REAL_MODELS_ROOT}" && '
+            f'exec "{REAL_COMFYUI_PYTHON}" main.py --cpu --listen 127.0.0.1 --port {port} '
+            "--disable-auto-launch --preview-method none "
+            f'--extra-model-paths-config "{PROJECT}/extra_model_paths.yaml"',
             Path(REAL_COMFYUI_DIR),
         )
-    return (f'"$PY" -m tests.comfy_double --root "{root}" --port {port}', root)
+    return (f'exec "$PY" -m tests.comfy_double --root "{root}" --port {port}', root)
 
 
 @pytest.mark.parametrize("server", ["real" if REAL else "double"])
@@ -78,7 +79,7 @@ def test_a_full_disk_is_a_clear_error_and_the_next_job_runs(tmp_path: Path, serv
     }
     script = (
         f'mount -t tmpfs -o size=8m tmpfs "{comfy_dir}/output" && '
-        f'(echo $BASHPID > "$COMFYUI_PID_FILE"; exec {command}) >"$COMFYUI_LOG" 2>&1 & '
+        f'(echo $BASHPID > "$COMFYUI_PID_FILE"; {command}) >"$COMFYUI_LOG" 2>&1 & '
         f'exec "$PY" rp_handler.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port {api_port}'
     )
     proc = subprocess.Popen(

@@ -283,8 +283,13 @@ class ComfyClient:
             )
         return str(body.get("prompt_id") or prompt_id)
 
-    def history(self, prompt_id: str) -> dict[str, Any] | None:
-        response = self._http("GET", f"/history/{prompt_id}", "the history request")
+    def history(self, prompt_id: str, timeout_s: float | None = None) -> dict[str, Any] | None:
+        response = self._http(
+            "GET",
+            f"/history/{prompt_id}",
+            "the history request",
+            timeout=timeout_s or self.http_timeout_s,
+        )
         if response.status_code != 200:
             return None
         entry = response.json().get(prompt_id)
@@ -330,10 +335,11 @@ class ComfyClient:
         deadline: float,
         progress: ProgressSink | None = None,
         stage_of: Callable[[str], str | None] = lambda _node: None,
+        prompt_id: str | None = None,
     ) -> RunOutcome:
         """Submit `prompt` and follow it to the end; return where its video is."""
         client_id = uuid.uuid4().hex
-        prompt_id = str(uuid.uuid4())
+        prompt_id = prompt_id or str(uuid.uuid4())
         ws = self.connect(client_id)
         follower = _Follower(
             self,
@@ -524,9 +530,16 @@ class _Follower:
             return None
         self.next_process_check = now + PROCESS_CHECK_S
         self.client.check_process()
-        if now - self.last_history_at >= HISTORY_CHECK_S:
+        if now - self.last_history_at < HISTORY_CHECK_S:
+            return None
+        try:
             return self._from_history(required=False)
-        return None
+        except ComfyUnavailable:
+            # Alive but not answering: busy, or hung. Keep following; the deadline decides,
+            # and an interrupt that ComfyUI cannot act on gets the worker replaced.
+            self.client.check_process()
+            log.warning("ComfyUI is running but did not answer /history; still waiting")
+            return None
 
     def _reconnect(self) -> RunOutcome | None:
         attempt = 0

@@ -42,6 +42,9 @@ class Worker:
     store: VideoStore | None = None
     send_progress: Sender | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Files of failed jobs whose prompts ComfyUI may still be running (a time-out it did not
+    #: act on at once): removed again after each later job, until ComfyUI has finished them.
+    abandoned: list[JobFiles] = field(default_factory=list)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Worker:
@@ -102,6 +105,7 @@ def _generate(
             deadline=deadline,
             progress=JobProgress(job, worker.send_progress),
             stage_of=STAGES.get,
+            prompt_id=files.new_prompt_id(),
         )
         outcomes.append(outcome)
         timer.mark = time.monotonic()
@@ -184,9 +188,31 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
             log.exception("job %s failed unexpectedly", job_id)
         else:
             log.warning("job %s failed: %s", job_id, redact(exc.message))
+        if files.prompt_ids:
+            worker.abandoned.append(files)
         return error_result(exc)
     finally:
         files.cleanup()
+        _sweep_abandoned(worker)
+
+
+MAX_ABANDONED = 20
+
+
+def _sweep_abandoned(worker: Worker) -> None:
+    """Remove what earlier failed jobs' prompts wrote since; forget them once finished."""
+    keep: list[JobFiles] = []
+    for files in worker.abandoned:
+        files.cleanup()
+        try:
+            finished = all(
+                worker.client.history(p, timeout_s=2.0) is not None for p in files.prompt_ids
+            )
+        except WorkerError:
+            finished = False
+        if not finished:
+            keep.append(files)
+    worker.abandoned = keep[-MAX_ABANDONED:]
 
 
 @lru_cache(maxsize=1)

@@ -34,6 +34,13 @@ class JobFiles:
         self.output_subfolder = f"{OUTPUT_ROOT}/{self.token}"
         self.output_prefix = f"{self.output_subfolder}/clip"
         self.uploaded_as: str | None = None
+        #: Prompts this job queued; until ComfyUI has finished them they may still write here.
+        self.prompt_ids: list[str] = []
+
+    def new_prompt_id(self) -> str:
+        prompt_id = str(uuid.uuid4())
+        self.prompt_ids.append(prompt_id)
+        return prompt_id
 
     def _inside(self, path: Path, root: Path) -> bool:
         return path.resolve().is_relative_to(root) and path.resolve() != root
