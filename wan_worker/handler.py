@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from wan_worker.comfy_client import ComfyClient, RunOutcome
@@ -70,6 +71,17 @@ class _Timer:
         self.mark = now
 
 
+def local_copy(fullpath: str | None, size: int) -> Path | None:
+    """ComfyUI's own file for the video, when it is on this machine (ffmpeg reads it there)."""
+    if not fullpath:
+        return None
+    path = Path(fullpath)
+    try:
+        return path if path.stat().st_size == size else None
+    except OSError:
+        return None
+
+
 @dataclass
 class _Generation:
     video: bytes
@@ -111,9 +123,7 @@ def _generate(
         timer.mark = time.monotonic()
         video = worker.client.view(outcome.video)
         timer.lap("fetch_s")
-        report = inspect_frames(
-            video, settings.comfyui_dir if settings.comfyui_dir.is_dir() else None
-        )
+        report = inspect_frames(video, local_copy(outcome.video.fullpath, len(video)))
         timer.lap("check_s")
         if not report.bad:
             return _Generation(video, attention, fallback, report, outcomes)

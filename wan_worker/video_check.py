@@ -8,6 +8,8 @@ fourth frame is decoded by ffmpeg at 64x64 grey and judged by its mean and sprea
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import subprocess
 import tempfile
@@ -49,24 +51,32 @@ def _frame_stats(frame: bytes) -> tuple[float, float]:
     return mean, math.sqrt(max(0.0, squares / n - mean * mean))
 
 
-def inspect(video: bytes, scratch_dir: Path | None = None) -> FrameReport:
-    """Decode a sample of the video's frames and count the black and the flat ones."""
+def inspect(video: bytes, path: Path | None = None) -> FrameReport:
+    """Decode a sample of the video's frames and count the black and the flat ones.
+
+    `path`, when given, is a file holding the same bytes (ComfyUI's own output); otherwise the
+    bytes go through a temporary file, since an MP4 with its index at the end cannot be piped.
+    """
     sample = f"select=not(mod(n\\,{EVERY})),scale={SIDE}:{SIDE}:flags=area,format=gray"
     try:
-        with tempfile.NamedTemporaryFile(suffix=".mp4", dir=scratch_dir) as handle:
-            handle.write(video)
-            handle.flush()
+        with contextlib.ExitStack() as stack:
+            if path is None:
+                handle = stack.enter_context(tempfile.NamedTemporaryFile(suffix=".mp4"))
+                handle.write(video)
+                handle.flush()
+                path = Path(handle.name)
             done = subprocess.run(
                 [
-                    "ffmpeg", "-v", "error", "-nostdin", "-i", handle.name,
-                    "-vf", sample,
-                    "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1",
+                    "ffmpeg", "-v", "error", "-nostdin", "-i", str(path),
+                    "-vf", sample, "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1",
                 ],
                 capture_output=True,
                 check=False,
                 timeout=120,
             )  # fmt: skip
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise  # a full disk is reported as such (errors.error_result)
         raise OutputError(f"Could not check the video's frames: {exc}") from None
     except subprocess.TimeoutExpired:
         raise OutputError("Checking the video's frames took over 120 s.") from None
