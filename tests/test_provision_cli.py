@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -122,3 +123,33 @@ def test_settings_defaults_and_r2_names():
     assert s.r2.configured and s.r2.bucket == "wan-models"
     assert "topsecret-value-9" not in repr(s)
     assert s.connections == 8 and s.max_parallel_files == 3 and s.chunk_bytes == 64 << 20
+
+
+def test_pin_manifest_writes_the_verified_size_and_only_checked_sums(tmp_path):
+    (tmp_path / "cdn").mkdir()
+    data = make_blob(tmp_path / "cdn" / "m.bin", 300_000)
+    with running(FlakyFileServer(tmp_path / "cdn")) as server:
+        manifest = write_manifest(
+            tmp_path / "m.json",
+            [
+                {
+                    "folder": "loras",
+                    "filename": "m.safetensors",
+                    "size": None,
+                    "sha256": None,
+                    "notes": ["kept as it is"],
+                    "sources": [{"type": "url", "url": f"{server.url}/m.bin"}],
+                },
+            ],
+        )
+        env = {"MODELS_MANIFEST": str(manifest), "MODELS_ROOT": str(tmp_path / "models")}
+        done = cli(env, "--pin-manifest")
+    assert done.returncode == 0, done.stderr
+    entry = json.loads(manifest.read_text())["models"][0]
+    assert entry["size"] == len(data)
+    assert entry["notes"] == ["kept as it is"]
+    # A plain URL publishes no sha256: the sum was computed, not checked, so it is not pinned.
+    assert entry["sha256"] is None
+    assert f"pinned size {len(data)}" in done.stderr
+    assert "was computed but not checked against a published value; not pinned" in done.stderr
+    assert hashlib.sha256(data).hexdigest() in done.stderr

@@ -1,21 +1,62 @@
-"""Command line: `python -m wan_worker.provision [--print-root] [--check]`.
+"""Command line: `python -m wan_worker.provision [--print-root] [--pin-manifest]`.
 
 Exit status: 0 all models ready; 2 bad configuration or manifest; 3 a model could not be had;
 4 not enough disk space. Messages go to stderr, prefixed `[provision]`, secrets redacted.
+
+`--pin-manifest`, after a run, writes into the manifest the sizes, and the sha256 sums checked
+against a published value, that the verified markers recorded for entries that had none, so
+the next boot verifies against pinned facts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
 from wan_worker.errors import ConfigError, redact
+from wan_worker.provision import verify
+from wan_worker.provision.manifest import load_manifest
 from wan_worker.provision.provisioner import DiskSpaceError, Provisioner, ProvisionError
 from wan_worker.provision.settings import ProvisionSettings
 
 
 def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def pin_manifest(settings: ProvisionSettings) -> int:
+    """Fill missing sizes and checked sha256 sums in the manifest from the verified markers."""
+    manifest = load_manifest(settings.manifest_path)  # validates it first
+    raw = json.loads(settings.manifest_path.read_text(encoding="utf-8"))
+    pinned = 0
+    for model, entry in zip(manifest.models, raw["models"], strict=True):
+        marker = verify.read_marker(settings.models_root, model.relpath)
+        if marker is None:
+            if entry.get("size") is None or entry.get("sha256") is None:
+                _log(f"[provision] {model.relpath}: no verified copy here; nothing to pin")
+            continue
+        if entry.get("size") is None:
+            entry["size"] = marker.size
+            pinned += 1
+            _log(f"[provision] {model.relpath}: pinned size {marker.size}")
+        if entry.get("sha256") is None:
+            if marker.sha256 and marker.sha256_checked:
+                entry["sha256"] = marker.sha256
+                pinned += 1
+                _log(f"[provision] {model.relpath}: pinned sha256 {marker.sha256}")
+            elif marker.sha256:
+                _log(
+                    f"[provision] {model.relpath}: sha256 {marker.sha256} was computed but not "
+                    "checked against a published value; not pinned"
+                )
+    tmp = Path(f"{settings.manifest_path}.tmp")
+    tmp.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, settings.manifest_path)
+    _log(f"[provision] pinned {pinned} value(s) in {settings.manifest_path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print the models root this environment resolves to, and exit",
     )
+    parser.add_argument(
+        "--pin-manifest",
+        action="store_true",
+        help="after the run, write the verified sizes and checked sha256 sums into the manifest",
+    )
     args = parser.parse_args(argv)
     try:
         settings = ProvisionSettings.from_env()
@@ -35,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             print(settings.models_root)
             return 0
         Provisioner(settings, log=_log).run()
+        if args.pin_manifest:
+            return pin_manifest(settings)
     except ConfigError as exc:
         _log(redact(f"[provision] configuration error: {exc.message}"))
         return 2
