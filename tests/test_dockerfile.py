@@ -19,17 +19,12 @@ REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 VERSIONS = json.loads((REPO / "docker" / "versions.json").read_text())
 SHA = re.compile(r"^[0-9a-f]{40}$")
+# Named here on purpose, not read from versions.json: the record itself must hold these nine.
 NINE_NODES = {
-    "rgthree-comfy",
-    "ComfyUI_essentials",
-    "ComfyUI-Easy-Use",
-    "ComfyUI-KJNodes",
-    "ComfyUI-VideoHelperSuite",
-    "ComfyUI-Crystools",
-    "RES4LYF",
-    "ComfyUI-Custom-Scripts",
+    "rgthree-comfy", "ComfyUI_essentials", "ComfyUI-Easy-Use", "ComfyUI-KJNodes",
+    "ComfyUI-VideoHelperSuite", "ComfyUI-Crystools", "RES4LYF", "ComfyUI-Custom-Scripts",
     "ComfyUI-Frame-Interpolation",
-}
+}  # fmt: skip
 # Written by other parts of the project; checked once they exist.
 APP_FILES_FROM_ELSEWHERE = {"start.sh", "rp_handler.py", "extra_model_paths.yaml"}
 

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -21,16 +22,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 FETCH = REPO / "docker" / "git-fetch-commit.sh"
 CONSTRAINTS = REPO / "docker" / "constraints.txt"
+# The nine custom nodes, in the order the image installs them: the project's one record of pins.
 NODES = [
-    "rgthree-comfy",
-    "ComfyUI_essentials",
-    "ComfyUI-Easy-Use",
-    "ComfyUI-KJNodes",
-    "ComfyUI-VideoHelperSuite",
-    "ComfyUI-Crystools",
-    "RES4LYF",
-    "ComfyUI-Custom-Scripts",
-    "ComfyUI-Frame-Interpolation",
+    n["name"] for n in json.loads((REPO / "docker" / "versions.json").read_text())["custom_nodes"]
 ]
 
 

@@ -93,6 +93,30 @@ def hf(repo: str, path: str, revision: str | None = None) -> dict:
     return {"type": "hf", "repo": repo, "path": path, "revision": revision}
 
 
+def published(
+    tmp_path: Path,
+    cdn: Path,
+    hub,
+    *,
+    folder: str = "vae",
+    size: int = SIZE,
+    pin_size: bool = True,
+    pin_sha: bool = True,
+    sources: list[dict] | None = None,
+) -> tuple[bytes, Path]:
+    """One model, a.safetensors, published on the Hub stand-in; and a manifest naming it."""
+    data = make_blob(cdn / "a.bin", size)
+    hub.add("org/alpha", "a.safetensors", cdn / "a.bin", cdn)
+    entry = {
+        "folder": folder,
+        "filename": "a.safetensors",
+        "size": size if pin_size else None,
+        "sha256": hashlib.sha256(data).hexdigest() if pin_sha else None,
+        "sources": sources if sources is not None else [hf("org/alpha", "a.safetensors")],
+    }
+    return data, write_manifest(tmp_path / "m.json", [entry])
+
+
 def run(settings: ProvisionSettings, lines: list[str] | None = None, **kw: object):
     log = lines.append if lines is not None else (lambda _line: None)
     return Provisioner(settings, log=log, **kw).run()  # type: ignore[arg-type]
@@ -146,20 +170,7 @@ def test_fresh_download_uses_parallel_ranges_and_checks_sha(tmp_path, cdn, nginx
 
 
 def test_warm_start_downloads_nothing_and_hashes_nothing(tmp_path, cdn, nginx, hub, hashes):
-    data = make_blob(cdn / "a.bin", SIZE)
-    hub.add("org/alpha", "a.safetensors", cdn / "a.bin", cdn)
-    manifest = write_manifest(
-        tmp_path / "m.json",
-        [
-            {
-                "folder": "loras",
-                "filename": "a.safetensors",
-                "size": SIZE,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "sources": [hf("org/alpha", "a.safetensors")],
-            },
-        ],
-    )
+    _, manifest = published(tmp_path, cdn, hub, folder="loras")
     settings = settings_for(tmp_path, manifest, hub.url)
     run(settings)
     hub_before, nginx_before, hashes_before = len(hub.requests), len(nginx.requests()), len(hashes)
@@ -237,20 +248,7 @@ def test_dropped_connection_is_retried_within_one_run(tmp_path, cdn):
 def test_corrupted_cached_file_is_caught_by_sha256_and_downloaded_again(
     tmp_path, cdn, nginx, hub, hashes
 ):
-    data = make_blob(cdn / "a.bin", SIZE)
-    hub.add("org/alpha", "a.safetensors", cdn / "a.bin", cdn)
-    manifest = write_manifest(
-        tmp_path / "m.json",
-        [
-            {
-                "folder": "vae",
-                "filename": "a.safetensors",
-                "size": SIZE,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "sources": [hf("org/alpha", "a.safetensors")],
-            },
-        ],
-    )
+    data, manifest = published(tmp_path, cdn, hub)
     settings = settings_for(tmp_path, manifest, hub.url)
     run(settings)
     dest = tmp_path / "models" / "vae" / "a.safetensors"
@@ -271,24 +269,13 @@ def test_corrupted_cached_file_is_caught_by_sha256_and_downloaded_again(
 
 
 def test_corrupt_download_is_rejected_and_the_next_source_used(tmp_path, cdn, nginx, hub):
-    data = make_blob(cdn / "a.bin", SIZE)
-    hub.add("org/alpha", "a.safetensors", cdn / "a.bin", cdn)
     bad = FlakyFileServer(cdn, Fault(corrupt=True))
     with running(bad):
-        manifest = write_manifest(
-            tmp_path / "m.json",
-            [
-                {
-                    "folder": "vae",
-                    "filename": "a.safetensors",
-                    "size": SIZE,
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "sources": [
-                        {"type": "url", "url": f"{bad.url}/a.bin"},
-                        hf("org/alpha", "a.safetensors"),
-                    ],
-                },
-            ],
+        data, manifest = published(
+            tmp_path,
+            cdn,
+            hub,
+            sources=[{"type": "url", "url": f"{bad.url}/a.bin"}, hf("org/alpha", "a.safetensors")],
         )
         lines: list[str] = []
         report = run(settings_for(tmp_path, manifest, hub.url), lines)
@@ -298,25 +285,20 @@ def test_corrupt_download_is_rejected_and_the_next_source_used(tmp_path, cdn, ng
 
 
 def test_a_source_that_is_down_falls_through_to_the_next(tmp_path, cdn, nginx, hub):
-    data = make_blob(cdn / "a.bin", MIB)
-    hub.add("org/alpha", "a.safetensors", cdn / "a.bin", cdn)
     unavailable = FlakyFileServer(cdn, Fault(status=503))
     with running(unavailable):
-        manifest = write_manifest(
-            tmp_path / "m.json",
-            [
-                {
-                    "folder": "vae",
-                    "filename": "a.safetensors",
-                    "size": None,
-                    "sha256": None,
-                    "sources": [
-                        {"type": "url", "url": f"http://127.0.0.1:{closed_port()}/a.bin"},
-                        {"type": "url", "url": f"{unavailable.url}/a.bin"},
-                        hf("org/missing", "a.safetensors"),
-                        hf("org/alpha", "a.safetensors"),
-                    ],
-                },
+        data, manifest = published(
+            tmp_path,
+            cdn,
+            hub,
+            size=MIB,
+            pin_size=False,
+            pin_sha=False,
+            sources=[
+                {"type": "url", "url": f"http://127.0.0.1:{closed_port()}/a.bin"},
+                {"type": "url", "url": f"{unavailable.url}/a.bin"},
+                hf("org/missing", "a.safetensors"),
+                hf("org/alpha", "a.safetensors"),
             ],
         )
         report = run(settings_for(tmp_path, manifest, hub.url))
@@ -362,20 +344,7 @@ def test_all_sources_down_fails_naming_the_file_and_every_source(tmp_path, monke
 
 
 def test_too_little_disk_fails_before_downloading_anything(tmp_path, cdn, nginx, hub):
-    make_blob(cdn / "a.bin", SIZE)
-    hub.add("org/alpha", "a.safetensors", cdn / "a.bin", cdn)
-    manifest = write_manifest(
-        tmp_path / "m.json",
-        [
-            {
-                "folder": "vae",
-                "filename": "a.safetensors",
-                "size": None,
-                "sha256": None,
-                "sources": [hf("org/alpha", "a.safetensors")],
-            },
-        ],
-    )
+    _, manifest = published(tmp_path, cdn, hub, pin_size=False, pin_sha=False)
     probed: list[Path] = []
 
     def tiny_disk(path: Path) -> int:
@@ -559,22 +528,13 @@ def test_r2_resumes_a_partial_download(tmp_path, r2):
 
 
 def test_r2_missing_object_falls_back_to_the_hub(tmp_path, r2, cdn, nginx, hub):
-    data = make_blob(cdn / "a.bin", MIB)
-    hub.add("org/alpha", "a.safetensors", cdn / "a.bin", cdn)
-    manifest = write_manifest(
-        tmp_path / "m.json",
-        [
-            {
-                "folder": "vae",
-                "filename": "a.safetensors",
-                "size": MIB,
-                "sha256": None,
-                "sources": [
-                    {"type": "r2", "key": "vae/a.safetensors"},
-                    hf("org/alpha", "a.safetensors"),
-                ],
-            },
-        ],
+    data, manifest = published(
+        tmp_path,
+        cdn,
+        hub,
+        size=MIB,
+        pin_sha=False,
+        sources=[{"type": "r2", "key": "vae/a.safetensors"}, hf("org/alpha", "a.safetensors")],
     )
     report = run(settings_for(tmp_path, manifest, hub.url, r2=r2))
     assert (tmp_path / "models" / "vae" / "a.safetensors").read_bytes() == data
