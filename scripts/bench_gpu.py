@@ -490,8 +490,8 @@ def run_job(
 
 
 def make_worker(server: ComfyServer, attention: str, workflow: Path, progress: ProgressLog) -> Any:
-    from wan_worker.comfy_client import ComfyClient
-    from wan_worker.comfy_process import ComfyProcess
+    from wan_worker.comfy.client import ComfyClient
+    from wan_worker.comfy.process import ComfyProcess
     from wan_worker.handler import Worker
     from wan_worker.settings import Settings
     from wan_worker.workflow import load_template

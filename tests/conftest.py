@@ -22,8 +22,8 @@ import pytest
 import requests
 from PIL import Image
 
-from wan_worker.comfy_client import ComfyClient
-from wan_worker.comfy_process import ComfyProcess
+from wan_worker.comfy.client import ComfyClient
+from wan_worker.comfy.process import ComfyProcess
 from wan_worker.handler import Worker
 from wan_worker.settings import Settings
 from wan_worker.workflow import load_template

@@ -65,9 +65,9 @@ def test_comfyui_killed_mid_job(comfy: ComfyServer):
 
 
 def test_comfyui_frozen_mid_job(comfy: ComfyServer, monkeypatch):
-    monkeypatch.setattr("wan_worker.comfy_client.INTERRUPT_GRACE_S", 3.0)
+    monkeypatch.setattr("wan_worker.comfy.follower.INTERRUPT_GRACE_S", 3.0)
     # Ask /history during the freeze too: a server that does not answer is not yet a failure.
-    monkeypatch.setattr("wan_worker.comfy_client.HISTORY_CHECK_S", 1.0)
+    monkeypatch.setattr("wan_worker.comfy.follower.HISTORY_CHECK_S", 1.0)
     timeout = 4.0 if comfy.is_double else 30.0
     worker = comfy.worker(job_timeout_s=timeout)
     worker.client.http_timeout_s = 3.0

@@ -160,7 +160,7 @@ def test_a_hung_job_is_interrupted_at_the_deadline_and_the_next_job_runs(comfy_d
 
 
 def test_a_job_comfyui_cannot_stop_asks_for_a_new_worker(comfy_double: ComfyServer, monkeypatch):
-    monkeypatch.setattr("wan_worker.comfy_client.INTERRUPT_GRACE_S", 1.5)
+    monkeypatch.setattr("wan_worker.comfy.follower.INTERRUPT_GRACE_S", 1.5)
     comfy_double.set_fault(hang_at="420:12", ignore_interrupt=True)
     result = handle(job(), comfy_double.worker(job_timeout_s=2.0))
     assert result["error_code"] == "timeout"

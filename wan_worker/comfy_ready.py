@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from wan_worker.comfy_client import ComfyClient
-from wan_worker.comfy_process import ComfyProcess
+from wan_worker.comfy.client import ComfyClient
+from wan_worker.comfy.process import ComfyProcess
 from wan_worker.errors import ComfyUnavailable
 
 TAIL_LINES = 20

@@ -16,8 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from wan_worker.comfy_client import ComfyClient, RunOutcome
-from wan_worker.comfy_process import ComfyProcess
+from wan_worker.comfy.client import ComfyClient
+from wan_worker.comfy.follower import RunOutcome, run_prompt
+from wan_worker.comfy.process import ComfyProcess
 from wan_worker.delivery import deliver, make_store
 from wan_worker.errors import OutputError, WorkerError, error_result, redact
 from wan_worker.job_files import JobFiles
@@ -111,13 +112,14 @@ def _generate(
             output_prefix=files.output_prefix,
             attention=attention,
         )
-        outcome = worker.client.run(
+        outcome = run_prompt(
+            worker.client,
             prompt,
+            prompt_id=files.new_prompt_id(),
             output_node=OUTPUT_NODE,
             deadline=deadline,
-            progress=JobProgress(job, worker.send_progress),
             stage_of=STAGES.get,
-            prompt_id=files.new_prompt_id(),
+            progress=JobProgress(job, worker.send_progress),
         )
         outcomes.append(outcome)
         timer.mark = time.monotonic()

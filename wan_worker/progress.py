@@ -12,8 +12,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from wan_worker.workflow import STAGES
-
 log = logging.getLogger(__name__)
 
 # Share of a typical job's wall time per stage, in order; used for the overall percent.
@@ -43,7 +41,7 @@ def runpod_sender() -> Sender | None:
 
 
 class JobProgress:
-    """Turns ComfyUI node and step events into RunPod progress updates for one job."""
+    """Turns a run's stage and step events into RunPod progress updates for one job."""
 
     def __init__(self, job: dict[str, Any], send: Sender | None) -> None:
         self.job = job
@@ -77,13 +75,10 @@ class JobProgress:
         if self.send is not None:
             self.send(self.job, payload)
 
-    # ProgressSink
-    def node_started(self, node_id: str) -> None:
-        stage = STAGES.get(node_id)
-        if stage is not None:
-            self.update(stage)
+    # ProgressSink (wan_worker.comfy.follower): the run's stages as they start, and steps
+    def stage_started(self, stage: str) -> None:
+        self.update(stage)
 
-    def step(self, node_id: str, value: int, total: int) -> None:
-        stage = STAGES.get(node_id)
+    def step(self, stage: str, value: int, total: int) -> None:
         if stage in ("sample_high_noise", "sample_low_noise"):
             self.update(stage, value, total)

@@ -39,6 +39,22 @@ ROLES: dict[str, str] = {
     OUTPUT_NODE: "VHS_VideoCombine",
 }
 
+#: Loader inputs that name a model file, with the folder of the model manifest
+#: (workflows/models.json) that file is listed under.
+MODEL_INPUTS: dict[tuple[str, str], str] = {
+    ("UNETLoader", "unet_name"): "diffusion_models",
+    ("LoraLoaderModelOnly", "lora_name"): "loras",
+    ("CLIPLoader", "clip_name"): "text_encoders",
+    ("VAELoader", "vae_name"): "vae",
+    (ROLES[RIFE_NODE], "ckpt_name"): "rife",
+}
+#: The model inputs whose allowed values ComfyUI lists from the files in its model folders, so
+#: a missing file shows as `value_not_in_list`. RIFE VFI lists its checkpoints itself and reads
+#: the file from its own folder.
+COMFY_LISTED_MODEL_INPUTS: dict[tuple[str, str], str] = {
+    key: folder for key, folder in MODEL_INPUTS.items() if key[0] != ROLES[RIFE_NODE]
+}
+
 #: Attention mode names the API reports, mapped to PathchSageAttentionKJ's `sage_attention`.
 ATTENTION_MODES = {"sage": "auto", "sdpa": "disabled"}
 

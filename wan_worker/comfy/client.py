@@ -1,0 +1,212 @@
+"""ComfyUI's HTTP API and its websocket, as the worker uses them.
+
+One `ComfyClient` per ComfyUI server: readiness (tied to the local process when there is one),
+the start image upload, queueing a prompt, /history, /queue, /view, /interrupt, and opening the
+websocket a prompt is followed on (`wan_worker.comfy.follower`). Every failure is raised as a
+worker error (`wan_worker.comfy.failures`); a request that gets no answer first asks whether
+ComfyUI's process died, so the error names the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+import websocket
+
+from wan_worker.comfy import failures
+from wan_worker.comfy.process import ComfyProcess
+from wan_worker.errors import ComfyUnavailable
+
+SOCKET_ERRORS = (OSError, websocket.WebSocketException)
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file ComfyUI wrote, as /view addresses it."""
+
+    filename: str
+    subfolder: str
+    type: str
+    fullpath: str | None = None
+
+
+def output_file(ui: Any) -> OutputFile | None:
+    """The first file an output node reports (`executed` message or /history entry)."""
+    if not isinstance(ui, dict):
+        return None
+    for key in ("gifs", "videos", "images"):
+        items = ui.get(key)
+        if isinstance(items, list) and items and isinstance(items[0], dict):
+            item = items[0]
+            return OutputFile(
+                filename=str(item["filename"]),
+                subfolder=str(item.get("subfolder", "")),
+                type=str(item.get("type", "output")),
+                fullpath=item.get("fullpath"),
+            )
+    return None
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry `attempt` (0, 1, ...) while ComfyUI boots or reconnects."""
+    return min(0.05 * (2**attempt), 1.0)
+
+
+class ComfyClient:
+    """A ComfyUI server at `base_url`, optionally tied to its local process for liveness."""
+
+    def __init__(
+        self,
+        base_url: str,
+        process: ComfyProcess | None = None,
+        *,
+        http_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.ws_url = "ws" + self.base_url[len("http") :] + "/ws"
+        self.process = process
+        self.http_timeout_s = http_timeout_s
+        self.clock = clock
+        self.session = requests.Session()
+        self._ready = False
+
+    # -- process and readiness -------------------------------------------------------------
+
+    def check_process(self) -> None:
+        """Raise ComfyUnavailable, naming the cause, if ComfyUI's process has died."""
+        if self.process is None:
+            return
+        state = self.process.state()
+        if not state.alive:
+            self._ready = False
+            raise failures.process_died(state.detail, self.process.death_cause())
+
+    def unreachable(self, what: str, exc: BaseException) -> ComfyUnavailable:
+        """The error for a request that got no answer: the process's death, if it died."""
+        self.check_process()
+        return failures.unreachable(self.base_url, what, exc)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Return once ComfyUI answers; fail at once if its process dies meanwhile."""
+        if self._ready:
+            self.check_process()
+            return
+        deadline = self.clock() + timeout_s
+        attempt = 0
+        last: BaseException | None = None
+        while True:
+            self.check_process()
+            try:
+                response = self.session.get(f"{self.base_url}/system_stats", timeout=2.0)
+                if response.status_code == 200:
+                    self._ready = True
+                    return
+                last = RuntimeError(f"HTTP {response.status_code}")
+            except requests.RequestException as exc:
+                last = exc
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise failures.not_ready(self.base_url, timeout_s, last)
+            time.sleep(min(backoff(attempt), remaining))
+            attempt += 1
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _http(self, method: str, path: str, what: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.http_timeout_s)
+        try:
+            return self.session.request(method, f"{self.base_url}{path}", **kwargs)
+        except requests.RequestException as exc:
+            raise self.unreachable(what, exc) from exc
+
+    def upload_image(self, data: bytes, name: str, subfolder: str = "") -> str:
+        """Upload PNG bytes to ComfyUI's input folder; return the name LoadImage takes."""
+        response = self._http(
+            "POST",
+            "/upload/image",
+            "the image upload",
+            files={"image": (name, data, "image/png")},
+            data={"type": "input", "overwrite": "true", "subfolder": subfolder},
+        )
+        if response.status_code != 200:
+            raise failures.upload_refused(response.status_code)
+        body = response.json()
+        sub = body.get("subfolder") or ""
+        return f"{sub}/{body['name']}" if sub else str(body["name"])
+
+    def submit(self, prompt: dict[str, Any], client_id: str, prompt_id: str) -> str:
+        """Queue `prompt` under `prompt_id` for the socket of `client_id`; return its id."""
+        response = self._http(
+            "POST",
+            "/prompt",
+            "the prompt",
+            json={"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id},
+        )
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text[:500]}
+        if response.status_code == 400:
+            raise failures.rejected(body, prompt)
+        if response.status_code != 200:
+            raise failures.prompt_refused(response.status_code, body)
+        return str(body.get("prompt_id") or prompt_id)
+
+    def history(self, prompt_id: str, timeout_s: float | None = None) -> dict[str, Any] | None:
+        """The prompt's /history entry; None until ComfyUI has finished it (or never ran it)."""
+        response = self._http(
+            "GET",
+            f"/history/{prompt_id}",
+            "the history request",
+            timeout=timeout_s or self.http_timeout_s,
+        )
+        if response.status_code != 200:
+            return None
+        entry = response.json().get(prompt_id)
+        return entry if isinstance(entry, dict) else None
+
+    def queued(self, prompt_id: str, timeout_s: float = 2.0) -> bool:
+        """Whether the prompt is running or waiting in ComfyUI's queue."""
+        queue = self._http("GET", "/queue", "the queue request", timeout=timeout_s).json()
+        items = queue.get("queue_running", []) + queue.get("queue_pending", [])
+        return any(len(item) > 1 and item[1] == prompt_id for item in items)
+
+    def view(self, ref: OutputFile) -> bytes:
+        response = self._http(
+            "GET",
+            "/view",
+            "the video download",
+            params={"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type},
+        )
+        if response.status_code != 200:
+            raise failures.view_failed(ref.filename, response.status_code)
+        return response.content
+
+    def interrupt(self, prompt_id: str) -> None:
+        """Stop the prompt if it runs, drop it if it waits; never raises."""
+        with contextlib.suppress(requests.RequestException):
+            self.session.post(
+                f"{self.base_url}/interrupt", json={"prompt_id": prompt_id}, timeout=5
+            )
+            self.session.post(f"{self.base_url}/queue", json={"delete": [prompt_id]}, timeout=5)
+
+    # -- websocket ----------------------------------------------------------------------------
+
+    def open_socket(self, client_id: str, timeout_s: float) -> websocket.WebSocket:
+        """The websocket for `client_id`; raises one of SOCKET_ERRORS when it cannot open."""
+        return websocket.create_connection(
+            f"{self.ws_url}?clientId={client_id}", timeout=timeout_s, enable_multithread=False
+        )
+
+    def connect(self, client_id: str, timeout_s: float = 10.0) -> websocket.WebSocket:
+        """The websocket for `client_id`, or ComfyUnavailable naming why it did not open."""
+        try:
+            return self.open_socket(client_id, timeout_s)
+        except SOCKET_ERRORS as exc:
+            raise self.unreachable("the websocket", exc) from exc
