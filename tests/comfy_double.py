@@ -42,7 +42,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from wan_worker.prompt_validation import model_file_choices, validate_prompt
+from tests.comfy_graph_validation import model_file_choices, validate_prompt
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent

@@ -8,12 +8,8 @@ from pathlib import Path
 import pytest
 
 from wan_worker.errors import ConfigError
-from wan_worker.provision.manifest import (
-    REVISION_RE,
-    SHA256_RE,
-    load_manifest,
-    workflow_model_files,
-)
+from wan_worker.provision.manifest import REVISION_RE, SHA256_RE, load_manifest
+from wan_worker.workflow import workflow_model_files
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "workflows" / "models.json"

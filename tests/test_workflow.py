@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.comfy_graph_validation import model_file_choices, validate_prompt
 from wan_worker.errors import ConfigError
-from wan_worker.prompt_validation import model_file_choices, validate_prompt
 from wan_worker.workflow import (
     ATTENTION_NODES,
     OUTPUT_NODE,

@@ -144,6 +144,19 @@ class WorkflowTemplate:
         return prompt
 
 
+def workflow_model_files(graph: dict[str, Any]) -> set[tuple[str, str]]:
+    """(manifest folder, filename) for every model file the graph's loader nodes name."""
+    found: set[tuple[str, str]] = set()
+    for node in graph.values():
+        if not isinstance(node, dict):
+            continue
+        for (class_type, input_name), folder in MODEL_INPUTS.items():
+            value = node.get("inputs", {}).get(input_name)
+            if node.get("class_type") == class_type and isinstance(value, str):
+                found.add((folder, value))
+    return found
+
+
 def parse_template(graph: Any, source: str) -> WorkflowTemplate:
     """Check that every role's node exists with the expected class; raise ConfigError if not."""
     if not isinstance(graph, dict):

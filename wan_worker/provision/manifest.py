@@ -152,27 +152,3 @@ def load_manifest(path: Path) -> Manifest:
             raise ConfigError(f"{path}: {m.relpath} is listed twice")
         seen.add(m.relpath)
     return Manifest(models=models, path=path)
-
-
-# Loader inputs in the API workflow that name a model file, with the manifest folder each
-# file lives in. RIFE's checkpoint is read from the frame-interpolation node's own folder.
-WORKFLOW_MODEL_INPUTS: dict[tuple[str, str], str] = {
-    ("UNETLoader", "unet_name"): "diffusion_models",
-    ("LoraLoaderModelOnly", "lora_name"): "loras",
-    ("CLIPLoader", "clip_name"): "text_encoders",
-    ("VAELoader", "vae_name"): "vae",
-    ("RIFE VFI", "ckpt_name"): "rife",
-}
-
-
-def workflow_model_files(workflow: dict[str, Any]) -> set[tuple[str, str]]:
-    """(folder, filename) for every model file the workflow's loader nodes reference."""
-    found: set[tuple[str, str]] = set()
-    for node in workflow.values():
-        if not isinstance(node, dict):
-            continue
-        for (class_type, input_name), folder in WORKFLOW_MODEL_INPUTS.items():
-            value = node.get("inputs", {}).get(input_name)
-            if node.get("class_type") == class_type and isinstance(value, str):
-                found.add((folder, value))
-    return found

@@ -1,4 +1,4 @@
-"""Validate an API-format workflow against ComfyUI node schemas, the way `POST /prompt` does.
+"""Validate an API-format ComfyUI graph against node schemas, the way `POST /prompt` does.
 
 This follows ComfyUI 0.33's `execution.validate_prompt` and `validate_inputs`: only output nodes
 and what they depend on are checked; every class must exist; every required input must be
@@ -9,6 +9,8 @@ answer `/prompt` with it and the worker's error formatting sees the same payload
 
 Model-file enums are empty in a schema taken from a ComfyUI with no models installed; pass
 `choices` to check those inputs against the files the project provides instead.
+
+Used by the ComfyUI double and the workflow's tests; the worker itself never validates a graph.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from wan_worker.workflow import COMFY_LISTED_MODEL_INPUTS
+
 ObjectInfo = Mapping[str, Any]
 Prompt = Mapping[str, Any]
 #: (class_type, input_name) -> the values allowed there, replacing the schema's enum.
@@ -24,15 +28,6 @@ Choices = Mapping[tuple[str, str], list[Any]]
 #: (class_type, input_name) -> a node's own VALIDATE_INPUTS for that input: None when the value
 #: is fine, else the reason (reported as `custom_validation_failed`, as ComfyUI does).
 CustomChecks = Mapping[tuple[str, str], Callable[[Any], str | None]]
-
-# Inputs that name a model file, by ComfyUI model folder. Their schema enums list whatever a
-# given ComfyUI happened to have on disk, so the project checks them against its own manifest.
-MODEL_FILE_INPUTS: dict[tuple[str, str], str] = {
-    ("UNETLoader", "unet_name"): "diffusion_models",
-    ("LoraLoaderModelOnly", "lora_name"): "loras",
-    ("CLIPLoader", "clip_name"): "text_encoders",
-    ("VAELoader", "vae_name"): "vae",
-}
 
 
 @dataclass
@@ -400,7 +395,9 @@ def validate_prompt(
 def model_file_choices(
     files_by_folder: Mapping[str, list[str]],
 ) -> dict[tuple[str, str], list[str]]:
-    """Choices for every model-file input, from the files the project provides per folder."""
+    """Choices for every model-file input whose schema enum lists a ComfyUI model folder (its
+    values are whatever a given ComfyUI had on disk), from the files the project provides."""
     return {  # ComfyUI lists a model folder sorted
-        key: sorted(files_by_folder.get(folder, [])) for key, folder in MODEL_FILE_INPUTS.items()
+        key: sorted(files_by_folder.get(folder, []))
+        for key, folder in COMFY_LISTED_MODEL_INPUTS.items()
     }
