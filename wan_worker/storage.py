@@ -1,19 +1,19 @@
 """Upload the finished MP4 to S3-compatible storage and hand back a presigned URL.
 
-Works with AWS S3, Cloudflare R2, RunPod's S3 API and MinIO: boto3 with SigV4, the region given
-(R2 takes `auto`), checksums only where the service requires them (R2 refuses some of the
-newer default checksum headers), retries in boto3's standard mode, and multipart transfers
-through `TransferConfig`. The runpod SDK's `rp_upload` is not used: it fixes the URL expiry at
-seven days, cannot set a region for R2, splits uploads into 25 KB parts, and silently saves to
-a local folder when credentials are missing, which on a serverless worker loses the video.
+Works with AWS S3, Cloudflare R2, RunPod's S3 API and MinIO: the project's S3 client
+(`wan_worker.s3`: SigV4, the region given, checksums only where required, standard retries)
+and multipart transfers through `TransferConfig`. The runpod SDK's `rp_upload` is not used: it
+fixes the URL expiry at seven days, cannot set a region for R2, splits uploads into 25 KB
+parts, and silently saves to a local folder when credentials are missing, which on a
+serverless worker loses the video.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from wan_worker.errors import StorageError
+from wan_worker.s3 import s3_client
 from wan_worker.settings import StorageSettings
 
 MIB = 1024 * 1024
@@ -29,25 +29,17 @@ class VideoStore:
     """One bucket, one client; reused across jobs."""
 
     def __init__(self, settings: StorageSettings) -> None:
-        import boto3
         from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
 
         self.settings = settings
-        self.client: Any = boto3.session.Session().client(
-            "s3",
-            endpoint_url=settings.endpoint_url or None,
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key,
-            region_name=settings.region,
-            config=Config(
-                signature_version="s3v4",
-                retries={"max_attempts": 5, "mode": "standard"},
-                connect_timeout=10,
-                read_timeout=60,
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            ),
+        self.client = s3_client(
+            endpoint_url=settings.endpoint_url,
+            access_key_id=settings.access_key_id,
+            secret_access_key=settings.secret_access_key,
+            region=settings.region,
+            retries=5,
+            connect_timeout_s=10,
+            read_timeout_s=60,
         )
         self.transfer = TransferConfig(
             multipart_threshold=16 * MIB, multipart_chunksize=8 * MIB, max_concurrency=8

@@ -8,13 +8,10 @@ etag is the file's sha256. So a cached file is verified by name, without reading
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from wan_worker.provision.manifest import SourceSpec
-
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+from wan_worker.provision.manifest import SHA256_RE, SourceSpec
 
 
 @dataclass(frozen=True)
@@ -52,6 +49,6 @@ def find_cached(cache_dir: Path, spec: SourceSpec) -> CachedFile | None:
             size = target.stat().st_size
         except (OSError, RuntimeError):
             continue
-        sha = target.name if _HEX64.match(target.name) else None
+        sha = target.name if SHA256_RE.match(target.name) else None
         return CachedFile(path=entry, size=size, sha256=sha, revision=revision)
     return None

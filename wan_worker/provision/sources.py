@@ -7,15 +7,15 @@ start that downloads nothing never loads them.
 
 from __future__ import annotations
 
+import functools
 import http.client
-import re
 import ssl
 import threading
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlparse
 
 from wan_worker.errors import redact
-from wan_worker.provision.manifest import SourceSpec
+from wan_worker.provision.manifest import SHA256_RE, SourceSpec
 from wan_worker.provision.settings import ProvisionSettings
 from wan_worker.provision.transfer import (
     NoRangeSupport,
@@ -24,12 +24,12 @@ from wan_worker.provision.transfer import (
     Sink,
     SourceFailed,
 )
+from wan_worker.s3 import s3_client
 
 if TYPE_CHECKING:
     import requests
 
 READ_BLOCK = 4 * 1024 * 1024
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _thread_local = threading.local()
 
 
@@ -245,42 +245,32 @@ class S3Remote:
 
 
 def r2_client(settings: ProvisionSettings) -> Any:
-    """A boto3 S3 client for R2: region `auto`, SigV4, checksums only where required (R2
-    rejects the newer default CRC checksums), and a connection pool sized for the transfers."""
-    import boto3
-    from botocore.config import Config
-
-    pool = settings.connections * settings.max_parallel_files + 4
-    config = Config(
-        region_name="auto",
-        signature_version="s3v4",
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        retries={"max_attempts": settings.retries, "mode": "standard"},
-        connect_timeout=min(settings.timeout_s, 15),
-        read_timeout=settings.timeout_s,
-        max_pool_connections=pool,
-    )
-    return boto3.client(
-        "s3",
+    """An S3 client for R2 (`wan_worker.s3`), its connection pool sized for the transfers."""
+    return s3_client(
         endpoint_url=settings.r2.endpoint,
-        aws_access_key_id=settings.r2.access_key,
-        aws_secret_access_key=settings.r2.secret_key,
-        config=config,
+        access_key_id=settings.r2.access_key,
+        secret_access_key=settings.r2.secret_key,
+        region="auto",
+        retries=settings.retries,
+        connect_timeout_s=min(settings.timeout_s, 15),
+        read_timeout_s=settings.timeout_s,
+        max_pool_connections=settings.connections * settings.max_parallel_files + 4,
     )
 
 
 _r2_lock = threading.Lock()
-_r2_clients: dict[int, Any] = {}
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_r2_client(settings: ProvisionSettings) -> Any:
+    return r2_client(settings)
 
 
 def _shared_r2_client(settings: ProvisionSettings) -> Any:
+    """One client, and so one connection pool, for every file of a run: keyed by the settings'
+    value (equal settings, same client), built once even when files open in parallel."""
     with _r2_lock:
-        client = _r2_clients.get(id(settings))
-        if client is None:
-            client = r2_client(settings)
-            _r2_clients[id(settings)] = client
-        return client
+        return _cached_r2_client(settings)
 
 
 def _open_r2(spec: SourceSpec, settings: ProvisionSettings) -> S3Remote:
@@ -309,7 +299,7 @@ def _open_r2(spec: SourceSpec, settings: ProvisionSettings) -> S3Remote:
         bucket=settings.r2.bucket,
         key=spec.key,
         size=int(head["ContentLength"]),
-        sha256=published if _HEX64.match(published) else None,
+        sha256=published if SHA256_RE.match(published) else None,
         identity=str(head.get("ETag", "")).strip('"'),
         connections=settings.connections,
         chunk_bytes=settings.chunk_bytes,
@@ -345,7 +335,7 @@ def _open_hf(spec: SourceSpec, settings: ProvisionSettings) -> HttpRemote:
         label=label,
         url=location,
         size=meta.size,
-        sha256=etag if _HEX64.match(etag) else None,
+        sha256=etag if SHA256_RE.match(etag) else None,
         identity=etag or (meta.commit_hash or ""),
         headers=headers,
         timeout_s=settings.timeout_s,
