@@ -19,14 +19,18 @@ def text(env: Mapping[str, str], name: str, default: str) -> str:
     return default if value is None or value.strip() == "" else value.strip()
 
 
-def number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+def number(
+    env: Mapping[str, str], name: str, default: float, minimum: float, unit: str = ""
+) -> float:
+    """A number at least `minimum`; `unit` (e.g. "seconds") names what it counts in errors."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number; unset it or give a number") from None
+        what = f"a number of {unit}" if unit else "a number"
+        raise ConfigError(f"{name}={raw!r} is not {what}; unset it or give {what}") from None
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
     return value

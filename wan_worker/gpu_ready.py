@@ -17,9 +17,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import wan_worker.env as read
 from wan_worker.errors import ConfigError
 
 PROBE = """
@@ -51,26 +52,16 @@ class GpuWaitSettings:
     probe_timeout_s: float = 60.0
 
     @classmethod
-    def from_env(cls) -> GpuWaitSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GpuWaitSettings:
+        env = os.environ if env is None else env
         d = cls()
         return cls(
-            timeout_s=_seconds("GPU_READY_TIMEOUT_S", d.timeout_s),
-            interval_s=_seconds("GPU_READY_INTERVAL_S", d.interval_s),
-            probe_timeout_s=_seconds("GPU_PROBE_TIMEOUT_S", d.probe_timeout_s),
+            timeout_s=read.number(env, "GPU_READY_TIMEOUT_S", d.timeout_s, 0, "seconds"),
+            interval_s=read.number(env, "GPU_READY_INTERVAL_S", d.interval_s, 0, "seconds"),
+            probe_timeout_s=read.number(
+                env, "GPU_PROBE_TIMEOUT_S", d.probe_timeout_s, 0, "seconds"
+            ),
         )
-
-
-def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise ConfigError(f"{name}={raw!r} must not be negative")
-    return value
 
 
 class GpuNotReady(Exception):

@@ -28,12 +28,11 @@ from wan_worker.provision.hfcache import find_cached
 from wan_worker.provision.manifest import Manifest, ModelSpec, load_manifest
 from wan_worker.provision.settings import ProvisionSettings
 from wan_worker.provision.transfer import (
-    STATE_SUFFIX,
-    PartialState,
     Progress,
     RetryPolicy,
     SourceFailed,
     human_bytes,
+    resumable_state,
     transfer,
 )
 
@@ -235,12 +234,8 @@ class Provisioner:
         return None
 
     def _partial_bytes(self, plan: _Plan) -> int:
-        state = PartialState.load(plan.tmp.with_name(plan.tmp.name + STATE_SUFFIX))
-        if state is None or plan.remote is None:
-            return 0
-        if state.size != plan.remote.size or state.identity != plan.remote.identity:
-            return 0
-        return state.done.total()
+        state = resumable_state(plan.tmp, plan.remote) if plan.remote is not None else None
+        return state.done.total() if state is not None else 0
 
     def _check_space(self, plans: list[_Plan]) -> None:
         need = sum(p.need for p in plans)

@@ -139,6 +139,20 @@ class PartialState:
             return None
 
 
+def state_path(tmp: Path) -> Path:
+    """Where the state of the partial download in `tmp` is kept."""
+    return tmp.with_name(tmp.name + STATE_SUFFIX)
+
+
+def resumable_state(tmp: Path, remote: Remote) -> PartialState | None:
+    """What the partial download in `tmp` holds, if it can be resumed from `remote`: the file
+    is there and its state records the same size and identity."""
+    state = PartialState.load(state_path(tmp)) if tmp.exists() else None
+    if state is None or state.size != remote.size or state.identity != remote.identity:
+        return None
+    return state
+
+
 class Progress:
     """Byte counters for all transfers, and periodic lines with bytes, rate and ETA."""
 
@@ -336,9 +350,9 @@ def transfer(
     log: Callable[[str], None],
 ) -> int:
     """Fill `tmp` with the remote file, resuming a compatible partial; returns bytes fetched."""
-    state_path = tmp.with_name(tmp.name + STATE_SUFFIX)
-    state = PartialState.load(state_path) if tmp.exists() else None
-    if state is None or state.size != remote.size or state.identity != remote.identity:
+    state_file = state_path(tmp)
+    state = resumable_state(tmp, remote)
+    if state is None:
         if tmp.exists():
             log(f"{name}: discarding a partial download that does not match {remote.label}")
         state = PartialState(size=remote.size, identity=remote.identity, source=remote.label)
@@ -349,9 +363,9 @@ def transfer(
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         os.ftruncate(fd, remote.size)
-        state.save(state_path)
+        state.save(state_file)
         progress.track(name, already, remote.size)
-        writer = OffsetWriter(fd, state, state_path, progress, name)
+        writer = OffsetWriter(fd, state, state_file, progress, name)
         try:
             _transfer_into(
                 remote,
@@ -369,7 +383,7 @@ def transfer(
         os.fsync(fd)
     finally:
         os.close(fd)
-    state_path.unlink(missing_ok=True)
+    state_file.unlink(missing_ok=True)
     return remote.size - already
 
 
