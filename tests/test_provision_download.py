@@ -25,9 +25,10 @@ from tests.provision_servers import (
     running,
     write_manifest,
 )
+from wan_worker.errors import DiskSpaceError, ProvisionError
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import load_manifest
-from wan_worker.provision.provisioner import DiskSpaceError, Provisioner, ProvisionError
+from wan_worker.provision.provisioner import Provisioner
 from wan_worker.provision.settings import ProvisionSettings, R2Settings
 from wan_worker.provision.transfer import STATE_SUFFIX, PartialState
 

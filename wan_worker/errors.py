@@ -1,9 +1,32 @@
 """The worker's exceptions, and the one place that turns any exception into a user-facing error.
 
-Every failure a caller can see is a `WorkerError` with a stable `code` and a message that says
-what went wrong and what to do about it. `error_result` is the only function that builds the
-`{"error": ...}` dict the handler returns, so the wording, the redaction of secrets and the
-`refresh_worker` decision live here and nowhere else.
+Every failure a caller or an operator can see is a `WorkerError` with a stable `code` and a
+message that says what went wrong and what to do about it. `error_result` is the only function
+that builds the `{"error": ...}` dict the handler returns, so the wording, the redaction of
+secrets and the `refresh_worker` decision live here and nowhere else.
+
+The tree, with each class's `code` (* marks the ones that ask RunPod to replace the worker):
+
+    WorkerError                 worker_error
+    ├── ConfigError             config_error         the endpoint's environment is wrong
+    ├── InputError              invalid_input        a job input is wrong
+    ├── ComfyUnavailable        comfyui_unavailable  * ComfyUI is gone or not answering
+    ├── ComfyRejected           workflow_rejected    /prompt refused the workflow
+    ├── ComfyExecutionError     execution_error      a node failed
+    │   └── OutOfMemory         out_of_memory
+    ├── JobTimeout              timeout              the job's deadline passed
+    ├── OutputError             output_error         no video to return
+    │   └── DiskFull            disk_full
+    ├── StorageError            storage_error        the upload failed
+    ├── GpuNotReady             gpu_unavailable      * boot: CUDA never became usable
+    └── ProvisionError          provision_failed     * boot: a model could not be had
+        └── DiskSpaceError      no_disk_space        * boot: the models do not fit
+
+Jobs raise the first ten; the boot (`wan_worker.gpu_ready`, `python -m wan_worker.provision`)
+raises the last three and ConfigError, and reports them as exit statuses. The downloader's own
+signals (`SourceFailed`, `RetryableError`, `NoRangeSupport` in `wan_worker.provision.transfer`)
+never leave provisioning: a model that cannot be had is a ProvisionError naming every source
+tried.
 """
 
 from __future__ import annotations
@@ -42,7 +65,7 @@ class WorkerError(Exception):
         self.message = message
         self.details = details
         if refresh_worker is not None:
-            self.refresh_worker = refresh_worker  # type: ignore[misc]
+            self.refresh_worker = refresh_worker
 
 
 class ConfigError(WorkerError):
@@ -129,6 +152,26 @@ class StorageError(WorkerError):
     """The upload to S3-compatible storage failed."""
 
     code = "storage_error"
+
+
+class GpuNotReady(WorkerError):
+    """At boot: CUDA did not become usable in time, or PyTorch cannot use it at all."""
+
+    code = "gpu_unavailable"
+    refresh_worker = True
+
+
+class ProvisionError(WorkerError):
+    """At boot: a model could not be made available; the worker cannot start without it."""
+
+    code = "provision_failed"
+    refresh_worker = True
+
+
+class DiskSpaceError(ProvisionError):
+    """At boot: the models still to download do not fit on the models' disk."""
+
+    code = "no_disk_space"
 
 
 def secret_values(env: dict[str, str] | None = None) -> list[str]:

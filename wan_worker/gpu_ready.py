@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import wan_worker.env as read
-from wan_worker.errors import ConfigError
+from wan_worker.errors import ConfigError, GpuNotReady
 
 PROBE = """
 import json, sys
@@ -62,10 +62,6 @@ class GpuWaitSettings:
                 env, "GPU_PROBE_TIMEOUT_S", d.probe_timeout_s, 0, "seconds"
             ),
         )
-
-
-class GpuNotReady(Exception):
-    pass
 
 
 def probe_once(probe_timeout_s: float) -> tuple[bool, bool, str]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -60,16 +62,31 @@ class Worker:
         )
 
 
-class _Timer:
+class StageTimer:
+    """Wall time of a job's stages: each lap runs from the end of the one before."""
+
     def __init__(self) -> None:
         self.start = time.monotonic()
-        self.mark = self.start
+        self._lap_start = self.start
         self.laps: dict[str, float] = {}
 
     def lap(self, name: str) -> None:
+        """Add the time since the last lap to `name` (a stage may be lapped more than once)."""
         now = time.monotonic()
-        self.laps[name] = round(self.laps.get(name, 0.0) + now - self.mark, 3)
-        self.mark = now
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._lap_start, 3)
+        self._lap_start = now
+
+    @contextmanager
+    def apart(self) -> Iterator[None]:
+        """A stretch that is no lap: the next lap starts where it ends (ComfyUI's run is timed
+        by the run itself)."""
+        try:
+            yield
+        finally:
+            self._lap_start = time.monotonic()
+
+    def total_s(self) -> float:
+        return round(time.monotonic() - self.start, 3)
 
 
 def local_copy(fullpath: str | None, size: int) -> Path | None:
@@ -97,8 +114,9 @@ def _generate(
     job: dict[str, Any],
     request: JobRequest,
     files: JobFiles,
+    image_name: str,
     deadline: float,
-    timer: _Timer,
+    timer: StageTimer,
 ) -> _Generation:
     """Run the workflow; once more with PyTorch attention if SageAttention's video is black."""
     settings = worker.settings
@@ -108,21 +126,21 @@ def _generate(
     while True:
         prompt = worker.template.build(
             request.params,
-            image_name=files.uploaded_as or files.image_name,
+            image_name=image_name,
             output_prefix=files.output_prefix,
             attention=attention,
         )
-        outcome = run_prompt(
-            worker.client,
-            prompt,
-            prompt_id=files.new_prompt_id(),
-            output_node=OUTPUT_NODE,
-            deadline=deadline,
-            stage_of=STAGES.get,
-            progress=JobProgress(job, worker.send_progress),
-        )
+        with timer.apart():
+            outcome = run_prompt(
+                worker.client,
+                prompt,
+                prompt_id=files.new_prompt_id(),
+                output_node=OUTPUT_NODE,
+                deadline=deadline,
+                stage_of=STAGES.get,
+                progress=JobProgress(job, worker.send_progress),
+            )
         outcomes.append(outcome)
-        timer.mark = time.monotonic()
         video = worker.client.view(outcome.video)
         timer.lap("fetch_s")
         report = inspect_frames(video, local_copy(outcome.video.fullpath, len(video)))
@@ -155,7 +173,7 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
     settings = worker.settings
     job_id = job.get("id", "local") if isinstance(job, dict) else "local"
     files = JobFiles(settings.comfyui_input_dir, settings.comfyui_output_dir, job_id)
-    timer = _Timer()
+    timer = StageTimer()
     deadline = timer.start + settings.job_timeout_s
     try:
         raw_input = job.get("input") if isinstance(job, dict) else None
@@ -165,9 +183,10 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
         with worker.lock:  # ComfyUI runs one prompt at a time; so does this worker
             worker.client.wait_ready(settings.ready_timeout_s)
             timer.lap("wait_ready_s")
-            files.uploaded_as = worker.client.upload_image(image.png, files.image_name)
+            uploaded_as = worker.client.upload_image(image.png, files.image_name)
+            files.uploaded_as = uploaded_as
             timer.lap("upload_s")
-            generation = _generate(worker, job, request, files, deadline, timer)
+            generation = _generate(worker, job, request, files, uploaded_as, deadline, timer)
         delivered = deliver(generation.video, f"{files.token}.mp4", settings, worker.store)
         timer.lap("deliver_s")
         params = request.params
@@ -180,7 +199,17 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
             queued_s=round(sum(o.queued_s for o in generation.outcomes), 3),
             inference_s=round(sum(o.executed_s for o in generation.outcomes), 3),
             stages=stages,
-            total_s=round(time.monotonic() - timer.start, 3),
+            total_s=timer.total_s(),
+        )
+        log.info(
+            "job %s done in %.1f s: seed %d (%s), %dx%d, %s attention",
+            job_id,
+            timings["total_s"],
+            params.seed,
+            "random" if request.seed_was_random else "given",
+            params.width,
+            params.height,
+            generation.attention,
         )
         return {
             **delivered,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import wan_worker.env as read
@@ -107,9 +106,3 @@ class Settings:
             max_base64_bytes=read.integer(env, "MAX_BASE64_BYTES", defaults.max_base64_bytes, 0),
             storage=storage,
         )
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings, read from the environment on first use."""
-    return Settings.from_env()

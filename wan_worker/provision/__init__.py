@@ -3,21 +3,3 @@
 `python -m wan_worker.provision` makes every model in workflows/models.json present and
 verified under the models root; start.sh runs it before ComfyUI starts.
 """
-
-from wan_worker.provision.provisioner import (
-    DiskSpaceError,
-    Provisioner,
-    ProvisionError,
-    Report,
-    provision,
-)
-from wan_worker.provision.settings import ProvisionSettings
-
-__all__ = [
-    "DiskSpaceError",
-    "ProvisionError",
-    "ProvisionSettings",
-    "Provisioner",
-    "Report",
-    "provision",
-]

@@ -16,10 +16,10 @@ import os
 import sys
 from pathlib import Path
 
-from wan_worker.errors import ConfigError, redact
+from wan_worker.errors import ConfigError, DiskSpaceError, ProvisionError, redact
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import load_manifest
-from wan_worker.provision.provisioner import DiskSpaceError, Provisioner, ProvisionError
+from wan_worker.provision.provisioner import Provisioner
 from wan_worker.provision.settings import ProvisionSettings
 
 

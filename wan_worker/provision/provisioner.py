@@ -20,9 +20,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from wan_worker.errors import WorkerError, redact
+from wan_worker.errors import DiskSpaceError, ProvisionError, redact
 from wan_worker.provision import verify
 from wan_worker.provision.hfcache import find_cached
 from wan_worker.provision.manifest import Manifest, ModelSpec, load_manifest
@@ -38,17 +38,6 @@ from wan_worker.provision.transfer import (
 
 Log = Callable[[str], None]
 FreeBytes = Callable[[Path], int]
-
-
-class ProvisionError(WorkerError):
-    """A model could not be made available; the worker cannot start without it."""
-
-    code = "provision_failed"
-    refresh_worker: ClassVar[bool] = True
-
-
-class DiskSpaceError(ProvisionError):
-    code = "disk_full"
 
 
 def disk_free_bytes(path: Path) -> int:
@@ -423,14 +412,3 @@ class Provisioner:
             progress.stop()
         if errors:
             raise ProvisionError(" | ".join(e.message for e in errors))
-
-
-def provision(
-    settings: ProvisionSettings | None = None,
-    *,
-    log: Log = print,
-    free_bytes: FreeBytes = disk_free_bytes,
-) -> Report:
-    """Provision every model in the manifest; raises ProvisionError (or ConfigError)."""
-    settings = settings or ProvisionSettings.from_env()
-    return Provisioner(settings, log=log, free_bytes=free_bytes).run()

@@ -51,12 +51,6 @@ class Remote(Protocol):
         ...
 
 
-class WholeFileRemote(Remote, Protocol):
-    def fetch_whole(self, writer: OffsetWriter) -> None:
-        """Fetch the whole object through the source's own parallel machinery."""
-        ...
-
-
 class Extents:
     """A set of half-open byte ranges, merged; thread-safe."""
 
