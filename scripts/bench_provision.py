@@ -166,12 +166,10 @@ def bench_warm(work: Path, runs: int) -> list[float]:
             models_root,
             rel,
             path,
-            {
-                "size": size,
-                "sha256": "0" * 64,
-                "sha256_checked": True,
-                "source": "bench",
-            },
+            size=size,
+            sha256="0" * 64,
+            sha256_checked=True,
+            source="bench",
         )
         models.append(
             {

@@ -17,6 +17,7 @@ shell_scripts() {
 main() {
   ruff check .
   ruff format --check .
+  mypy
   hadolint Dockerfile
   shell_scripts | xargs -0 --no-run-if-empty shellcheck
   actionlint

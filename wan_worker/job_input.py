@@ -101,7 +101,7 @@ def _integer(
             FieldProblem(field, f"must be from {minimum} to {maximum}, got {value}", fix)
         )
         return None
-    return value
+    return int(value)
 
 
 def snap(value: int) -> int:

@@ -37,7 +37,8 @@ def runpod_sender() -> Sender | None:
         return None
     from runpod.serverless import progress_update
 
-    return progress_update
+    sender: Sender = progress_update
+    return sender
 
 
 class JobProgress:

@@ -61,7 +61,7 @@ def fetch_url(url: str, settings: Settings) -> bytes:
     cap = settings.max_image_bytes
     timeout = (min(10.0, settings.image_fetch_timeout_s), settings.image_fetch_timeout_s)
     try:
-        response = rp_ssrf.safe_get(url, stream=True, timeout=timeout, max_bytes=cap)  # type: ignore[arg-type]
+        response = rp_ssrf.safe_get(url, stream=True, timeout=timeout, max_bytes=cap)
     except rp_ssrf.SSRFError as exc:
         text = str(exc)
         if "size cap" in text:
@@ -173,8 +173,7 @@ def verify_image(data: bytes, settings: Settings) -> StartImage:
                     f"Send an image at least {MIN_IMAGE_SIDE} pixels on each side.",
                 )
             image.load()
-            image = ImageOps.exif_transpose(image) or image
-            rgb = image.convert("RGB")
+            rgb = (ImageOps.exif_transpose(image) or image).convert("RGB")
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

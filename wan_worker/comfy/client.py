@@ -54,7 +54,7 @@ def output_file(ui: Any) -> OutputFile | None:
 
 def backoff(attempt: int) -> float:
     """Seconds to wait before retry `attempt` (0, 1, ...) while ComfyUI boots or reconnects."""
-    return min(0.05 * (2**attempt), 1.0)
+    return min(0.05 * 2.0**attempt, 1.0)
 
 
 class ComfyClient:

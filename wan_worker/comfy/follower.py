@@ -212,8 +212,11 @@ class _Follower:
         elif kind == "progress":
             stage = self.stage_of(str(data.get("node")))
             value, total = data.get("value"), data.get("max")
-            numbers = isinstance(value, int | float) and isinstance(total, int | float)
-            if stage is not None and numbers:
+            if (
+                stage is not None
+                and isinstance(value, int | float)
+                and isinstance(total, int | float)
+            ):
                 self.progress.step(stage, int(value), int(total))
         elif kind == "executed":
             if str(data.get("node")) == self.output_node:

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from wan_worker.errors import DiskSpaceError, ProvisionError, redact
 from wan_worker.provision import verify
@@ -29,6 +28,7 @@ from wan_worker.provision.manifest import Manifest, ModelSpec, load_manifest
 from wan_worker.provision.settings import ProvisionSettings
 from wan_worker.provision.transfer import (
     Progress,
+    Remote,
     RetryPolicy,
     SourceFailed,
     human_bytes,
@@ -70,7 +70,7 @@ class _Plan:
     dest: Path
     tmp: Path
     tried: list[str] = field(default_factory=list)
-    remote: Any = None
+    remote: Remote | None = None
     source_index: int = -1
     need: int = 0
 
@@ -152,12 +152,10 @@ class Provisioner:
             self.root,
             model.relpath,
             dest,
-            {
-                "size": actual_size,
-                "sha256": sha,
-                "sha256_checked": checked,
-                "source": source,
-            },
+            size=actual_size,
+            sha256=sha,
+            sha256_checked=checked,
+            source=source,
         )
         self._done(Outcome(model.relpath, "verified", source))
         return True
@@ -183,12 +181,10 @@ class Provisioner:
                 self.root,
                 model.relpath,
                 dest,
-                {
-                    "size": cached.size,
-                    "sha256": cached.sha256 or model.sha256,
-                    "sha256_checked": bool(cached.sha256 and model.sha256),
-                    "source": f"RunPod cache {cached.path}",
-                },
+                size=cached.size,
+                sha256=cached.sha256 or model.sha256,
+                sha256_checked=bool(cached.sha256 and model.sha256),
+                source=f"RunPod cache {cached.path}",
             )
             self._say(f"{model.relpath}: using RunPod's cached copy in place ({cached.path})")
             self._done(Outcome(model.relpath, "linked", str(cached.path)))
@@ -196,7 +192,7 @@ class Provisioner:
         return False
 
     # ---------------------------------------------------------------- phase 3: download
-    def _open_first(self, plan: _Plan, start: int = 0) -> Any:
+    def _open_first(self, plan: _Plan, start: int = 0) -> Remote | None:
         from wan_worker.provision.sources import open_source
 
         for index in range(start, len(plan.model.sources)):
@@ -279,7 +275,7 @@ class Provisioner:
             self._open_first(plan, plan.source_index + 1)
         raise ProvisionError(self._failure_text([plan]))
 
-    def _accept_download(self, plan: _Plan, remote: Any) -> bool:
+    def _accept_download(self, plan: _Plan, remote: Remote) -> bool:
         model, tmp = plan.model, plan.tmp
         size = tmp.stat().st_size
         if size != remote.size or (model.size is not None and size != model.size):
@@ -303,12 +299,10 @@ class Provisioner:
             self.root,
             model.relpath,
             plan.dest,
-            {
-                "size": size,
-                "sha256": actual,
-                "sha256_checked": expected is not None,
-                "source": remote.label,
-            },
+            size=size,
+            sha256=actual,
+            sha256_checked=expected is not None,
+            source=remote.label,
         )
         return True
 
@@ -393,7 +387,8 @@ class Provisioner:
         if unavailable:
             raise ProvisionError(self._failure_text(unavailable))
         for plan in downloads:
-            plan.need = plan.remote.size - self._partial_bytes(plan)
+            if plan.remote is not None:  # each has one by now
+                plan.need = plan.remote.size - self._partial_bytes(plan)
         self._check_space(downloads)
         for plan in downloads:
             plan.dest.parent.mkdir(parents=True, exist_ok=True)

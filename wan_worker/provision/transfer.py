@@ -298,7 +298,7 @@ class RetryPolicy:
     backoff_s: float
 
     def delay(self, attempt: int) -> float:
-        return min(self.backoff_s * (2**attempt), 30.0)
+        return min(self.backoff_s * 2.0**attempt, 30.0)
 
 
 def _fetch_range(

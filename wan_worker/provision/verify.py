@@ -53,10 +53,26 @@ def read_marker(models_root: Path, relpath: str) -> Marker | None:
         return None
 
 
-def write_marker(models_root: Path, relpath: str, file: Path, marker_fields: dict) -> Marker:
+def write_marker(
+    models_root: Path,
+    relpath: str,
+    file: Path,
+    *,
+    size: int,
+    sha256: str | None,
+    sha256_checked: bool,
+    source: str,
+) -> Marker:
     """Record the file as verified, against its current identity (atomic write)."""
     st = file.stat()
-    marker = Marker(inode=st.st_ino, mtime_ns=st.st_mtime_ns, **marker_fields)
+    marker = Marker(
+        size=size,
+        sha256=sha256,
+        sha256_checked=sha256_checked,
+        source=source,
+        inode=st.st_ino,
+        mtime_ns=st.st_mtime_ns,
+    )
     path = marker_path(models_root, relpath)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
