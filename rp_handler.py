@@ -5,14 +5,11 @@ python rp_handler.py --rp_serve_api       # local HTTP API on :8000 (/run, /runs
 python rp_handler.py --test_input '{...}' # one job from the command line (or test_input.json)
 """
 
-import logging
-
 import runpod
 
 from wan_worker.handler import handler
+from wan_worker.logs import configure as configure_logging
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     runpod.serverless.start({"handler": handler})

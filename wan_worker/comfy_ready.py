@@ -11,13 +11,15 @@ up. On failure it prints the cause and the end of ComfyUI's log and exits 1.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
 
+from wan_worker import logs
 from wan_worker.comfy.client import ComfyClient
 from wan_worker.comfy.process import ComfyProcess
-from wan_worker.errors import ComfyUnavailable
+from wan_worker.errors import ComfyUnavailable, redact
 
 TAIL_LINES = 20
 
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--timeout", type=float, default=180.0)
     args = parser.parse_args(argv)
+    logs.configure(logging.WARNING)
     process = ComfyProcess(args.pid_file, args.log)
     started = time.monotonic()
     try:
@@ -40,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             reason = f"{exc.message} Raise COMFYUI_READY_TIMEOUT_S if it is still loading."
         tail = "\n".join(process.log_tail().splitlines()[-TAIL_LINES:]) or "(empty log)"
-        print(f"[start] FAILED: {reason} Last log lines:\n{tail}", file=sys.stderr, flush=True)
+        print(
+            redact(f"[start] FAILED: {reason} Last log lines:\n{tail}"),
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     print(
         f"[start] ComfyUI answers at {args.url} after {time.monotonic() - started:.1f}s",

@@ -13,6 +13,7 @@ GPU_PROBE_TIMEOUT_S (default 60, one probe). start.sh skips this when SKIP_GPU_C
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import wan_worker.env as read
-from wan_worker.errors import ConfigError, GpuNotReady
+from wan_worker import logs
+from wan_worker.errors import ConfigError, GpuNotReady, redact
 
 PROBE = """
 import json, sys
@@ -123,10 +125,11 @@ def wait_for_gpu(settings: GpuWaitSettings, log: Callable[[str], None] = print) 
 
 
 def main() -> int:
+    logs.configure(logging.WARNING)
     try:
-        wait_for_gpu(GpuWaitSettings.from_env(), log=lambda s: print(s, flush=True))
+        wait_for_gpu(GpuWaitSettings.from_env(), log=lambda s: print(redact(s), flush=True))
     except (GpuNotReady, ConfigError) as exc:
-        print(f"[gpu] FAILED: {exc}", file=sys.stderr, flush=True)
+        print(redact(f"[gpu] FAILED: {exc}"), file=sys.stderr, flush=True)
         return 1
     return 0
 

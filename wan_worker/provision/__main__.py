@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
+from wan_worker import logs
 from wan_worker.errors import ConfigError, DiskSpaceError, ProvisionError, redact
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import load_manifest
@@ -24,7 +26,7 @@ from wan_worker.provision.settings import ProvisionSettings
 
 
 def _log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    print(redact(text), file=sys.stderr, flush=True)
 
 
 def pin_manifest(settings: ProvisionSettings) -> int:
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         help="after the run, write the verified sizes and checked sha256 sums into the manifest",
     )
     args = parser.parse_args(argv)
+    logs.configure(logging.WARNING)
     try:
         settings = ProvisionSettings.from_env()
         if args.print_root:
@@ -84,13 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.pin_manifest:
             return pin_manifest(settings)
     except ConfigError as exc:
-        _log(redact(f"[provision] configuration error: {exc.message}"))
+        _log(f"[provision] configuration error: {exc.message}")
         return 2
     except DiskSpaceError as exc:
-        _log(f"[provision] FAILED: {redact(exc.message)}")
+        _log(f"[provision] FAILED: {exc.message}")
         return 4
     except ProvisionError as exc:
-        _log(f"[provision] FAILED: {redact(exc.message)}")
+        _log(f"[provision] FAILED: {exc.message}")
         return 3
     return 0
 
