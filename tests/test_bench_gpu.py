@@ -1,4 +1,4 @@
-"""The GPU benchmark script's torch-free parts: sizes, manifests, step times, verdicts, reports.
+"""The GPU benchmark's torch-free parts: sizes, manifests, step times, verdicts, reports, flags.
 
 Running the benchmark needs a GPU, ComfyUI and the full-size weights; what it derives from the
 handler's progress events and stage timings is plain Python and is checked here.
@@ -14,6 +14,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from scripts.gpu_bench import BenchError, analysis, comfyui, memory, report, weights
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 MANIFEST = Path(__file__).resolve().parent.parent / "workflows" / "models.json"
@@ -33,20 +35,18 @@ def bench() -> ModuleType:
     return load_script("bench_gpu")
 
 
-def events(bench, stage: str, times: list[float], start: float) -> list:
+def events(stage: str, times: list[float], start: float) -> list:
     """A node start at `start`, then steps 1..n at `times`."""
-    out = [bench.ProgressEvent(start, stage, 0, 0)]
-    out += [bench.ProgressEvent(t, stage, i + 1, len(times)) for i, t in enumerate(times)]
+    out = [analysis.ProgressEvent(start, stage, 0, 0)]
+    out += [analysis.ProgressEvent(t, stage, i + 1, len(times)) for i, t in enumerate(times)]
     return out
 
 
-def job(bench, attention: str, step_s: float, *, ok: bool = True, kind: str = "warm"):
+def job(attention: str, step_s: float, *, ok: bool = True, kind: str = "warm"):
     """A job whose two samplers each take 2 s of setup plus 3 steps of `step_s`."""
-    high = events(bench, "sample_high_noise", [10 + 2 + step_s * k for k in (1, 2, 3)], 10.0)
+    high = events("sample_high_noise", [10 + 2 + step_s * k for k in (1, 2, 3)], 10.0)
     low_start = 12 + 3 * step_s
-    low = events(
-        bench, "sample_low_noise", [low_start + 2 + step_s * k for k in (1, 2, 3)], low_start
-    )
+    low = events("sample_low_noise", [low_start + 2 + step_s * k for k in (1, 2, 3)], low_start)
     stages = {
         "text_encode": 1.0,
         "sample_high_noise": 2 + 3 * step_s,
@@ -55,12 +55,12 @@ def job(bench, attention: str, step_s: float, *, ok: bool = True, kind: str = "w
         "encode_mp4": 3.0,
     }
     total = sum(stages.values()) + 1.0
-    record = bench.JobRecord(
+    record = analysis.JobRecord(
         "720x1280", attention, kind, ok=ok, total_s=total, stages=stages, events=high + low
     )
     if not ok:
         record.error = "Out of memory in node 420:12"
-    bench.analyse(record)
+    analysis.analyse(record)
     return record
 
 
@@ -71,11 +71,11 @@ def test_parse_size_reads_width_then_height(bench):
         bench.parse_size("720*1280")
 
 
-def test_split_manifest_gives_one_readable_manifest_per_model(bench, tmp_path):
+def test_split_manifest_gives_one_readable_manifest_per_model(tmp_path):
     synth = load_script("make_synthetic_weights")
     manifest = json.loads(MANIFEST.read_text())
 
-    paths = bench.split_manifest(manifest, tmp_path)
+    paths = weights.split_manifest(manifest, tmp_path)
 
     assert len(paths) == len(manifest["models"])
     pairs = [synth.read_manifest(path) for path in paths]
@@ -83,26 +83,26 @@ def test_split_manifest_gives_one_readable_manifest_per_model(bench, tmp_path):
     assert [p[0] for p in pairs] == synth.read_manifest(MANIFEST)
 
 
-def test_step_times_counts_from_node_start_and_skips_gaps(bench):
-    stream = events(bench, "sample_low_noise", [5.0, 6.5, 9.5], 1.0)
-    stream += [bench.ProgressEvent(20.0, "sample_high_noise", 5, 5)]
+def test_step_times_counts_from_node_start_and_skips_gaps():
+    stream = events("sample_low_noise", [5.0, 6.5, 9.5], 1.0)
+    stream += [analysis.ProgressEvent(20.0, "sample_high_noise", 5, 5)]
 
-    intervals, first = bench.step_times(stream, "sample_low_noise")
+    intervals, first = analysis.step_times(stream, "sample_low_noise")
     assert intervals == [1.5, 3.0]
     assert first == 4.0
 
-    gap = [*events(bench, "sample_high_noise", [2.0], 1.0)]
-    gap.append(bench.ProgressEvent(4.0, "sample_high_noise", 3, 3))
-    assert bench.step_times(gap, "sample_high_noise") == ([], 1.0)
+    gap = [*events("sample_high_noise", [2.0], 1.0)]
+    gap.append(analysis.ProgressEvent(4.0, "sample_high_noise", 3, 3))
+    assert analysis.step_times(gap, "sample_high_noise") == ([], 1.0)
 
 
-def test_analyse_uses_the_mean_interval_and_splits_samplers_into_steps_and_setup(bench):
-    record = bench.JobRecord("720x1280", "sage", "warm", ok=True)
-    record.events = events(bench, "sample_high_noise", [12.0, 15.0, 22.0], 2.0)
+def test_analyse_uses_the_mean_interval_and_splits_samplers_into_steps_and_setup():
+    record = analysis.JobRecord("720x1280", "sage", "warm", ok=True)
+    record.events = events("sample_high_noise", [12.0, 15.0, 22.0], 2.0)
     record.stages = {"sample_high_noise": 22.0, "vae_decode": 5.0}
     record.total_s = 30.0
 
-    bench.analyse(record)
+    analysis.analyse(record)
 
     # async progress: 3 s then 7 s between steps; the mean (5 s) is the step time
     assert record.s_per_step == 5.0
@@ -112,13 +112,13 @@ def test_analyse_uses_the_mean_interval_and_splits_samplers_into_steps_and_setup
     assert (record.worst_part, record.worst_share) == ("sample_high_noise.setup", 0.2333)
 
 
-def test_verdicts_compare_sage_with_sdpa_and_check_the_budget(bench):
-    fast = bench.ConfigRecord("720x1280", "sage", peak_vram_mib=30000)
-    fast.jobs = [job(bench, "sage", 7.0)]
-    slow = bench.ConfigRecord("720x1280", "sdpa", peak_vram_mib=33000)
-    slow.jobs = [job(bench, "sdpa", 10.0)]
+def test_verdicts_compare_sage_with_sdpa_and_check_the_budget():
+    fast = analysis.ConfigRecord("720x1280", "sage", peak_vram_mib=30000)
+    fast.jobs = [job("sage", 7.0)]
+    slow = analysis.ConfigRecord("720x1280", "sdpa", peak_vram_mib=33000)
+    slow.jobs = [job("sdpa", 10.0)]
 
-    verdict = bench.verdicts([fast, slow], 32607)
+    verdict = report.verdicts([fast, slow], 32607)
 
     ratio = verdict["step_ratio"]["720x1280"]
     assert (ratio["sage_s"], ratio["sdpa_s"], ratio["ratio"]) == (7.0, 10.0, 0.7)
@@ -128,13 +128,13 @@ def test_verdicts_compare_sage_with_sdpa_and_check_the_budget(bench):
     assert verdict["vram"]["720x1280 sdpa"]["pass"] is False  # over the budget
 
 
-def test_a_step_ratio_above_target_and_a_failed_job_are_misses(bench):
-    sage = bench.ConfigRecord("480x832", "sage", peak_vram_mib=20000)
-    sage.jobs = [job(bench, "sage", 9.0)]
-    sdpa = bench.ConfigRecord("480x832", "sdpa", peak_vram_mib=20000)
-    sdpa.jobs = [job(bench, "sdpa", 10.0), job(bench, "sdpa", 10.0, ok=False)]
+def test_a_step_ratio_above_target_and_a_failed_job_are_misses():
+    sage = analysis.ConfigRecord("480x832", "sage", peak_vram_mib=20000)
+    sage.jobs = [job("sage", 9.0)]
+    sdpa = analysis.ConfigRecord("480x832", "sdpa", peak_vram_mib=20000)
+    sdpa.jobs = [job("sdpa", 10.0), job("sdpa", 10.0, ok=False)]
 
-    verdict = bench.verdicts([sage, sdpa], 32607)
+    verdict = report.verdicts([sage, sdpa], 32607)
 
     assert verdict["step_ratio"]["480x832"]["pass"] is False
     assert verdict["vram"]["480x832 sdpa"]["pass"] is False
@@ -142,11 +142,11 @@ def test_a_step_ratio_above_target_and_a_failed_job_are_misses(bench):
 
 
 def test_saved_report_rebuilds_to_the_same_numbers_and_tables(bench, tmp_path):
-    sage = bench.ConfigRecord("720x1280", "sage", comfyui_start_s=20.0, peak_vram_mib=29000)
-    sage.jobs = [job(bench, "sage", 7.0, kind="cold"), job(bench, "sage", 7.0)]
-    sdpa = bench.ConfigRecord("720x1280", "sdpa", comfyui_start_s=21.0, peak_vram_mib=31000)
-    sdpa.jobs = [job(bench, "sdpa", 12.0, kind="cold")]
-    first = bench.save(tmp_path / "a", {"vram_budget_mib": 32607}, [sage, sdpa], 32607)
+    sage = analysis.ConfigRecord("720x1280", "sage", comfyui_start_s=20.0, peak_vram_mib=29000)
+    sage.jobs = [job("sage", 7.0, kind="cold"), job("sage", 7.0)]
+    sdpa = analysis.ConfigRecord("720x1280", "sdpa", comfyui_start_s=21.0, peak_vram_mib=31000)
+    sdpa.jobs = [job("sdpa", 12.0, kind="cold")]
+    first = report.save(tmp_path / "a", {"vram_budget_mib": 32607}, [sage, sdpa], 32607)
 
     assert bench.main(["--from-json", str(tmp_path / "a" / "bench_gpu.json"),
                        "--out", str(tmp_path / "b")]) == 0  # fmt: skip
@@ -171,22 +171,45 @@ def test_arguments_name_what_is_missing(bench, tmp_path, capsys):
     assert "has no main.py" in capsys.readouterr().err
 
 
-def test_memory_peak_is_read_inside_the_job_window(bench):
-    sampler = bench.GpuMemorySampler()
+def test_memory_peak_is_read_inside_the_job_window():
+    sampler = memory.GpuMemorySampler()
     sampler.samples = [(1.0, 500), (2.0, 9000), (3.0, 4000), (4.0, 12000)]
 
     assert sampler.peak(1.5, 3.5) == 9000
     assert sampler.peak(5.0, 6.0) is None
 
 
-def test_memory_budget_helper_failure_says_how_to_run_without_it(bench):
+def test_memory_budget_helper_failure_says_how_to_run_without_it():
     # Without torch (as in CI) the helper exits at once, just as it would without a GPU.
-    ballast = bench.VramBallast(sys.executable, 32607)
+    ballast = memory.VramBallast(sys.executable, 32607)
     try:
         import torch  # noqa: F401
     except ImportError:
-        with pytest.raises(bench.BenchError, match="pass --vram-budget-mib 0"):
+        with pytest.raises(BenchError, match="pass --vram-budget-mib 0"):
             ballast.start()
         assert ballast.proc is not None and ballast.proc.poll() is not None
     else:
         pytest.skip("torch is installed here; the helper could take a real GPU")
+
+
+def test_fast_features_join_the_one_fast_flag_comfyui_keeps():
+    base = "--fast fp16_accumulation --preview-method none --disable-auto-launch"
+    assert comfyui.comfyui_args(base, "--cpu", ["cublas_ops"]) == [
+        "--preview-method", "none", "--disable-auto-launch", "--cpu",
+        "--fast", "fp16_accumulation", "cublas_ops",
+    ]  # fmt: skip
+    # A second --fast in the extra flags joins the first instead of replacing it.
+    assert comfyui.comfyui_args(base, "--fast autotune", ["fp16_accumulation"])[-3:] == [
+        "--fast", "fp16_accumulation", "autotune",
+    ]  # fmt: skip
+    # A bare --fast enables every feature, and stays bare.
+    assert comfyui.comfyui_args("--fast --cpu", "", ["cublas_ops"]) == ["--cpu", "--fast"]
+    assert comfyui.comfyui_args("--cpu", "", []) == ["--cpu"]
+
+
+def test_fast_is_taken_on_the_command_line(bench, tmp_path):
+    (tmp_path / "main.py").write_text("")
+    args = bench.parse_args(["--out", str(tmp_path), "--comfyui-dir", str(tmp_path),
+                             "--models-root", str(tmp_path),
+                             "--fast", "cublas_ops", "--fast", "autotune"])  # fmt: skip
+    assert args.fast == ["cublas_ops", "autotune"]

@@ -1,0 +1,198 @@
+"""Jobs through the worker's own handler (`wan_worker.handler.handle`), one configuration
+(size and attention mode) at a time on a fresh ComfyUI: a cold job, then warm ones with a new
+seed and prompt, as a busy worker sees them."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from scripts.gpu_bench.analysis import ConfigRecord, JobRecord, ProgressEvent, analyse
+from scripts.gpu_bench.comfyui import ComfyServer, comfyui_args
+from scripts.gpu_bench.memory import GpuMemorySampler
+from scripts.gpu_bench.report import format_job
+
+PROMPTS = (
+    "A person turns to the camera and smiles, natural motion, cinematic lighting.",
+    "Waves roll onto a rocky shore at sunset, spray in the wind, slow camera pan.",
+    "A cat jumps onto a windowsill and looks outside, soft morning light.",
+)
+
+
+def start_image_b64(width: int, height: int) -> str:
+    """A PNG with gradients and a pattern, so the encoded start frame is not flat."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    for y in range(height):
+        draw.line([(0, y), (width, y)], fill=(y * 255 // height, 90, 255 - y * 255 // height))
+    for x in range(0, width, 32):
+        draw.ellipse([x, height // 3, x + 24, height // 3 + 24], fill=(255, x * 255 // width, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+class ProgressLog:
+    """The handler's progress sender: keeps every update with the time it arrived."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.events: list[ProgressEvent] = []
+
+    def reset(self) -> None:
+        self.t0 = time.monotonic()
+        self.events = []
+
+    def __call__(self, job: dict[str, Any], payload: dict[str, Any]) -> None:
+        self.events.append(
+            ProgressEvent(
+                round(time.monotonic() - self.t0, 3),
+                str(payload.get("stage")),
+                int(payload.get("step") or 0),
+                int(payload.get("total") or 0),
+            )
+        )
+
+
+def run_job(
+    worker: Any,
+    progress: ProgressLog,
+    record: JobRecord,
+    job: dict[str, Any],
+    gpu: GpuMemorySampler | None,
+    baseline_mib: int | None,
+) -> JobRecord:
+    from wan_worker.handler import handle
+
+    progress.reset()
+    started = time.monotonic()
+    result = handle(job, worker)
+    ended = time.monotonic()
+    record.events = list(progress.events)
+    if "error" in result:
+        record.error = str(result.get("error"))
+    else:
+        record.ok = True
+        timings = result["timings"]
+        record.total_s = float(timings["total_s"])
+        record.inference_s = float(timings["inference_s"])
+        record.stages = {k: float(v) for k, v in timings["stages"].items()}
+        record.handler = {k: float(v) for k, v in timings.items() if isinstance(v, int | float)}
+        record.frames = int(result["frames"])
+        record.video_bytes = int(result["bytes"])
+        record.attention_used = str(result["attention"])
+    analyse(record)
+    if gpu is not None:
+        peak = gpu.peak(started, ended)
+        record.peak_vram_mib = peak - baseline_mib if peak and baseline_mib is not None else peak
+    return record
+
+
+def make_worker(server: ComfyServer, attention: str, workflow: Path, progress: ProgressLog) -> Any:
+    from wan_worker.comfy.client import ComfyClient
+    from wan_worker.comfy.process import ComfyProcess
+    from wan_worker.handler import Worker
+    from wan_worker.settings import Settings
+    from wan_worker.workflow import load_template
+
+    settings = Settings(
+        comfyui_url=server.url,
+        comfyui_dir=server.comfyui_dir,
+        comfyui_pid_file=server.pid_file,
+        comfyui_log=server.log_path,
+        workflow_path=workflow,
+        attention=attention,
+        attention_fallback=False,  # time the mode asked for; a black video is an error here
+        ready_timeout_s=600.0,
+        job_timeout_s=1800.0,
+        max_base64_bytes=1 << 31,
+    )
+    return Worker(
+        settings=settings,
+        template=load_template(workflow),
+        client=ComfyClient(server.url, ComfyProcess(server.pid_file, server.log_path)),
+        send_progress=progress,
+    )
+
+
+def workflow_with_frames(out: Path, frames: int | None) -> Path:
+    """The project's workflow, or a copy with another frame count (for quick dry runs)."""
+    from wan_worker.settings import DEFAULT_WORKFLOW
+    from wan_worker.workflow import FRAMES_NODE
+
+    if frames is None:
+        return DEFAULT_WORKFLOW
+    graph = json.loads(DEFAULT_WORKFLOW.read_text(encoding="utf-8"))
+    graph[FRAMES_NODE]["inputs"]["value"] = frames
+    path = out / "workflow_frames.json"
+    path.write_text(json.dumps(graph), encoding="utf-8")
+    return path
+
+
+def run_config(
+    args: argparse.Namespace,
+    size: tuple[int, int],
+    attention: str,
+    workflow: Path,
+    gpu: GpuMemorySampler | None,
+) -> ConfigRecord:
+    width, height = size
+    label = f"{width}x{height}"
+    record = ConfigRecord(label, attention, log=f"comfyui-{label}-{attention}.log")
+    server = ComfyServer(
+        args.python,
+        args.comfyui_dir,
+        args.port,
+        comfyui_args(args.comfyui_args, args.extra_comfyui_args, args.fast),
+        args.models_root,
+        args.out / record.log,
+        args.out / "comfyui.pid",
+    )
+    baseline = gpu.now() if gpu is not None else None
+    progress = ProgressLog()
+    started = time.monotonic()
+    server.start()
+    try:
+        worker = make_worker(server, attention, workflow, progress)
+        worker.client.wait_ready(args.ready_timeout)
+        record.comfyui_start_s = round(time.monotonic() - started, 3)
+        if gpu is not None and baseline is not None:
+            idle = gpu.now()
+            record.idle_vram_mib = idle - baseline if idle is not None else None
+        image = start_image_b64(width, height)
+        for index in range(args.jobs):
+            kind = "cold" if index == 0 else "warm"
+            job = {
+                "id": f"bench-{label}-{attention}-{index}",
+                "input": {
+                    "start_image": image,
+                    "prompt": PROMPTS[index % len(PROMPTS)],
+                    "seed": 1000 + index,
+                    "width": width,
+                    "height": height,
+                },
+            }
+            job_record = run_job(
+                worker, progress, JobRecord(label, attention, kind), job, gpu, baseline
+            )
+            record.jobs.append(job_record)
+            print(format_job(job_record), flush=True)
+            if not job_record.ok and not server_alive(server):
+                break
+        if gpu is not None:
+            peak = gpu.peak(started, time.monotonic())
+            record.peak_vram_mib = peak - baseline if peak and baseline is not None else peak
+    finally:
+        server.stop()
+    return record
+
+
+def server_alive(server: ComfyServer) -> bool:
+    return server.proc is not None and server.proc.poll() is None
