@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import wan_worker.env as read
+from wan_worker.settings import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_MANIFEST = PROJECT_ROOT / "workflows" / "models.json"
 
 
