@@ -35,7 +35,9 @@ class RedactSecrets(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError):  # arguments that do not fit the format
             message = f"{record.msg} {record.args!r}"
-        record.msg, record.args = redact(message), None
+        redacted = redact(message)
+        if redacted != message:  # otherwise msg and args stay as they are, for formatters
+            record.msg, record.args = redacted, None
         if record.exc_info and not record.exc_text:
             record.exc_text = _TRACEBACKS.formatException(record.exc_info)
         if record.exc_text:
