@@ -112,7 +112,7 @@ def test_an_execution_error_names_the_node(comfy_double: ComfyServer):
     result = handle(job(), worker)
     assert result["error_code"] == "execution_error"
     assert result["error"] == (
-        "ComfyUI node 420:12 (SamplerCustomAdvanced) failed: RuntimeError: mat1 and mat2 shapes cannot be multiplied"
+        "execution_error: ComfyUI node 420:12 (SamplerCustomAdvanced) failed: RuntimeError: mat1 and mat2 shapes cannot be multiplied"
     )
     assert result["node_id"] == "420:12"
     assert comfy_double.job_files() == []

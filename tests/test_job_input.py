@@ -115,6 +115,7 @@ def test_sizes_snap_to_multiples_of_16(given, snapped):
 def test_bad_input_names_the_field_and_the_fix(raw, field, text):
     result = error_of(raw)
     assert result["error_code"] == "invalid_input"
+    assert result["error"].startswith("invalid_input: ")
     assert result["field"] == field
     assert text in result["error"]
     assert result["error"].rstrip().endswith(".")

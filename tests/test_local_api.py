@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -89,8 +90,43 @@ def test_runsync_reports_input_errors(api: str):
         f"{api}/runsync", json={"input": {"prompt": "x", "colour": "red"}}, timeout=60
     ).json()
     assert reply["status"] == "FAILED"
-    assert "colour: is not a known input" in reply["error"]
+    assert reply["error"].startswith("invalid_input: colour: is not a known input")
     assert "start_image: is required" in reply["error"]
+
+
+def readme_failed_answer() -> dict:
+    """The failed /runsync answer README.md shows."""
+    readme = (PROJECT / "README.md").read_text()
+    blocks = re.findall(r"```json\n(.*?)```", readme, flags=re.DOTALL)
+    failed = [json.loads(b) for b in blocks if '"status": "FAILED"' in b]
+    assert len(failed) == 1, "README.md shows one failed /runsync answer"
+    return failed[0]
+
+
+def test_a_failed_runsync_answer_is_exactly_what_readme_shows(api: str):
+    shown = readme_failed_answer()
+    image = "data:image/png;base64," + base64.b64encode(make_png(64, 64)).decode()
+    body = {"input": {"start_image": image, "prompt": "she smiles", "seed": "12"}}
+    reply = requests.post(f"{api}/runsync", json=body, timeout=60).json()
+    assert set(reply) == set(shown) == {"id", "status", "error"}
+    assert reply["status"] == shown["status"] == "FAILED"
+    assert reply["error"] == shown["error"]
+    assert reply["error"].startswith("invalid_input: seed: ")
+
+
+def test_a_failed_run_at_comfyui_keeps_its_code_through_the_local_api(api: str, comfy: ComfyServer):
+    comfy.set_fault(
+        error_at="420:13", type="RuntimeError", message="mat1 and mat2 shapes cannot be multiplied"
+    )
+    image = "data:image/png;base64," + base64.b64encode(make_png(64, 64)).decode()
+    body = {"input": {"start_image": image, "prompt": "x", "width": 128, "height": 128}}
+    reply = requests.post(f"{api}/runsync", json=body, timeout=120).json()
+    assert reply == {
+        "id": reply["id"],
+        "status": "FAILED",
+        "error": "execution_error: ComfyUI node 420:13 (SamplerCustomAdvanced) failed: "
+        "RuntimeError: mat1 and mat2 shapes cannot be multiplied",
+    }
 
 
 def test_test_input_json_runs_one_job_and_exits_zero(comfy_double: ComfyServer, tmp_path: Path):

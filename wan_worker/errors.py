@@ -5,6 +5,13 @@ message that says what went wrong and what to do about it. `error_result` is the
 that builds the `{"error": ...}` dict the handler returns, so the wording, the redaction of
 secrets and the `refresh_worker` decision live here and nowhere else.
 
+What the caller receives is shaped by the runpod SDK: its job runner (`rp_job.run_job`) pops
+`error` and `refresh_worker` from the handler's dict and sends the other keys as the job's
+`output`, and its local API answers a failed job with `{"id", "status": "FAILED", "error"}`
+alone. So the `error` string stands on its own and starts with the code
+(`invalid_input: seed: must be an integer ...`); `error_code`, `field`, `fields`, `node_id`
+and the other details stay in the dict, where the SDK keeps them.
+
 The tree, with each class's `code` (* marks the ones that ask RunPod to replace the worker):
 
     WorkerError                 worker_error
@@ -188,31 +195,34 @@ def redact(text: str, env: dict[str, str] | None = None) -> str:
     return text
 
 
+def _coded(code: str, message: str) -> dict[str, Any]:
+    """`error` (the code, then the message: it must stand on its own) and `error_code`."""
+    return {"error": f"{code}: {redact(message)}", "error_code": code}
+
+
 def error_result(exc: BaseException) -> dict[str, Any]:
     """The handler's `{"error": ...}` result for any exception, secrets removed."""
     if isinstance(exc, WorkerError):
-        result: dict[str, Any] = {"error": redact(exc.message), "error_code": exc.code}
+        result = _coded(exc.code, exc.message)
         for key, value in exc.details.items():
             result[key] = redact(value) if isinstance(value, str) else value
         if exc.refresh_worker:
             result["refresh_worker"] = True
         return result
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return {
-            "error": f"The worker's disk is full ({redact(str(exc))}). The job was not "
-            "completed; retry it, and give the worker more container disk if it repeats.",
-            "error_code": DiskFull.code,
-        }
+        return _coded(
+            DiskFull.code,
+            f"The worker's disk is full ({exc}). The job was not completed; retry it, and "
+            "give the worker more container disk if it repeats.",
+        )
     if isinstance(exc, MemoryError):
-        return {
-            "error": "The worker ran out of host memory while handling the job. "
-            "Use a smaller start_image or output size, or a worker with more RAM.",
-            "error_code": "out_of_memory",
-        }
-    return {
-        "error": redact(
-            f"Internal error ({type(exc).__name__}: {exc}). The job was not completed; "
-            "retry it, and report the error if it repeats."
-        ),
-        "error_code": "internal_error",
-    }
+        return _coded(
+            OutOfMemory.code,
+            "The worker ran out of host memory while handling the job. Use a smaller "
+            "start_image or output size, or a worker with more RAM.",
+        )
+    return _coded(
+        "internal_error",
+        f"Internal error ({type(exc).__name__}: {exc}). The job was not completed; retry it, "
+        "and report the error if it repeats.",
+    )
