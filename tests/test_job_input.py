@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import make_png
 from wan_worker.errors import InputError, error_result
-from wan_worker.job_input import RANDOM_SEED_MAX, parse_job_input, snap
+from wan_worker.job_input import RANDOM_SEED_MAX, parse_job_input, read_job_input, snap
 from wan_worker.settings import Settings
 from wan_worker.workflow import load_template
 
@@ -140,3 +142,41 @@ def test_unicode_prompts_are_kept_and_normalised():
 
 def test_integral_floats_are_accepted_for_integers():
     assert parse({**GOOD, "seed": 42.0, "width": 480.0}).params.width == 480
+
+
+def read_error(raw) -> dict:
+    with pytest.raises(InputError) as caught:
+        read_job_input(raw, TEMPLATE, SETTINGS)
+    return error_result(caught.value)
+
+
+def test_a_bad_start_image_is_reported_with_the_other_bad_fields():
+    result = read_error({"start_image": "bm90IGFuIGltYWdl", "prompt": "x", "seed": "12"})
+    assert result["fields"] == ["start_image", "seed"]
+    assert result["error"].startswith(
+        "invalid_input: start_image: the 12 bytes given are not an image Pillow can read."
+    )
+    assert "seed: must be an integer, got a string ('12')" in result["error"]
+
+
+def test_a_refused_url_is_reported_with_the_other_bad_fields(monkeypatch):
+    monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
+    raw = {"start_image": "http://[::1]:8188/view?filename=a.png", "prompt": "", "colour": 1}
+    result = read_error(raw)
+    assert result["fields"] == ["colour", "start_image", "prompt"]
+    assert "start_image: the URL http://[::1]:8188/view?... is not allowed" in result["error"]
+
+
+def test_a_good_request_comes_with_its_decoded_image():
+    png = make_png(40, 30)
+    request, image = read_job_input(
+        {"start_image": base64.b64encode(png).decode(), "prompt": "x"}, TEMPLATE, SETTINGS
+    )
+    assert (image.width, image.height, image.source_bytes) == (40, 30, len(png))
+    assert request.params.prompt == "x"
+
+
+def test_fields_alone_still_fail_before_any_image_is_read():
+    result = read_error({"start_image": "", "prompt": "x", "seed": -1})
+    assert result["fields"] == ["start_image", "seed"]
+    assert "must be a non-empty string" in result["error"]

@@ -196,3 +196,21 @@ def test_private_addresses_are_blocked_by_default(monkeypatch):
         "http://169.254.169.254/latest/meta-data/"
     )
     assert "is not allowed" in failure("http://[::1]/a.png")
+
+
+@pytest.mark.parametrize(
+    ("sent", "echoed"),
+    [
+        ("http://127.0.0.1:8188/view?filename=a.png&type=input", "http://127.0.0.1:8188/view?..."),
+        ("http://[::1]:8080/a.png", "http://[::1]:8080/a.png"),
+        ("http://[::1]/a.png", "http://[::1]/a.png"),
+        ("HTTP://LOCALHOST:80/A.PNG#top", "HTTP://LOCALHOST:80/A.PNG#..."),
+        ("http://user:secret@10.0.0.1/a.png", "http://***@10.0.0.1/a.png"),
+        ("http://10.0.0.1/" + "a" * 300, "http://10.0.0.1/" + "a" * 104 + "..."),
+    ],
+)
+def test_a_refused_url_is_echoed_as_sent_or_trimmed(monkeypatch, sent, echoed):
+    monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
+    message = failure(sent)
+    assert f"start_image: the URL {echoed} is not allowed (" in message
+    assert "secret" not in message

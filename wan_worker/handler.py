@@ -24,10 +24,9 @@ from wan_worker.comfy.process import ComfyProcess
 from wan_worker.delivery import deliver, make_store
 from wan_worker.errors import OutputError, WorkerError, error_result, redact
 from wan_worker.job_files import JobFiles
-from wan_worker.job_input import JobRequest, parse_job_input
+from wan_worker.job_input import JobRequest, read_job_input
 from wan_worker.progress import JobProgress, Sender, runpod_sender
 from wan_worker.settings import Settings
-from wan_worker.start_image import load_start_image
 from wan_worker.storage import VideoStore
 from wan_worker.video_check import FrameReport
 from wan_worker.video_check import inspect as inspect_frames
@@ -177,8 +176,7 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
     deadline = timer.start + settings.job_timeout_s
     try:
         raw_input = job.get("input") if isinstance(job, dict) else None
-        request = parse_job_input(raw_input, worker.template, settings)
-        image = load_start_image(request.start_image, settings)
+        request, image = read_job_input(raw_input, worker.template, settings)
         timer.lap("input_s")
         with worker.lock:  # ComfyUI runs one prompt at a time; so does this worker
             worker.client.wait_ready(settings.ready_timeout_s)

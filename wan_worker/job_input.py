@@ -1,6 +1,7 @@
-"""Validate a job's `input` into a typed request.
+"""Validate a job's `input` into a typed request, with its start image decoded.
 
-Every problem names its field and the fix, and all problems are reported at once. The runpod
+Every problem names its field and the fix, and all problems are reported at once, the start
+image's included: it is fetched and decoded even when other fields are bad. The runpod
 SDK's `rp_validator` is not used here: it accepts `true` where an integer is expected (bool is
 an int in Python), reports types as Python reprs, and has no place for a fix.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from wan_worker.errors import FieldProblem, InputError
 from wan_worker.settings import Settings
+from wan_worker.start_image import StartImage, load_start_image
 from wan_worker.workflow import JobParameters, WorkflowTemplate
 
 FIELDS = ("start_image", "prompt", "negative_prompt", "seed", "width", "height")
@@ -221,3 +223,24 @@ def parse_job_input(raw: Any, template: WorkflowTemplate, settings: Settings) ->
         ),
         seed_was_random=seed_was_random,
     )
+
+
+def read_job_input(
+    raw: Any, template: WorkflowTemplate, settings: Settings
+) -> tuple[JobRequest, StartImage]:
+    """The validated request and its decoded start image; InputError naming every bad field,
+    the start image's included when other fields are bad too."""
+    try:
+        request = parse_job_input(raw, template, settings)
+    except InputError as exc:
+        problems = list(exc.problems)
+        image = raw.get("start_image") if isinstance(raw, dict) else None
+        if isinstance(image, str) and image.strip():  # not itself reported as bad yet
+            try:
+                load_start_image(image.strip(), settings)
+            except InputError as image_exc:
+                later = FIELDS[FIELDS.index("start_image") + 1 :]
+                at = next((i for i, p in enumerate(problems) if p.field in later), len(problems))
+                problems[at:at] = image_exc.problems
+        raise InputError(problems) from None
+    return request, load_start_image(request.start_image, settings)

@@ -15,7 +15,6 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,6 +29,7 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF")
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?),", re.IGNORECASE)
 _SCHEME = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{1,15}):")
 _FIX_SOURCE = "Send an http(s) URL, a data URI or raw base64 of a PNG, JPEG or WebP image."
+MAX_SHOWN_URL = 120  # characters of a URL echoed in an error
 
 # Pillow's own bomb check runs in Image.open with a global limit and reports no size; the
 # check in verify_image runs at the same point (header read, nothing decoded) with the
@@ -50,9 +50,21 @@ def _error(problem: str, fix: str = _FIX_SOURCE) -> InputError:
     return InputError.single(FIELD, problem, fix)
 
 
-def _describe_url(url: str) -> str:
-    parsed = urlparse(url)
-    return f"{parsed.scheme}://{parsed.hostname or ''}{parsed.path[:80]}"
+def _describe_url(url: str, limit: int = MAX_SHOWN_URL) -> str:
+    """The URL as the caller sent it (host, port and brackets as written), cut short: no query
+    or fragment (a signature may sit there), no user:password, at most `limit` characters."""
+    cut = re.search(r"[?#]", url)
+    shown, mark = (url[: cut.start()], cut.group()) if cut else (url, "")
+    scheme, sep, rest = shown.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            authority = "***@" + authority.rsplit("@", 1)[1]
+        shown = f"{scheme}{sep}{authority}{slash}{path}"
+    shown = "".join(c if c.isprintable() else "?" for c in shown)
+    if len(shown) > limit:
+        return shown[:limit] + "..."
+    return shown + (f"{mark}..." if mark else "")
 
 
 def fetch_url(url: str, settings: Settings) -> bytes:
