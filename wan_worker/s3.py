@@ -2,7 +2,12 @@
 
 boto3 with SigV4 and the region given (R2 takes `auto`), checksums only where the service
 requires them (R2 refuses the newer default CRC checksum headers), and retries in boto3's
-standard mode. Each client gets a session of its own, so clients may be built from any thread.
+standard mode. On AWS itself (no endpoint URL) requests and presigned URLs go to the region's
+own host, `<bucket>.s3.<region>.amazonaws.com`: boto3 would otherwise presign for the global
+`<bucket>.s3.amazonaws.com`, which answers a bucket younger than a day outside us-east-1 with a
+redirect to another host, and a SigV4 signature covers the host.
+
+Each client gets a session of its own, so clients may be built from any thread.
 boto3 is imported here, when a client is built, so a start that needs none never loads it.
 """
 
@@ -34,6 +39,7 @@ def s3_client(
         region_name=region,
         config=Config(
             signature_version="s3v4",
+            s3=None if endpoint_url else {"addressing_style": "virtual"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             retries={"max_attempts": retries, "mode": "standard"},

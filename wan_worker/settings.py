@@ -25,7 +25,9 @@ class StorageSettings:
     bucket: str = ""
     access_key_id: str = field(default="", repr=False)
     secret_access_key: str = field(default="", repr=False)
-    region: str = "auto"
+    #: The region to sign for; empty: `auto` with an endpoint URL (R2), else (AWS S3) the
+    #: bucket's own region, asked of S3 at the first upload.
+    region: str = ""
     key_prefix: str = "wan-i2v"
     url_expiry_s: int = 86_400
     upload: bool = True
@@ -69,12 +71,13 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         defaults = cls()
+        endpoint_url = read.text(env, "BUCKET_ENDPOINT_URL", "")
         storage = StorageSettings(
-            endpoint_url=read.text(env, "BUCKET_ENDPOINT_URL", ""),
+            endpoint_url=endpoint_url,
             bucket=read.text(env, "BUCKET_NAME", ""),
             access_key_id=read.text(env, "BUCKET_ACCESS_KEY_ID", ""),
             secret_access_key=read.text(env, "BUCKET_SECRET_ACCESS_KEY", ""),
-            region=read.text(env, "BUCKET_REGION", "auto"),
+            region=read.text(env, "BUCKET_REGION", "auto" if endpoint_url else ""),
             key_prefix=read.text(env, "BUCKET_KEY_PREFIX", "wan-i2v").strip("/"),
             url_expiry_s=read.integer(env, "BUCKET_URL_EXPIRY_S", 86_400, 1),
             upload=read.flag(env, "UPLOAD_OUTPUTS", True),
