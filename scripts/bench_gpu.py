@@ -24,7 +24,11 @@ per configuration. Run from the project root, with the Python environment that r
 
     python scripts/bench_gpu.py --comfyui-dir COMFYUI --models-root MODELS --out OUT
 
-``--fast FEATURE`` (repeatable) adds a feature to the ``--fast`` of ``--comfyui-args``;
+``--fp16-accumulation global`` times the old way of turning fp16 accumulation on: ComfyUI's
+``--fast fp16_accumulation`` for the whole process, the workflow's per-model nodes (911/912)
+taken out of each prompt; the default, ``workflow``, is the worker's way (those nodes on, no
+global flag). ``--fast FEATURE`` (repeatable) adds a feature to the ``--fast`` of
+``--comfyui-args``;
 ``--weights tiny --sizes 128x128 --frames 9 --vram-budget-mib 0 --extra-comfyui-args=--cpu``
 is a dry run of the same path on a CPU. torch is never imported by this script; ComfyUI and the
 memory-holding helper are separate processes.
@@ -48,7 +52,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from scripts.gpu_bench import BenchError  # noqa: E402
 from scripts.gpu_bench.analysis import ConfigRecord  # noqa: E402
 from scripts.gpu_bench.comfyui import DEFAULT_COMFYUI_ARGS, comfyui_args  # noqa: E402
-from scripts.gpu_bench.jobs import run_config, workflow_with_frames  # noqa: E402
+from scripts.gpu_bench.jobs import fast_features, run_config, workflow_with_frames  # noqa: E402
 from scripts.gpu_bench.memory import RTX_5090_MIB, GpuMemorySampler, VramBallast  # noqa: E402
 from scripts.gpu_bench.report import load_report, save  # noqa: E402
 from scripts.gpu_bench.weights import ensure_weights  # noqa: E402
@@ -84,7 +88,10 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     env["comfyui_args"] = args.comfyui_args
     env["extra_comfyui_args"] = args.extra_comfyui_args
     env["fast"] = args.fast
-    env["comfyui_flags"] = comfyui_args(args.comfyui_args, args.extra_comfyui_args, args.fast)
+    env["fp16_accumulation"] = args.fp16_accumulation
+    env["comfyui_flags"] = comfyui_args(
+        args.comfyui_args, args.extra_comfyui_args, fast_features(args)
+    )
     return env
 
 
@@ -122,6 +129,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="FEATURE",
         help="a --fast feature for ComfyUI beside those in --comfyui-args (repeatable)",
+    )
+    parser.add_argument(
+        "--fp16-accumulation",
+        choices=("workflow", "global"),
+        default="workflow",
+        help="per model through workflow nodes 911/912 (the worker's way), or ComfyUI's global "
+        "--fast fp16_accumulation with those nodes taken out (the old way)",
     )
     parser.add_argument("--python", default=sys.executable, help="Python that runs ComfyUI")
     parser.add_argument("--port", type=int, default=8188)

@@ -10,8 +10,11 @@ real protocol. Re-record them whenever ComfyUI or a custom node is re-pinned:
 
 Scenarios: a successful job, the same job again (all cached), /prompt rejections, a node that
 fails at run time (a truncated model file, planted under ``--models-root`` for the run and
-removed after), an interrupt, the feature-flags handshake and a few idle HTTP replies. The
-uploaded image and the job's output files are removed at the end. Local
+removed after), SageAttention asked for where it is not installed (``sage_attention`` =
+``auto`` on a ComfyUI without the ``sageattention`` package, as on a CPU), an interrupt, the
+feature-flags handshake, ComfyUI's folders (``/internal/folder_paths``) and a few idle HTTP
+replies. ``--only SCENARIO`` (repeatable) records some of them and leaves the other files as
+they are. The uploaded image and the job's output files are removed at the end. Local
 paths are replaced by neutral ones (``/opt/ComfyUI``, ``/opt/models``, ``/opt/venv``...), and
 the script refuses to write a file that still holds one.
 """
@@ -373,6 +376,23 @@ class Scenarios:
         finally:
             bad.unlink()
 
+    def sage_attention_missing(self) -> None:
+        """sage_attention = auto where the sageattention package is not installed."""
+        changes = {
+            **overrides(self.image, seed=5, size=128, frames=9),
+            "288.sage_attention": "auto",
+            "290.sage_attention": "auto",
+        }
+        record = self.run_prompt("execution_error_sageattention_missing", workflow(changes))
+        record["change"] = "288 and 290 sage_attention = auto; no sageattention package"
+        record["prompt_overrides"] = changes
+
+    def folders(self) -> None:
+        self.records["internal_folder_paths"] = {
+            "scenario": "internal_folder_paths",
+            "get_internal_folder_paths": self.session.http("GET", "/internal/folder_paths"),
+        }
+
     def interrupt(self) -> None:
         def during(recorder: Recorder, prompt_id: str) -> None:
             recorder.wait_for(ws_type("progress", prompt_id, node="420:12"))
@@ -482,12 +502,39 @@ def write(records: dict[str, dict[str, Any]], out: Path, redactor: Redactor) -> 
         print(f"{name}.json  {len(text.encode())} bytes", flush=True)
 
 
+#: Each scenario (a Scenarios method) and the transcript files it writes.
+SCENARIO_FILES: dict[str, set[str]] = {
+    "upload": {"upload_image"},
+    "misc": {"misc_http"},
+    "feature_flags": {"ws_feature_flags_handshake"},
+    "success": {"success", "success_cached_rerun"},
+    "rejections": {
+        "prompt_400_bad_enum", "prompt_400_missing_model_file",
+        "prompt_400_missing_input_image", "prompt_400_value_below_min",
+        "prompt_400_link_to_missing_node", "prompt_400_missing_required_input",
+        "prompt_400_no_output_node", "prompt_400_unknown_class_type",
+        "prompt_400_body_without_prompt", "prompt_500_invalid_json",
+    },
+    "runtime_error": {"execution_error"},
+    "sage_attention_missing": {"execution_error_sageattention_missing"},
+    "folders": {"internal_folder_paths"},
+    "interrupt": {"execution_interrupted"},
+}  # fmt: skip
+SCENARIOS = tuple(SCENARIO_FILES)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8188")
     parser.add_argument("--comfyui-dir", type=Path, required=True, help="the running ComfyUI")
     parser.add_argument("--models-root", type=Path, required=True, help="its model folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SCENARIOS,
+        help="record only this scenario (repeatable); the other files are left alone",
+    )
     parser.add_argument(
         "--redact",
         action="append",
@@ -514,13 +561,15 @@ def main(argv: list[str] | None = None) -> int:
     # Absolute paths on ComfyUI's command line (an extra_model_paths.yaml...) are local too.
     argv = scenarios.records["misc_http"]["get_system_stats"]["body"]["system"]["argv"]
     pairs += [(item, "/opt/" + Path(item).name) for item in argv if item.startswith("/")]
-    scenarios.feature_flags()
-    scenarios.success()
-    scenarios.rejections()
-    scenarios.runtime_error()
-    scenarios.interrupt()
+    chosen = args.only or list(SCENARIOS)
+    before = set(scenarios.records)
+    kept = {"upload_image", "misc_http"} & set().union(*(SCENARIO_FILES[n] for n in chosen))
+    for name in chosen:
+        if name not in ("upload", "misc"):
+            getattr(scenarios, name)()
     scenarios.remove_upload()
-    write(scenarios.records, args.out, Redactor(pairs))
+    records = {k: v for k, v in scenarios.records.items() if k not in before or k in kept}
+    write(records, args.out, Redactor(pairs))
     return 0
 
 

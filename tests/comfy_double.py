@@ -17,7 +17,15 @@ Faults for tests are set with `POST /__double__/fault` (or `--fault` JSON at sta
   {"hang_at": node}           that node never finishes (until /interrupt, unless
                               `"ignore_interrupt": true`)
   {"drop_ws_at": node}        every websocket is closed when that node starts (once)
-  {"black_when": "auto"|"disabled"|"always"}   the video is black for that attention mode
+  {"black_when": "auto"|"disabled"|"always"|"fp16_accumulation"}   the video is black for
+                              that attention mode, always, or while fp16 accumulation is on
+  {"sage_fails": kind}        SageAttention fails the way ComfyUI reports it (KJNodes'
+                              PathchSageAttentionKJ with sage_attention != disabled):
+                              "missing_module" (the package is not installed: the patch node
+                              fails, as recorded from a real ComfyUI), "no_kernel" (no kernel
+                              for this GPU), "kernel_error" (a CUDA launch error in its kernel)
+                              and "illegal_memory_access" (a sticky CUDA error: every later
+                              GPU node of this process fails too) in the first sampler
   {"step_delay_s": seconds}   each sampling step takes this long
 
 Run it alone: `python -m tests.comfy_double --root /tmp/comfy --port 8188`.
@@ -62,10 +70,94 @@ class Interrupted(Exception):
 
 
 class NodeFailure(Exception):
-    def __init__(self, exc_type: str, message: str) -> None:
+    def __init__(self, exc_type: str, message: str, traceback: list[str] | None = None) -> None:
         super().__init__(message)
         self.exc_type = exc_type
         self.message = message
+        self.traceback = traceback or [f'  File "nodes.py", line 1, in {exc_type}\n']
+
+
+# -- SageAttention failures, as ComfyUI reports them ----------------------------------------
+# The frames are those of the pinned sources (ComfyUI, KJNodes, SageAttention 2.2.0); the
+# missing module is recorded (comfyui_transcripts/execution_error_sageattention_missing.json).
+_COMFY = "/opt/ComfyUI"
+_SITE = "/opt/venv/lib/python3.12/site-packages"
+_EXECUTION_FRAMES = [
+    f'  File "{_COMFY}/execution.py", line 545, in execute\n    output_data, output_ui, '
+    "has_subgraph, has_pending_tasks = await get_output_data(prompt_id, unique_id, obj, "
+    "input_data_all, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, "
+    "v3_data=v3_data)\n",
+    f'  File "{_COMFY}/execution.py", line 344, in get_output_data\n    return_values = await '
+    "_async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION, "
+    "allow_interrupt=True, execution_block_cb=execution_block_cb, pre_execute_cb="
+    "pre_execute_cb, v3_data=v3_data)\n",
+    f'  File "{_COMFY}/execution.py", line 318, in _async_map_node_over_list\n    await '
+    "process_inputs(input_dict, i)\n",
+    f'  File "{_COMFY}/execution.py", line 306, in process_inputs\n    result = f(**inputs)\n',
+]
+_KJ = f"{_COMFY}/custom_nodes/ComfyUI-KJNodes/nodes/model_optimization_nodes.py"
+_MISSING_MODULE_FRAMES = [
+    *_EXECUTION_FRAMES,
+    f'  File "{_KJ}", line 129, in patch\n    new_attention = get_sage_func(sage_attention, '
+    "allow_compile=allow_compile)\n",
+    f'  File "{_KJ}", line 31, in get_sage_func\n    from sageattention import sageattn\n',
+]
+_SAMPLER_FRAMES = [
+    *_EXECUTION_FRAMES,
+    f'  File "{_COMFY}/comfy/samplers.py", line 1335, in sample\n    output = '
+    "executor.execute(noise, latent_image, sampler, sigmas, denoise_mask, callback, "
+    "disable_pbar, seed, latent_shapes=latent_shapes)\n",
+]
+_KERNEL_FRAMES = [
+    *_SAMPLER_FRAMES,
+    f'  File "{_COMFY}/comfy/ldm/modules/attention.py", line 193, in wrapper\n    return '
+    "optimized_attention_override(func, *args, **kwargs)\n",
+    f'  File "{_KJ}", line 131, in attention_override_sage\n    return '
+    "new_attention.__wrapped__(*args, **kwargs)\n",
+    f'  File "{_KJ}", line 89, in attention_sage\n    out = sage_func(q, k, v, attn_mask=mask, '
+    "is_causal=False, tensor_layout=tensor_layout).to(in_dtype)\n",
+    f'  File "{_SITE}/torch/_dynamo/eval_frame.py", line 953, in _fn\n    return fn(*args, '
+    "**kwargs)\n",
+    f'  File "{_KJ}", line 33, in sage_func\n    return sageattn(q, k, v, is_causal=is_causal, '
+    "attn_mask=attn_mask, tensor_layout=tensor_layout)\n",
+    f'  File "{_SITE}/sageattention/core.py", line 153, in sageattn\n    return '
+    "sageattn_qk_int8_pv_fp8_cuda(q, k, v, tensor_layout=tensor_layout, is_causal=is_causal, "
+    'qk_quant_gran="per_warp", sm_scale=sm_scale, return_lse=return_lse, '
+    'pv_accum_dtype="fp32+fp16")\n',
+    f'  File "{_SITE}/sageattention/core.py", line 791, in sageattn_qk_int8_pv_fp8_cuda\n    '
+    "q_int8, q_scale, k_int8, k_scale = per_warp_int8_cuda(q, k, km, tensor_layout="
+    "tensor_layout, BLKQ=128, WARPQ=32, BLKK=64)\n",
+    f'  File "{_SITE}/sageattention/quant.py", line 172, in per_warp_int8\n    '
+    "_fused.quant_per_warp_int8_cuda(q, q_int8, q_scale, BLKQ, WARPQ, _tensor_layout)\n",
+]
+_CUDA_TAIL = (
+    "\nCUDA kernel errors might be asynchronously reported at some other API call, so the "
+    "stacktrace below might be incorrect.\nFor debugging consider passing "
+    "CUDA_LAUNCH_BLOCKING=1\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side "
+    "assertions.\n\n"
+)
+SAGE_FAILURES: dict[str, tuple[str, str, list[str]]] = {
+    "missing_module": (
+        "ModuleNotFoundError",
+        "No module named 'sageattention'\n",
+        _MISSING_MODULE_FRAMES,
+    ),
+    "no_kernel": (
+        "torch.AcceleratorError",
+        "CUDA error: no kernel image is available for execution on the device" + _CUDA_TAIL,
+        _KERNEL_FRAMES,
+    ),
+    "kernel_error": (
+        "torch.AcceleratorError",
+        "CUDA error: too many resources requested for launch" + _CUDA_TAIL,
+        _KERNEL_FRAMES,
+    ),
+    "illegal_memory_access": (
+        "torch.AcceleratorError",
+        "CUDA error: an illegal memory access was encountered" + _CUDA_TAIL,
+        _KERNEL_FRAMES,
+    ),
+}
 
 
 class Double:
@@ -91,6 +183,8 @@ class Double:
         self.dropped = False
         self.prompts_received = 0
         self.monitor_interval = 1.0
+        #: A sticky CUDA error happened: every later GPU node fails, as in a real process.
+        self.cuda_broken: str | None = None
 
     # -- messaging ---------------------------------------------------------------------------
 
@@ -186,11 +280,22 @@ class Double:
         multiplier = int(rife["inputs"]["multiplier"]) if rife else 1
         combine = next((n for n in prompt.values() if n["class_type"] == "VHS_VideoCombine"), None)
         fps = float(combine["inputs"]["frame_rate"]) if combine else 24.0
+        return width, height, (decoded - 1) * multiplier + 1, fps, self.attention(prompt)
+
+    @staticmethod
+    def attention(prompt: dict[str, Any]) -> str:
         patch = next(
             (n for n in prompt.values() if n["class_type"] == "PathchSageAttentionKJ"), None
         )
-        attention = str(patch["inputs"]["sage_attention"]) if patch else "disabled"
-        return width, height, (decoded - 1) * multiplier + 1, fps, attention
+        return str(patch["inputs"]["sage_attention"]) if patch else "disabled"
+
+    @staticmethod
+    def fp16_accumulation(prompt: dict[str, Any]) -> bool:
+        return any(
+            n["class_type"] == "ModelPatchTorchSettings"
+            and n["inputs"].get("enable_fp16_accumulation") is True
+            for n in prompt.values()
+        )
 
     async def progress(self, prompt_id: str, node_id: str, value: int, total: int) -> None:
         await self.send(
@@ -244,6 +349,7 @@ class Double:
             raise NodeFailure(
                 faults.get("type", "RuntimeError"), faults.get("message", "simulated failure")
             )
+        self.sage_failure(prompt, node)
         if faults.get("hang_at") == node_id:
             while True:
                 self.check_interrupt()
@@ -267,6 +373,25 @@ class Double:
             return {"images": []}
         return None
 
+    def sage_failure(self, prompt: dict[str, Any], node: dict[str, Any]) -> None:
+        """Raise the SageAttention failure the fault asks for, where ComfyUI would raise it."""
+        gpu_node = node["class_type"] in SAMPLER_CLASSES
+        if self.cuda_broken is not None and gpu_node:
+            raise NodeFailure("torch.AcceleratorError", self.cuda_broken, _SAMPLER_FRAMES)
+        kind = self.faults.get("sage_fails")
+        if kind is None:
+            return
+        exc_type, message, frames = SAGE_FAILURES[kind]
+        sage_on = node["class_type"] == "PathchSageAttentionKJ" and (
+            node["inputs"]["sage_attention"] != "disabled"
+        )
+        if kind == "missing_module" and sage_on:
+            raise NodeFailure(exc_type, message, frames)
+        if kind != "missing_module" and gpu_node and self.attention(prompt) != "disabled":
+            if kind == "illegal_memory_access":
+                self.cuda_broken = message
+            raise NodeFailure(exc_type, message, frames)
+
     async def write_video(
         self, prompt_id: str, prompt: dict[str, Any], node_id: str
     ) -> dict[str, Any]:
@@ -280,7 +405,10 @@ class Double:
         counter = 1 + sum(1 for _ in folder.glob(f"{base}_*.mp4"))
         stem = f"{base}_{counter:05}"
         mp4, png = folder / f"{stem}.mp4", folder / f"{stem}.png"
-        black = self.faults.get("black_when") in (attention, "always")
+        black_when = self.faults.get("black_when")
+        black = black_when in (attention, "always") or (
+            black_when == "fp16_accumulation" and self.fp16_accumulation(prompt)
+        )
         image_node = next((n for n in prompt.values() if n["class_type"] == "LoadImage"), None)
         if black or image_node is None:
             source = ["-f", "lavfi", "-i", f"color=c=black:s={width}x{height}:r={fps:g}"]
@@ -391,7 +519,7 @@ class Double:
                     "executed": executed,
                     "exception_message": exc.message,
                     "exception_type": exc.exc_type,
-                    "traceback": [f'  File "nodes.py", line 1, in {exc.exc_type}\n'],
+                    "traceback": exc.traceback,
                     "current_inputs": {},
                     "current_outputs": [],
                 },
@@ -473,6 +601,17 @@ def build_app(double: Double) -> web.Application:
                 "devices": [{"name": "cpu", "type": "cpu", "index": None}],
             }
         )
+
+    @routes.get("/internal/folder_paths")
+    async def folder_paths(_request: web.Request) -> web.Response:
+        """ComfyUI's folders as its frontend reads them: each name's first folder list. The
+        base folder (here the root) is the parent of `custom_nodes`, as in ComfyUI."""
+        root = str(double.root.resolve())
+        # RIFE VFI keeps its checkpoints in its own folder, which ComfyUI does not list.
+        folders = sorted(name for name in double.models if name != "rife")
+        paths = {name: [f"{root}/models/{name}"] for name in folders}
+        paths["custom_nodes"] = [f"{root}/custom_nodes"]
+        return web.json_response(paths)
 
     @routes.get("/object_info")
     async def object_info(_request: web.Request) -> web.Response:

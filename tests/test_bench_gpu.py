@@ -213,3 +213,28 @@ def test_fast_is_taken_on_the_command_line(bench, tmp_path):
                              "--models-root", str(tmp_path),
                              "--fast", "cublas_ops", "--fast", "autotune"])  # fmt: skip
     assert args.fast == ["cublas_ops", "autotune"]
+
+
+def test_the_old_global_fp16_mode_takes_the_per_model_nodes_out():
+    from scripts.gpu_bench import jobs
+    from tests.comfy_double import load_models
+    from tests.comfy_graph_validation import model_file_choices, validate_prompt
+    from wan_worker.settings import DEFAULT_WORKFLOW
+    from wan_worker.workflow import JobParameters, load_template
+
+    template = load_template(DEFAULT_WORKFLOW)
+    params = JobParameters("p", "n", 1, 480, 832)
+    prompt = template.build(params, image_name="a.png", output_prefix="x/y", attention="sage")
+    old = jobs.without_fp16_nodes(prompt)
+    assert "911" not in old and "912" not in old
+    assert old["362"]["inputs"]["model"] == ["288", 0]
+    assert old["363"]["inputs"]["model"] == ["290", 0]
+    object_info = json.loads((MANIFEST.parent.parent / "tests/data/object_info.json").read_text())
+    choices = dict(model_file_choices(load_models(MANIFEST)))
+    image = {("LoadImage", "image"): lambda v: None}
+    assert validate_prompt(old, object_info, choices, image).ok
+    args = argparse.Namespace(fast=["cublas_ops"], fp16_accumulation="global")
+    assert jobs.fast_features(args) == ["cublas_ops", "fp16_accumulation"]
+    args.fp16_accumulation = "workflow"
+    assert jobs.fast_features(args) == ["cublas_ops"]
+    assert "fp16_accumulation" not in comfyui.DEFAULT_COMFYUI_ARGS

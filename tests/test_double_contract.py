@@ -207,3 +207,26 @@ def test_a_run_sends_the_messages_in_comfyuis_order(double):
         k for k, _ in real_history["status"]["messages"]
     ]
     assert history["meta"] == real_history["meta"]
+
+
+def test_folder_paths_name_the_base_folder_as_the_real_comfyui_does(double):
+    """/internal/folder_paths: `custom_nodes` sits in the folder that holds input/ and output/
+    (the recording's ComfyUI is /opt/ComfyUI); the double's root plays that folder."""
+    real = load("internal_folder_paths")["get_internal_folder_paths"]
+    assert real["status"] == 200
+    assert real["body"]["custom_nodes"] == ["/opt/ComfyUI/custom_nodes"]
+    ours = requests.get(f"{double.url}/internal/folder_paths", timeout=10).json()
+    assert set(ours) <= set(real["body"])
+    assert all(isinstance(v, list) and v for v in ours.values())
+    assert ours["custom_nodes"] == [str(double.root.resolve() / "custom_nodes")]
+
+
+def test_the_video_fullpath_is_the_output_folder_subfolder_and_name(double):
+    entry = load("success")["output_files"][0]["gifs_entry"]
+    assert entry["fullpath"] == f"/opt/ComfyUI/output/{entry['subfolder']}/{entry['filename']}"
+    prompt_id, _ = run_messages(double, prompt_with({}))
+    history = requests.get(f"{double.url}/history/{prompt_id}", timeout=10).json()[prompt_id]
+    ours = history["outputs"]["906"]["gifs"][0]
+    assert ours["fullpath"] == str(
+        double.root.resolve() / "output" / ours["subfolder"] / ours["filename"]
+    )

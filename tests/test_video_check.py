@@ -65,14 +65,43 @@ def test_a_black_sage_video_is_redone_with_pytorch_attention(comfy_double: Comfy
     worker = comfy_double.worker(attention="sage")
     result = handle(job(), worker)
     assert "error" not in result, result
-    assert result["attention"] == "sdpa" and result["attention_fallback"] is True
+    assert (result["attention"], result["fp16_accumulation"]) == ("sdpa", False)
+    assert result["attention_fallback"] is True
+    assert result["attention_fallback_reason"].startswith(
+        "the video was black or flat (41 of 41 sampled frames black"
+    )
+    assert result["attention_fallback_reason"].endswith(
+        "with sage attention and fp16 accumulation, so the job ran again with PyTorch "
+        "attention and without fp16 accumulation"
+    )
     video = base64.b64decode(result["video"])
     assert not inspect(video).bad
     assert probe(video).frames == 161
     assert comfy_double.job_files() == []
     comfy_double.set_fault()
     again = handle(job(), worker)
-    assert (again["attention"], again["attention_fallback"]) == ("sage", False)
+    assert (again["attention"], again["fp16_accumulation"], again["attention_fallback"]) == (
+        "sage",
+        True,
+        False,
+    )
+    assert again["attention_fallback_reason"] is None
+
+
+def test_a_black_video_with_fp16_accumulation_is_redone_without_it(comfy_double: ComfyServer):
+    """SageAttention #221: black FP8 Wan frames on the 5090 with fp16 accumulation alone."""
+    comfy_double.set_fault(black_when="fp16_accumulation")
+    before = comfy_double.prompts_received()
+    result = handle(job(), comfy_double.worker(attention="sdpa"))
+    assert "error" not in result, result
+    assert (result["attention"], result["fp16_accumulation"]) == ("sdpa", False)
+    assert result["attention_fallback"] is True
+    assert (
+        "with sdpa attention and fp16 accumulation, so the job ran again"
+        in (result["attention_fallback_reason"])
+    )
+    assert comfy_double.prompts_received() - before == 2
+    assert not inspect(base64.b64decode(result["video"])).bad
 
 
 def test_without_fallback_a_black_video_is_an_error_not_a_result(comfy_double: ComfyServer):
@@ -80,12 +109,18 @@ def test_without_fallback_a_black_video_is_an_error_not_a_result(comfy_double: C
     result = handle(job(), comfy_double.worker(attention="sage", attention_fallback=False))
     assert result["error_code"] == "output_error"
     assert "The generated video is black or flat (" in result["error"]
-    assert "with sage attention. Set ATTENTION=sdpa, or ATTENTION_FALLBACK=1" in result["error"]
+    assert (
+        "with sage attention and fp16 accumulation. Set ATTENTION=sdpa and FP16_ACCUMULATION=0, "
+        "or ATTENTION_FALLBACK=1" in result["error"]
+    )
 
 
 def test_black_with_pytorch_attention_too_points_at_the_models(comfy_double: ComfyServer):
     comfy_double.set_fault(black_when="always")
     result = handle(job(), comfy_double.worker(attention="sage"))
     assert result["error_code"] == "output_error"
-    assert "with sdpa attention. It happened with PyTorch attention too" in result["error"]
+    assert (
+        "with sdpa attention. It happened with PyTorch attention and without fp16 "
+        "accumulation too" in result["error"]
+    )
     assert comfy_double.job_files() == []

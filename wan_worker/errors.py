@@ -20,7 +20,8 @@ The tree, with each class's `code` (* marks the ones that ask RunPod to replace 
     ├── ComfyUnavailable        comfyui_unavailable  * ComfyUI is gone or not answering
     ├── ComfyRejected           workflow_rejected    /prompt refused the workflow
     ├── ComfyExecutionError     execution_error      a node failed
-    │   └── OutOfMemory         out_of_memory
+    │   ├── OutOfMemory         out_of_memory
+    │   └── SageAttentionFailed execution_error      SageAttention would not load or run
     ├── JobTimeout              timeout              the job's deadline passed
     ├── OutputError             output_error         no video to return
     │   └── DiskFull            disk_full
@@ -135,6 +136,19 @@ class OutOfMemory(ComfyExecutionError):
     """The GPU (or host) ran out of memory during the job."""
 
     code = "out_of_memory"
+
+
+class SageAttentionFailed(ComfyExecutionError):
+    """SageAttention failed to load (not installed, no kernel for this GPU) or failed in its
+    kernel. The job can run again with PyTorch attention; after a load failure this worker
+    stops asking for SageAttention."""
+
+    def __init__(self, message: str, *, reason: str, load_failure: bool, **details: Any) -> None:
+        super().__init__(message, **details)
+        #: One line for the result and the log: what failed, where.
+        self.reason = reason
+        #: True when SageAttention cannot load on this worker at all, so retrying it is useless.
+        self.load_failure = load_failure
 
 
 class JobTimeout(WorkerError):

@@ -22,7 +22,13 @@ from wan_worker.comfy.client import ComfyClient
 from wan_worker.comfy.follower import RunOutcome, run_prompt
 from wan_worker.comfy.process import ComfyProcess
 from wan_worker.delivery import deliver, make_store
-from wan_worker.errors import OutputError, WorkerError, error_result, redact
+from wan_worker.errors import (
+    OutputError,
+    SageAttentionFailed,
+    WorkerError,
+    error_result,
+    redact,
+)
 from wan_worker.job_files import JobFiles
 from wan_worker.job_input import JobRequest, read_job_input
 from wan_worker.progress import JobProgress, Sender, runpod_sender
@@ -48,6 +54,9 @@ class Worker:
     #: Files of failed jobs whose prompts ComfyUI may still be running (a time-out it did not
     #: act on at once): removed again after each later job, until ComfyUI has finished them.
     abandoned: list[JobFiles] = field(default_factory=list)
+    #: Why SageAttention cannot load on this worker, once it has failed to (not installed, no
+    #: kernel for this GPU); later jobs then use PyTorch attention without trying it.
+    sage_unusable: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Worker:
@@ -103,7 +112,9 @@ def local_copy(fullpath: str | None, size: int) -> Path | None:
 class _Generation:
     video: bytes
     attention: str
-    fallback: bool
+    fp16_accumulation: bool
+    #: Why the job ran with less than the worker's settings ask for; None if it did not.
+    fallback_reason: str | None
     report: FrameReport
     outcomes: list[RunOutcome]
 
@@ -117,53 +128,87 @@ def _generate(
     deadline: float,
     timer: StageTimer,
 ) -> _Generation:
-    """Run the workflow; once more with PyTorch attention if SageAttention's video is black."""
+    """Run the workflow. If SageAttention fails, run it again with PyTorch attention; if the
+    video is black or flat, run it again with PyTorch attention and no fp16 accumulation."""
     settings = worker.settings
-    attention = settings.attention
+    attention, fp16 = settings.attention, settings.fp16_accumulation
     outcomes: list[RunOutcome] = []
-    fallback = False
+    reason: str | None = None
+    if attention == "sage" and worker.sage_unusable is not None:
+        attention = "sdpa"
+        reason = f"{worker.sage_unusable} earlier on this worker, so it uses PyTorch attention"
     while True:
         prompt = worker.template.build(
             request.params,
             image_name=image_name,
             output_prefix=files.output_prefix,
             attention=attention,
+            fp16_accumulation=fp16,
         )
-        with timer.apart():
-            outcome = run_prompt(
-                worker.client,
-                prompt,
-                prompt_id=files.new_prompt_id(),
-                output_node=OUTPUT_NODE,
-                deadline=deadline,
-                stage_of=STAGES.get,
-                progress=JobProgress(job, worker.send_progress),
+        try:
+            with timer.apart():
+                outcome = run_prompt(
+                    worker.client,
+                    prompt,
+                    prompt_id=files.new_prompt_id(),
+                    output_node=OUTPUT_NODE,
+                    deadline=deadline,
+                    stage_of=STAGES.get,
+                    progress=JobProgress(job, worker.send_progress),
+                )
+        except SageAttentionFailed as exc:
+            if attention != "sage" or not settings.attention_fallback or exc.refresh_worker:
+                raise
+            if exc.load_failure:
+                worker.sage_unusable = exc.reason
+                log.error(
+                    "job %s: %s; this worker uses PyTorch attention from now on",
+                    job.get("id"),
+                    exc.reason,
+                )
+            else:
+                log.warning(
+                    "job %s: %s; running it with PyTorch attention", job.get("id"), exc.reason
+                )
+            attention = "sdpa"
+            reason = f"{exc.reason}, so the job ran with PyTorch attention" + (
+                "; this worker uses it from now on" if exc.load_failure else ""
             )
+            continue
         outcomes.append(outcome)
         video = worker.client.view(outcome.video)
         timer.lap("fetch_s")
         report = inspect_frames(video, local_copy(outcome.video.fullpath, len(video)))
         timer.lap("check_s")
         if not report.bad:
-            return _Generation(video, attention, fallback, report, outcomes)
-        if attention == "sage" and settings.attention_fallback:
+            return _Generation(video, attention, fp16, reason, report, outcomes)
+        if settings.attention_fallback and (attention == "sage" or fp16):
             log.warning(
-                "job %s: SageAttention gave a bad video (%s); running it again with PyTorch "
-                "attention",
+                "job %s: the video is black or flat (%s) with %s attention%s; running it again "
+                "with PyTorch attention and without fp16 accumulation",
                 job.get("id"),
                 report.describe(),
+                attention,
+                " and fp16 accumulation" if fp16 else "",
             )
-            attention, fallback = "sdpa", True
+            black = (
+                f"the video was black or flat ({report.describe()}) with {attention} attention"
+                + (" and fp16 accumulation" if fp16 else "")
+                + ", so the job ran again with PyTorch attention and without fp16 accumulation"
+            )
+            reason = f"{reason}; then {black}" if reason else black
+            attention, fp16 = "sdpa", False
             continue
         hint = (
-            "It happened with PyTorch attention too, which points at damaged model files: "
-            "check the model step of the worker's boot log."
-            if attention == "sdpa"
-            else "Set ATTENTION=sdpa, or ATTENTION_FALLBACK=1 to retry such jobs automatically."
+            "It happened with PyTorch attention and without fp16 accumulation too, which "
+            "points at damaged model files: check the model step of the worker's boot log."
+            if attention == "sdpa" and not fp16
+            else "Set ATTENTION=sdpa and FP16_ACCUMULATION=0, or ATTENTION_FALLBACK=1 to retry "
+            "such jobs automatically."
         )
         raise OutputError(
             f"The generated video is black or flat ({report.describe()}) with {attention} "
-            f"attention. {hint}"
+            f"attention{' and fp16 accumulation' if fp16 else ''}. {hint}"
         )
 
 
@@ -218,7 +263,9 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
             "frames": worker.template.output_frames,
             "fps": worker.template.fps,
             "attention": generation.attention,
-            "attention_fallback": generation.fallback,
+            "fp16_accumulation": generation.fp16_accumulation,
+            "attention_fallback": generation.fallback_reason is not None,
+            "attention_fallback_reason": generation.fallback_reason,
             "bytes": len(generation.video),
             "timings": timings,
         }

@@ -55,6 +55,7 @@ class Settings:
     max_output_pixels: int = 1280 * 720
     attention: str = "sage"
     attention_fallback: bool = True
+    fp16_accumulation: bool = True
     include_base64: bool = True
     max_base64_bytes: int = 9_500_000
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -105,6 +106,7 @@ class Settings:
             ),
             attention=read.choice(env, "ATTENTION", defaults.attention, ("sage", "sdpa")),
             attention_fallback=read.flag(env, "ATTENTION_FALLBACK", defaults.attention_fallback),
+            fp16_accumulation=read.flag(env, "FP16_ACCUMULATION", defaults.fp16_accumulation),
             include_base64=read.flag(env, "INCLUDE_BASE64", defaults.include_base64),
             max_base64_bytes=read.integer(env, "MAX_BASE64_BYTES", defaults.max_base64_bytes, 0),
             storage=storage,

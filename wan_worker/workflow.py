@@ -1,7 +1,10 @@
 """The fixed Wan2.2 I2V workflow: its node roles, and the per-job prompt built from it.
 
 The node ids are the user's and never change: 260 start image, 246/247 prompts, 834 seed,
-500:1 target size, 500:22 frame count, 288/290 attention, 904 RIFE, 906 the MP4.
+500:1 target size, 500:22 frame count, 288/290 attention, 904 RIFE, 906 the MP4. The worker's
+own nodes have new ids: 911/912 set fp16 accumulation on each expert's model (KJNodes'
+ModelPatchTorchSettings: on while that model samples, off after), in place of ComfyUI's global
+`--fast fp16_accumulation`, so one job can run without it.
 `load_template` checks at start-up that each id still holds the class its role needs, so an
 edited workflow file fails the boot with a clear message instead of failing jobs later.
 """
@@ -23,6 +26,7 @@ SEED_NODE = "834"
 SIZE_NODE = "500:1"
 FRAMES_NODE = "500:22"
 ATTENTION_NODES = ("290", "288")  # high-noise expert, low-noise expert
+FP16_ACCUMULATION_NODES = ("912", "911")  # high-noise expert, low-noise expert
 RIFE_NODE = "904"
 OUTPUT_NODE = "906"
 
@@ -35,6 +39,8 @@ ROLES: dict[str, str] = {
     FRAMES_NODE: "INTConstant",
     ATTENTION_NODES[0]: "PathchSageAttentionKJ",
     ATTENTION_NODES[1]: "PathchSageAttentionKJ",
+    FP16_ACCUMULATION_NODES[0]: "ModelPatchTorchSettings",
+    FP16_ACCUMULATION_NODES[1]: "ModelPatchTorchSettings",
     RIFE_NODE: "RIFE VFI",
     OUTPUT_NODE: "VHS_VideoCombine",
 }
@@ -127,6 +133,7 @@ class WorkflowTemplate:
         image_name: str,
         output_prefix: str,
         attention: str,
+        fp16_accumulation: bool = True,
     ) -> dict[str, Any]:
         """The API-format prompt for one job. The template itself is never modified."""
         if attention not in ATTENTION_MODES:
@@ -141,6 +148,8 @@ class WorkflowTemplate:
         prompt[OUTPUT_NODE]["inputs"]["filename_prefix"] = output_prefix
         for node_id in ATTENTION_NODES:
             prompt[node_id]["inputs"]["sage_attention"] = ATTENTION_MODES[attention]
+        for node_id in FP16_ACCUMULATION_NODES:
+            prompt[node_id]["inputs"]["enable_fp16_accumulation"] = fp16_accumulation
         return prompt
 
 

@@ -11,7 +11,7 @@ from typing import IO
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_PATHS = REPO_ROOT / "extra_model_paths.yaml"
-DEFAULT_COMFYUI_ARGS = "--fast fp16_accumulation --preview-method none --disable-auto-launch"
+DEFAULT_COMFYUI_ARGS = "--preview-method none --disable-auto-launch"  # start.sh's
 
 
 def comfyui_args(base: str, extra: str, fast: list[str]) -> list[str]:

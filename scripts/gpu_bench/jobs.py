@@ -95,12 +95,47 @@ def run_job(
     return record
 
 
-def make_worker(server: ComfyServer, attention: str, workflow: Path, progress: ProgressLog) -> Any:
+def fast_features(args: argparse.Namespace) -> list[str]:
+    """ComfyUI `--fast` features asked for, plus fp16_accumulation in the old, global mode."""
+    if getattr(args, "fp16_accumulation", "workflow") == "global":
+        return [*args.fast, "fp16_accumulation"]
+    return list(args.fast)
+
+
+def without_fp16_nodes(prompt: dict[str, Any]) -> dict[str, Any]:
+    """The prompt with the per-model fp16 accumulation nodes taken out (links bridged), as the
+    workflow was when ComfyUI's global --fast fp16_accumulation did the job."""
+    from wan_worker.workflow import FP16_ACCUMULATION_NODES
+
+    for node_id in FP16_ACCUMULATION_NODES:
+        source = prompt.pop(node_id)["inputs"]["model"]
+        for node in prompt.values():
+            for name, value in node["inputs"].items():
+                if value == [node_id, 0]:
+                    node["inputs"][name] = source
+    return prompt
+
+
+def make_worker(
+    server: ComfyServer,
+    attention: str,
+    workflow: Path,
+    progress: ProgressLog,
+    fp16_mode: str = "workflow",
+) -> Any:
     from wan_worker.comfy.client import ComfyClient
     from wan_worker.comfy.process import ComfyProcess
     from wan_worker.handler import Worker
     from wan_worker.settings import Settings
-    from wan_worker.workflow import load_template
+    from wan_worker.workflow import WorkflowTemplate, load_template
+
+    class GlobalFp16Template(WorkflowTemplate):
+        def build(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            return without_fp16_nodes(super().build(*args, **kwargs))
+
+    template = load_template(workflow)
+    if fp16_mode == "global":
+        template = GlobalFp16Template(template.graph)
 
     settings = Settings(
         comfyui_url=server.url,
@@ -116,7 +151,7 @@ def make_worker(server: ComfyServer, attention: str, workflow: Path, progress: P
     )
     return Worker(
         settings=settings,
-        template=load_template(workflow),
+        template=template,
         client=ComfyClient(server.url, ComfyProcess(server.pid_file, server.log_path)),
         send_progress=progress,
     )
@@ -150,7 +185,7 @@ def run_config(
         args.python,
         args.comfyui_dir,
         args.port,
-        comfyui_args(args.comfyui_args, args.extra_comfyui_args, args.fast),
+        comfyui_args(args.comfyui_args, args.extra_comfyui_args, fast_features(args)),
         args.models_root,
         args.out / record.log,
         args.out / "comfyui.pid",
@@ -160,7 +195,9 @@ def run_config(
     started = time.monotonic()
     server.start()
     try:
-        worker = make_worker(server, attention, workflow, progress)
+        worker = make_worker(
+            server, attention, workflow, progress, getattr(args, "fp16_accumulation", "workflow")
+        )
         worker.client.wait_ready(args.ready_timeout)
         record.comfyui_start_s = round(time.monotonic() - started, 3)
         if gpu is not None and baseline is not None:

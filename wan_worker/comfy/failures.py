@@ -17,9 +17,35 @@ from wan_worker.errors import (
     JobTimeout,
     OutOfMemory,
     OutputError,
+    SageAttentionFailed,
     WorkerError,
 )
-from wan_worker.workflow import COMFY_LISTED_MODEL_INPUTS
+from wan_worker.workflow import ATTENTION_NODES, COMFY_LISTED_MODEL_INPUTS, ROLES
+
+#: The node class that patches a model's attention to SageAttention (KJNodes); with
+#: `sage_attention` other than `disabled` it imports the sageattention package and nothing else.
+SAGE_PATCH_CLASS = ROLES[ATTENTION_NODES[0]]
+#: Traceback text that places a failure inside SageAttention: its package, or KJNodes' wrapper
+#: around it (attention_sage -> sage_func -> sageattn...).
+SAGE_FRAMES = ("/sageattention/", "sageattn", "attention_sage", "get_sage_func", "in sage_func")
+#: Failures that say SageAttention cannot run on this GPU at all: no kernel built for it.
+SAGE_LOAD_FAILURES = (
+    "no kernel image is available",
+    "kernel is not available",
+    "Unsupported CUDA architecture",
+    "invalid device function",
+)
+#: CUDA errors after which the process's CUDA context is unusable: every later CUDA call in
+#: that ComfyUI fails, so neither a retry nor the next job can run there.
+STICKY_CUDA_ERRORS = (
+    "illegal memory access",
+    "unspecified launch failure",
+    "misaligned address",
+    "illegal instruction",
+    "device-side assert triggered",
+    "hardware stack error",
+    "uncorrectable ECC error",
+)
 
 
 def process_died(detail: str, cause: str) -> ComfyUnavailable:
@@ -102,10 +128,46 @@ def view_failed(filename: str, status: int) -> OutputError:
     )
 
 
+def _sage_failure(
+    data: dict[str, Any], node_id: str, node_type: str, exc_type: str, message: str
+) -> SageAttentionFailed | None:
+    """The SageAttention failure an `execution_error` reports, if it is one."""
+    trace = "".join(str(line) for line in data.get("traceback") or [])
+    if node_type != SAGE_PATCH_CLASS and not any(mark in trace for mark in SAGE_FRAMES):
+        return None
+    first_line = message.splitlines()[0] if message else ""
+    load = node_type == SAGE_PATCH_CLASS or exc_type in ("ImportError", "ModuleNotFoundError")
+    load = load or any(mark in message for mark in SAGE_LOAD_FAILURES)
+    sticky = any(mark in message for mark in STICKY_CUDA_ERRORS)
+    what = "could not load" if load else "failed in its kernel"
+    reason = f"SageAttention {what} (node {node_id} {node_type}: {exc_type}: {first_line})"
+    if sticky:
+        return SageAttentionFailed(
+            f"{reason}. The CUDA error leaves this worker's GPU unusable, so the job cannot "
+            "run again here; the worker will be replaced. Retry the job; set ATTENTION=sdpa if "
+            "it repeats.",
+            reason=reason,
+            load_failure=False,
+            refresh_worker=True,
+            node_id=node_id,
+            node_type=node_type,
+            exception_type=exc_type,
+        )
+    return SageAttentionFailed(
+        f"{reason}. Set ATTENTION=sdpa, or ATTENTION_FALLBACK=1 to run such jobs again with "
+        "PyTorch attention.",
+        reason=reason,
+        load_failure=load,
+        node_id=node_id,
+        node_type=node_type,
+        exception_type=exc_type,
+    )
+
+
 def execution_error(data: dict[str, Any]) -> WorkerError:
     """The worker error for an `execution_error` message (socket or history)."""
-    node_id = data.get("node_id", "?")
-    node_type = data.get("node_type", "?")
+    node_id = str(data.get("node_id", "?"))
+    node_type = str(data.get("node_type", "?"))
     exc_type = str(data.get("exception_type", "")).rsplit(".", 1)[-1]
     message = str(data.get("exception_message", "")).strip()
     text = f"node {node_id} ({node_type}) failed: {exc_type}: {message}"
@@ -122,6 +184,18 @@ def execution_error(data: dict[str, Any]) -> WorkerError:
             "GPU with more memory.",
             node_id=node_id,
             node_type=node_type,
+        )
+    sage = _sage_failure(data, node_id, node_type, exc_type, message)
+    if sage is not None:
+        return sage
+    if "CUDA error" in message and any(mark in message for mark in STICKY_CUDA_ERRORS):
+        return ComfyExecutionError(
+            f"ComfyUI {text[:600]}. This CUDA error leaves the worker's GPU unusable; the worker "
+            "will be replaced. Retry the job.",
+            refresh_worker=True,
+            node_id=node_id,
+            node_type=node_type,
+            exception_type=exc_type,
         )
     return ComfyExecutionError(
         f"ComfyUI {text}", node_id=node_id, node_type=node_type, exception_type=exc_type
