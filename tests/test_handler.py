@@ -192,3 +192,25 @@ def test_a_comfyui_that_never_starts_fails_the_job_clearly(tmp_path):
     result = handle(job(), server.worker(ready_timeout_s=0.5))
     assert result["error_code"] == "comfyui_unavailable"
     assert "did not become ready within 0.5 s" in result["error"]
+
+
+def test_a_job_removes_its_files_where_comfyui_keeps_them_whatever_comfyui_dir_says(
+    comfy: ComfyServer, tmp_path
+):
+    """COMFYUI_DIR left at its default (or wrong): ComfyUI's own report of its folders leads
+    the cleanup, for a finished job and for one that failed before any video existed."""
+    worker = comfy.worker(comfyui_dir=tmp_path / "not-comfyui")
+    result = handle(job(), worker)
+    assert "error" not in result, result
+    assert comfy.job_files() == []
+    assert comfy.root.resolve() / "output" in worker.client.known_folders().output
+
+
+def test_a_first_job_that_fails_early_leaves_no_files_either(comfy_double: ComfyServer, tmp_path):
+    comfy_double.set_fault(error_at="420:12", message="boom")
+    worker = comfy_double.worker(comfyui_dir=tmp_path / "not-comfyui")
+    result = handle(job(), worker)
+    assert result["error_code"] == "execution_error"
+    uploads = list((comfy_double.root / "input").glob("wan-i2v-*"))
+    assert uploads == []
+    assert comfy_double.job_files() == []

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,12 @@ def worker_env(comfy: ComfyServer) -> dict[str, str]:
 @pytest.fixture
 def api(comfy: ComfyServer) -> Iterator[str]:
     """rp_handler.py --rp_serve_api in a subprocess; ready once uvicorn says it is listening."""
+    with serve_api(worker_env(comfy)) as url:
+        yield url
+
+
+@contextmanager
+def serve_api(env: dict[str, str]) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -45,7 +52,7 @@ def api(comfy: ComfyServer) -> Iterator[str]:
             "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port),
         ],
         cwd=PROJECT,
-        env=worker_env(comfy),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -83,6 +90,23 @@ def test_runsync_returns_a_playable_mp4(api: str, comfy: ComfyServer):
     assert (info.codec, info.width, info.height, info.frames) == ("h264", 176, 128, 161)
     assert output["frames"] == 161 and output["fps"] == 24.0
     assert comfy.job_files() == []
+
+
+def test_without_comfyui_dir_a_local_job_still_leaves_no_files(comfy: ComfyServer):
+    """README's local mode: the double's root is not /opt/ComfyUI, and nobody said so."""
+    env = {k: v for k, v in worker_env(comfy).items() if k != "COMFYUI_DIR"}
+    body = {
+        "input": {
+            "start_image": "data:image/png;base64," + base64.b64encode(make_png(64, 64)).decode(),
+            "prompt": "p",
+            "width": 128,
+            "height": 128,
+        }
+    }
+    with serve_api(env) as url:
+        reply = requests.post(f"{url}/runsync", json=body, timeout=900).json()
+        assert reply["status"] == "COMPLETED", reply
+        assert comfy.job_files() == []
 
 
 def test_runsync_reports_input_errors(api: str):

@@ -216,7 +216,9 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
     """Run one job. Always returns a dict: the result, or `{"error": ...}`."""
     settings = worker.settings
     job_id = job.get("id", "local") if isinstance(job, dict) else "local"
-    files = JobFiles(settings.comfyui_input_dir, settings.comfyui_output_dir, job_id)
+    files = JobFiles(
+        settings.comfyui_input_dir, settings.comfyui_output_dir, job_id, worker.client.known_folders
+    )
     timer = StageTimer()
     deadline = timer.start + settings.job_timeout_s
     try:

@@ -2,6 +2,8 @@
 
 Each job uploads its start image under a unique name and writes its video into its own
 output subfolder, so removing them can never touch another job's files or a cached model.
+Because the names are unique, they are removed from every folder that may be ComfyUI's: the
+configured one (COMFYUI_DIR) and those ComfyUI itself reported (`ComfyClient.known_folders`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ import logging
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+
+from wan_worker.comfy.client import ComfyFolders
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +31,17 @@ def safe_token(text: object, limit: int = 48) -> str:
 class JobFiles:
     """Names for one job's files, and their removal (on success and on failure alike)."""
 
-    def __init__(self, input_dir: Path, output_dir: Path, job_id: object) -> None:
+    def __init__(
+        self,
+        input_dir: Path,
+        output_dir: Path,
+        job_id: object,
+        reported: Callable[[], ComfyFolders] | None = None,
+    ) -> None:
         self.input_dir = input_dir.resolve()
         self.output_dir = output_dir.resolve()
+        #: ComfyUI's folders as it reports them, asked again at each cleanup.
+        self.reported = reported
         self.token = f"{safe_token(job_id)}-{uuid.uuid4().hex[:8]}"
         self.image_name = f"wan-i2v-{self.token}.png"
         self.output_subfolder = f"{OUTPUT_ROOT}/{self.token}"
@@ -42,19 +55,26 @@ class JobFiles:
         self.prompt_ids.append(prompt_id)
         return prompt_id
 
-    def _inside(self, path: Path, root: Path) -> bool:
+    @staticmethod
+    def _inside(path: Path, root: Path) -> bool:
         return path.resolve().is_relative_to(root) and path.resolve() != root
+
+    def roots(self) -> tuple[list[Path], list[Path]]:
+        """Every input and output folder that may be ComfyUI's, each once."""
+        folders = self.reported() if self.reported is not None else ComfyFolders()
+        inputs = dict.fromkeys([self.input_dir, *(p.resolve() for p in folders.input)])
+        outputs = dict.fromkeys([self.output_dir, *(p.resolve() for p in folders.output)])
+        return list(inputs), list(outputs)
 
     def cleanup(self) -> list[Path]:
         """Remove this job's input image and output folder; return what was removed."""
         removed: list[Path] = []
-        targets: list[Path] = [self.output_dir / self.output_subfolder]
+        inputs, outputs = self.roots()
+        targets = [(root / self.output_subfolder, root) for root in outputs]
         if self.uploaded_as:
-            targets.append(self.input_dir / self.uploaded_as)
-        for target in targets:
-            if not self._inside(target, self.input_dir) and not self._inside(
-                target, self.output_dir
-            ):
+            targets += [(root / self.uploaded_as, root) for root in inputs]
+        for target, root in targets:
+            if not self._inside(target, root):
                 continue
             try:
                 if target.is_dir():

@@ -2,7 +2,11 @@
 
 One `ComfyClient` per ComfyUI server: readiness (tied to the local process when there is one),
 the start image upload, queueing a prompt, /history, /queue, /view, /interrupt, and opening the
-websocket a prompt is followed on (`wan_worker.comfy.follower`). Every failure is raised as a
+websocket a prompt is followed on (`wan_worker.comfy.follower`). It also learns where ComfyUI
+keeps its input and output folders, from what ComfyUI reports: its base folder (the parent of
+`custom_nodes` in `/internal/folder_paths`, asked once it is ready) and the output folder of
+each video (VideoHelperSuite's `fullpath`), so a job's files are removed wherever ComfyUI runs
+from, whatever COMFYUI_DIR says. Every failure is raised as a
 worker error (`wan_worker.comfy.failures`); a request that gets no answer first asks whether
 ComfyUI's process died, so the error names the cause.
 """
@@ -13,6 +17,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import requests
@@ -52,6 +57,25 @@ def output_file(ui: Any) -> OutputFile | None:
     return None
 
 
+@dataclass(frozen=True)
+class ComfyFolders:
+    """Where ComfyUI keeps uploads and outputs, as far as it has said."""
+
+    input: tuple[Path, ...] = ()
+    output: tuple[Path, ...] = ()
+
+
+def output_root(ref: OutputFile) -> Path | None:
+    """ComfyUI's output folder, from a file's `fullpath` minus its subfolder and name."""
+    if not ref.fullpath or ref.type != "output":
+        return None
+    full = PurePosixPath(ref.fullpath)
+    tail = PurePosixPath(ref.subfolder, ref.filename).parts
+    if not full.is_absolute() or full.parts[-len(tail) :] != tail or len(full.parts) <= len(tail):
+        return None
+    return Path(*full.parts[: -len(tail)])
+
+
 def backoff(attempt: int) -> float:
     """Seconds to wait before retry `attempt` (0, 1, ...) while ComfyUI boots or reconnects."""
     return min(0.05 * 2.0**attempt, 1.0)
@@ -75,6 +99,8 @@ class ComfyClient:
         self.clock = clock
         self.session = requests.Session()
         self._ready = False
+        self._base: Path | None = None  # ComfyUI's base folder, once it has said
+        self._output_roots: list[Path] = []  # output folders its videos were written to
 
     # -- process and readiness -------------------------------------------------------------
 
@@ -106,6 +132,7 @@ class ComfyClient:
                 response = self.session.get(f"{self.base_url}/system_stats", timeout=2.0)
                 if response.status_code == 200:
                     self._ready = True
+                    self._learn_base()
                     return
                 last = RuntimeError(f"HTTP {response.status_code}")
             except requests.RequestException as exc:
@@ -115,6 +142,32 @@ class ComfyClient:
                 raise failures.not_ready(self.base_url, timeout_s, last)
             time.sleep(min(backoff(attempt), remaining))
             attempt += 1
+
+    # -- ComfyUI's folders ------------------------------------------------------------------
+
+    def _learn_base(self) -> None:
+        """ComfyUI's base folder: the parent of `custom_nodes` in /internal/folder_paths (the
+        route its frontend reads). Optional: without an answer, outputs still tell."""
+        if self._base is not None:
+            return
+        try:
+            reply = self.session.get(f"{self.base_url}/internal/folder_paths", timeout=5.0)
+            listed = reply.json().get("custom_nodes") if reply.status_code == 200 else None
+        except (requests.RequestException, ValueError, AttributeError):
+            return
+        if isinstance(listed, list) and listed and isinstance(listed[0], str):
+            custom_nodes = PurePosixPath(listed[0])
+            if custom_nodes.is_absolute() and custom_nodes.name == "custom_nodes":
+                self._base = Path(custom_nodes.parent)
+
+    def known_folders(self) -> ComfyFolders:
+        """The input and output folders ComfyUI has reported so far (possibly none)."""
+        outputs = list(self._output_roots)
+        inputs = [root.parent / "input" for root in outputs]
+        if self._base is not None:
+            outputs.insert(0, self._base / "output")
+            inputs.insert(0, self._base / "input")
+        return ComfyFolders(tuple(dict.fromkeys(inputs)), tuple(dict.fromkeys(outputs)))
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -178,6 +231,9 @@ class ComfyClient:
         return any(len(item) > 1 and item[1] == prompt_id for item in items)
 
     def view(self, ref: OutputFile) -> bytes:
+        root = output_root(ref)
+        if root is not None and root not in self._output_roots:
+            self._output_roots.append(root)
         response = self._http(
             "GET",
             "/view",
