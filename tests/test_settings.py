@@ -7,6 +7,7 @@ setting added later is checked without editing this file.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,10 @@ def test_every_variable_a_reader_reads_is_documented():
     names = {
         name for kind in ("text", "choice", "number", "integer", "flag") for _, name in reads(kind)
     }
+    # and what is read straight from os.environ (the progress condition)
+    for path in PACKAGE.rglob("*.py"):
+        names |= set(re.findall(r'os\.environ\.get\("([A-Z0-9_]+)"', path.read_text()))
+    assert "RUNPOD_WEBHOOK_POST_OUTPUT" in names
     assert len(names) > 30
     undocumented = sorted(name for name in names if f"`{name}`" not in docs)
     assert undocumented == []
