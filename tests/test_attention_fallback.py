@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,9 @@ def test_an_ordinary_node_failure_is_no_sageattention_failure():
 
 @pytest.mark.parametrize("kind", ["missing_module", "no_kernel"])
 def test_a_load_failure_falls_back_and_the_worker_stops_trying(
-    comfy_double: ComfyServer, kind: str
+    comfy_double: ComfyServer, kind: str, caplog: pytest.LogCaptureFixture
 ):
+    caplog.set_level(logging.INFO, logger="wan_worker.handler")
     comfy_double.set_fault(sage_fails=kind)
     worker = comfy_double.worker(attention="sage")
     first = handle(job("first"), worker)
@@ -102,6 +104,13 @@ def test_a_load_failure_falls_back_and_the_worker_stops_trying(
     assert second["attention_fallback_reason"].endswith(
         "earlier on this worker, so it uses PyTorch attention"
     )
+    logged = [r.getMessage() for r in caplog.records if r.name == "wan_worker.handler"]
+    assert any(
+        m.startswith("job first: SageAttention could not load")
+        and m.endswith("this worker uses PyTorch attention from now on")
+        for m in logged
+    )
+    assert any(m.startswith("job second: SageAttention could not load") for m in logged)
     ran = [attention_of(p) for p in sent_prompts(comfy_double)]
     assert ran == [
         (["auto", "auto"], [True, True]),  # first job: SageAttention, failed

@@ -137,6 +137,7 @@ def _generate(
     if attention == "sage" and worker.sage_unusable is not None:
         attention = "sdpa"
         reason = f"{worker.sage_unusable} earlier on this worker, so it uses PyTorch attention"
+        log.info("job %s: %s", job.get("id"), reason)
     while True:
         prompt = worker.template.build(
             request.params,
