@@ -107,6 +107,9 @@ def test_completed_job_saves_the_mp4_shows_progress_and_prints_new_fields(
     assert code == ExitCode.OK, err
     assert out_path.read_bytes() == mp4
     assert list(out_path.parent.iterdir()) == [out_path]  # no partial file left beside it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out_path.stat().st_mode & 0o777 == 0o666 & ~umask
     job = next(iter(double.jobs.values()))
     assert job.input == {
         "start_image": base64.b64encode(image.read_bytes()).decode(),

@@ -69,6 +69,7 @@ def test_client_saves_a_playable_mp4_from_the_local_api(
     done = client(
         workdir, "--url", api, str(image), "waves roll onto the beach",
         "--width", "176", "--height", "128", "--seed", "7", "--out", str(out),
+        "--timeout", "0",  # no limit: the blocking POST /status waits as long as it takes
     )  # fmt: skip
 
     assert done.returncode == ExitCode.OK, done.stderr[-3000:]

@@ -24,6 +24,7 @@ API answered, with an error status or a body that is not a JSON object) and `Api
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -110,7 +111,7 @@ def request_json(
     *,
     headers: dict[str, str] | None = None,
     body: dict[str, Any] | None = None,
-    timeout: float | tuple[float, float] = QUICK_TIMEOUT_S,
+    timeout: tuple[float, float | None] = QUICK_TIMEOUT_S,
 ) -> dict[str, Any]:
     """One request whose answer must be a JSON object; errors as ApiHttpError/ApiUnreachable."""
     try:
@@ -202,7 +203,7 @@ class LocalApi:
     def status(self, job_id: str, wait_s: float) -> dict[str, Any]:
         """Runs the job (the local API runs it inside this request) and waits up to wait_s."""
         url = f"{self.url.rstrip('/')}/status/{job_id}"
-        timeout = (QUICK_TIMEOUT_S[0], max(wait_s, 0.001))
+        timeout = (QUICK_TIMEOUT_S[0], max(wait_s, 0.001) if math.isfinite(wait_s) else None)
         return request_json(self.session, "POST", url, "POST /status", timeout=timeout)
 
     def cancel(self, job_id: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,17 +73,18 @@ class ResultError(Exception):
 
 @contextlib.contextmanager
 def replacing(out: Path) -> Iterator[IO[bytes]]:
-    """A temporary file beside `out` that replaces it once written; removed on any failure."""
+    """A new file beside `out` that replaces it once written; removed on any failure.
+
+    Created like any file the user writes (permissions from the umask), under a unique name.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed and renamed below
-        dir=out.parent, prefix=f".{out.name}.", suffix=".part", delete=False
-    )
+    part = out.with_name(f".{out.name}.{secrets.token_hex(6)}.part")
     try:
-        with handle:
+        with part.open("xb") as handle:
             yield handle
-        os.replace(handle.name, out)
+        os.replace(part, out)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         raise
 
 
