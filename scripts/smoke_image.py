@@ -1,18 +1,22 @@
 """Build-time smoke test of the worker image: the build fails unless this passes.
 
-Two commands:
+Three commands:
 
   smoke_image.py wheel WHEEL...
       In the builder stage, with cuobjdump on PATH: every SageAttention extension in the
       wheel holds sm_120a device code, and no other architecture.
 
-  smoke_image.py image [--comfyui-dir DIR] [--workflow FILE] [--lock FILE]
+  smoke_image.py requirement-files [--comfyui-dir DIR] [--kept DIR]
+      After fetching ComfyUI and the nodes: each requirement file the image installed from
+      docker/requirements/ (listed in its sources.json) is byte for byte the fetched one.
+
+  smoke_image.py image [--comfyui-dir DIR] [--workflow FILE] [--lock FILE]...
                        [--models-manifest FILE] [--skip-gpu-build-checks]
       In the finished image, with the image's Python:
-      - torch is the pinned CUDA 12.8 build and was compiled for sm_120;
+      - torch is the pinned release, built for CUDA 12.8 and compiled for sm_120;
       - sageattention imports, with its compiled sm80/sm89 kernels and fused ops;
-      - the versions in docker/versions.json hold, and (--lock) every installed package is
-        pinned by docker/requirements.lock, docker/constraints.txt or torch itself;
+      - (--lock, repeatable) every installed package is pinned by one of the locks
+        (docker/torch.lock, docker/requirements.lock) or is SageAttention at its pin;
       - cv2 is the contrib build (Frame-Interpolation needs cv2.optflow);
       - the nine custom nodes are present, ComfyUI-Manager and QwenVL are not;
       - `main.py --cpu --quick-test-for-ci` loads every node: no "IMPORT FAILED" or
@@ -31,6 +35,7 @@ Standard library only; runs on Python 3.11 and 3.12.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -50,7 +55,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VERSIONS = REPO / "docker" / "versions.json"
-DEFAULT_LOCK = REPO / "docker" / "requirements.lock"
+DEFAULT_KEPT = REPO / "docker" / "requirements"
 FORBIDDEN_NODES = re.compile(r"manager|qwen[-_]?vl", re.IGNORECASE)
 IMPORT_TIMES = "Import times for custom nodes:"
 FAILURE_MARKERS = ("IMPORT FAILED", "Cannot import")
@@ -79,16 +84,6 @@ def parse_pins(text: str) -> dict[str, str]:
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
         match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;]+)", line)
-        if match:
-            pins[canonical(match.group(1))] = match.group(2)
-    return pins
-
-
-def exact_pins(requirements: Iterable[str]) -> dict[str, str]:
-    """name -> version of the requirements given as `name==version` (markers ignored)."""
-    pins: dict[str, str] = {}
-    for requirement in requirements:
-        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;,]+)\s*(;|$)", requirement)
         if match:
             pins[canonical(match.group(1))] = match.group(2)
     return pins
@@ -175,8 +170,9 @@ def check_wheel(wheel: Path) -> list[str]:
 def check_torch(versions: Mapping) -> str:
     torch = importlib.import_module("torch")
     expected = versions["torch"]["packages"]["torch"]
-    if torch.__version__ != expected:
-        raise SmokeError(f"torch is {torch.__version__}, expected {expected}")
+    installed = importlib.metadata.version("torch")
+    if installed != expected:
+        raise SmokeError(f"torch is {installed}, expected {expected}")
     cuda = versions["torch"]["cuda"]
     if torch.version.cuda != cuda:
         raise SmokeError(f"torch was built for CUDA {torch.version.cuda}, expected {cuda}")
@@ -184,7 +180,10 @@ def check_torch(versions: Mapping) -> str:
     archs = torch._C._cuda_getArchFlags().split()
     if "sm_120" not in archs:
         raise SmokeError(f"torch was not compiled for sm_120: {archs}")
-    return f"torch {torch.__version__}, CUDA {torch.version.cuda}, archs {' '.join(archs)}"
+    return (
+        f"torch {installed} ({torch.__version__}), CUDA {torch.version.cuda}, "
+        f"archs {' '.join(archs)}"
+    )
 
 
 def check_sageattention(versions: Mapping) -> str:
@@ -202,25 +201,48 @@ def check_sageattention(versions: Mapping) -> str:
     return f"sageattention {version} from {Path(sage.__file__).parent}, kernels loaded"
 
 
-def check_pins(lock: Path, versions: Mapping) -> str:
+def check_pins(locks: list[Path], versions: Mapping) -> str:
     installed = {
         canonical(dist.metadata["Name"]): dist.version
         for dist in importlib.metadata.distributions()
     }
-    torch_requires = importlib.metadata.requires("torch") or []
-    pins = [
-        parse_pins(lock.read_text()),
-        {canonical(name): v for name, v in versions["torch"]["packages"].items()},
-        {"sageattention": versions["sageattention"]["version"]},
-        exact_pins(torch_requires),
-    ]
+    pins = [parse_pins(lock.read_text()) for lock in locks]
+    pins.append({"sageattention": versions["sageattention"]["version"]})
     problems = unpinned(installed, pins)
     if problems:
         raise SmokeError(
-            "installed packages outside the pins (regenerate docker/requirements.lock with "
+            "installed packages outside the pins (regenerate the locks with "
             "docker/lock_requirements.py):\n  " + "\n  ".join(problems)
         )
     return f"{len(installed)} installed packages, each pinned"
+
+
+def requirement_file_problems(comfyui: Path, kept: Path) -> list[str]:
+    """Differences between the kept requirement files and the ones fetched at the pins."""
+    record = json.loads((kept / "sources.json").read_text())["files"]
+    problems = []
+    for rel, source in sorted(record.items()):
+        copy = kept / rel
+        fetched = comfyui / Path(rel).relative_to("ComfyUI")
+        if hashlib.sha256(copy.read_bytes()).hexdigest() != source["sha256"]:
+            problems.append(f"{copy} is not the file recorded in sources.json")
+        elif not fetched.is_file():
+            problems.append(f"{fetched} does not exist at {source['commit']}")
+        elif fetched.read_bytes() != copy.read_bytes():
+            problems.append(f"{fetched} differs from docker/requirements/{rel}")
+    return problems
+
+
+def check_requirement_files(comfyui: Path, kept: Path) -> str:
+    problems = requirement_file_problems(comfyui, kept)
+    if problems:
+        raise SmokeError(
+            "the image installed requirement files that are not the fetched ones; copy them "
+            "from a checkout at the pins with docker/lock_requirements.py --refresh-from:\n  "
+            + "\n  ".join(problems)
+        )
+    count = len(json.loads((kept / "sources.json").read_text())["files"])
+    return f"{count} requirement files identical to the fetched ones"
 
 
 def check_opencv() -> str:
@@ -402,10 +424,20 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     wheel = commands.add_parser("wheel", help="check SageAttention wheels (builder stage)")
     wheel.add_argument("wheels", type=Path, nargs="+")
+    files = commands.add_parser(
+        "requirement-files", help="the kept requirement files are the fetched ones"
+    )
+    files.add_argument("--comfyui-dir", type=Path, default=Path("/opt/ComfyUI"))
+    files.add_argument("--kept", type=Path, default=DEFAULT_KEPT)
     image = commands.add_parser("image", help="check the finished image")
     image.add_argument("--comfyui-dir", type=Path, default=Path("/opt/ComfyUI"))
     image.add_argument("--workflow", type=Path, help="API workflow whose node classes must exist")
-    image.add_argument("--lock", type=Path, help="fail on packages this lock does not pin")
+    image.add_argument(
+        "--lock",
+        type=Path,
+        action="append",
+        help="fail on installed packages that none of these locks pins (repeatable)",
+    )
     image.add_argument(
         "--models-manifest", type=Path, help="models.json whose RIFE link_into the node must read"
     )
@@ -415,12 +447,15 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the torch CUDA/sm_120 and sageattention checks (CPU-only test runs)",
     )
     args = parser.parse_args(argv)
-    versions = json.loads(args.versions.read_text())
 
     if args.command == "wheel":
         checks = [(w.name, lambda w=w: "; ".join(check_wheel(w))) for w in args.wheels]
+    elif args.command == "requirement-files":
+        checks = [
+            ("requirement files", lambda: check_requirement_files(args.comfyui_dir, args.kept))
+        ]
     else:
-        checks = image_checks(args, versions)
+        checks = image_checks(args, json.loads(args.versions.read_text()))
     failures = run_checks(checks)
     if failures:
         print(f"smoke test FAILED: {failures} of {len(checks)} checks failed")

@@ -1,5 +1,6 @@
-"""The image build's helpers, run for real: the SHA-only git fetch, the torch constraints under
-the image's uv, and the smoke test's verdicts on ComfyUI logs and package sets."""
+"""The image build's helpers, run for real: the SHA-only git fetch, the torch lock as a
+constraint under the image's uv, and the smoke test's verdicts on ComfyUI logs, package sets and
+requirement files."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FETCH = REPO / "docker" / "git-fetch-commit.sh"
-CONSTRAINTS = REPO / "docker" / "constraints.txt"
+TORCH_LOCK = REPO / "docker" / "torch.lock"
+TORCH_STACK = ("torch", "torchvision", "torchaudio")
 # The nine custom nodes, in the order the image installs them: the project's one record of pins.
 NODES = [
     n["name"] for n in json.loads((REPO / "docker" / "versions.json").read_text())["custom_nodes"]
@@ -152,23 +154,20 @@ def uv(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def cuda_torch_venv(tmp_path: Path) -> Path:
-    """A venv holding stand-ins for the cu128 torch stack, and an index offering newer torch."""
-    cu128, index = tmp_path / "cu128", tmp_path / "index"
-    cu128.mkdir()
+def torch_venv(tmp_path: Path) -> Path:
+    """A venv holding stand-ins for the locked torch stack, and an index offering newer torch."""
+    index = tmp_path / "index"
     index.mkdir()
-    for line in CONSTRAINTS.read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            make_wheel(cu128, name, version)
-            make_wheel(index, name, version.split("+")[0])  # what PyPI has
+    locked = smoke.parse_pins(TORCH_LOCK.read_text())
+    for name in TORCH_STACK:
+        make_wheel(index, name, locked[name])
     make_wheel(index, "torch", "2.11.0")
     make_wheel(index, "polite_node", "1.0", ("torch", "torchvision"))
     make_wheel(index, "greedy_node", "1.0", ("torch>=2.11",))
     assert uv("venv", "-q", "-p", sys.executable, "venv", cwd=tmp_path).returncode == 0
     result = uv(
-        "pip", "install", "-p", "venv", "--no-index", "--find-links", str(cu128),
-        "--constraint", str(CONSTRAINTS), "torch", "torchvision", "torchaudio", cwd=tmp_path,
+        "pip", "install", "-p", "venv", "--no-index", "--find-links", str(index),
+        "--constraint", str(TORCH_LOCK), *TORCH_STACK, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return tmp_path
@@ -179,32 +178,28 @@ def installed(root: Path) -> dict[str, str]:
     return dict(line.split("==") for line in freeze.splitlines())
 
 
-def test_node_requirements_keep_the_installed_cu128_torch(cuda_torch_venv: Path) -> None:
-    root = cuda_torch_venv
+def test_node_requirements_keep_the_installed_torch(torch_venv: Path) -> None:
+    root = torch_venv
     result = uv(
         "pip", "install", "-p", "venv", "--no-index", "--find-links", str(root / "index"),
-        "--constraint", str(CONSTRAINTS), "polite_node", cwd=root,
+        "--constraint", str(TORCH_LOCK), "polite_node", cwd=root,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert installed(root) == {
-        "polite-node": "1.0",
-        "torch": "2.10.0+cu128",
-        "torchaudio": "2.10.0+cu128",
-        "torchvision": "0.25.0+cu128",
-    }
+    locked = smoke.parse_pins(TORCH_LOCK.read_text())
+    assert installed(root) == {"polite-node": "1.0"} | {n: locked[n] for n in TORCH_STACK}
 
 
 def test_a_node_that_wants_another_torch_fails_instead_of_replacing_it(
-    cuda_torch_venv: Path,
+    torch_venv: Path,
 ) -> None:
-    root = cuda_torch_venv
+    root = torch_venv
     result = uv(
         "pip", "install", "-p", "venv", "--no-index", "--find-links", str(root / "index"),
-        "--constraint", str(CONSTRAINTS), "greedy_node", cwd=root,
+        "--constraint", str(TORCH_LOCK), "greedy_node", cwd=root,
     )  # fmt: skip
     assert result.returncode != 0
     assert "torch" in result.stderr
-    assert installed(root)["torch"] == "2.10.0+cu128"
+    assert installed(root)["torch"] == smoke.parse_pins(TORCH_LOCK.read_text())["torch"]
     # Without the constraints the same install would have replaced torch:
     unconstrained = uv(
         "pip", "install", "-p", "venv", "--no-index", "--find-links", str(root / "index"),
@@ -325,7 +320,7 @@ def test_rife_folder_check_fails_when_the_node_reads_elsewhere(tmp_path: Path) -
 
 def test_unpinned_and_mismatched_packages_are_named() -> None:
     lock = smoke.parse_pins("numpy==2.5.5\n    # via x\nrequests==2.34.2\n")
-    torch_pins = smoke.exact_pins(['nvidia-cudnn-cu12==9.10.2.21; platform_system == "Linux"'])
+    torch_pins = smoke.parse_pins("nvidia-cudnn-cu12==9.10.2.21\n")
     installed_now = {
         "numpy": "2.5.5",
         "requests": "2.33.0",
@@ -354,3 +349,54 @@ def test_workflow_class_types_are_collected() -> None:
         "3": {"class_type": "LoadImage", "inputs": {}},
     }
     assert smoke.workflow_class_types(workflow) == {"LoadImage", "RIFE VFI"}
+
+
+# ------------------------------------------------------------------ kept requirement files
+
+KEPT = REPO / "docker" / "requirements"
+
+
+@pytest.fixture
+def fetched_comfyui(tmp_path: Path) -> Path:
+    """A ComfyUI tree whose requirement files are what the pinned commits hold."""
+    comfyui = tmp_path / "ComfyUI"
+    shutil.copytree(KEPT / "ComfyUI", comfyui)
+    return comfyui
+
+
+def test_requirement_files_identical_to_the_fetched_ones_pass(fetched_comfyui: Path) -> None:
+    assert smoke.requirement_file_problems(fetched_comfyui, KEPT) == []
+    verdict = smoke.check_requirement_files(fetched_comfyui, KEPT)
+    assert verdict == "9 requirement files identical to the fetched ones"
+
+
+def test_a_fetched_requirement_file_that_changed_or_vanished_fails(fetched_comfyui: Path) -> None:
+    kj = fetched_comfyui / "custom_nodes" / "ComfyUI-KJNodes" / "requirements.txt"
+    kj.write_text(kj.read_text() + "sageattention\n")
+    (fetched_comfyui / "custom_nodes" / "RES4LYF" / "requirements.txt").unlink()
+    problems = smoke.requirement_file_problems(fetched_comfyui, KEPT)
+    assert problems == [
+        f"{kj} differs from docker/requirements/ComfyUI/custom_nodes/ComfyUI-KJNodes/"
+        "requirements.txt",
+        f"{fetched_comfyui}/custom_nodes/RES4LYF/requirements.txt does not exist at "
+        "022c873c6d198c67b3312a1804336533a050df18",
+    ]
+    with pytest.raises(smoke.SmokeError, match="--refresh-from"):
+        smoke.check_requirement_files(fetched_comfyui, KEPT)
+
+
+def test_requirement_files_command_exits_non_zero_on_a_difference(fetched_comfyui: Path) -> None:
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "smoke_image.py"), "requirement-files",
+             "--comfyui-dir", str(fetched_comfyui), "--kept", str(KEPT)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    assert run().returncode == 0
+    (fetched_comfyui / "requirements.txt").write_text("torch\n")
+    bad = run()
+    assert bad.returncode == 1
+    assert (
+        "requirements.txt differs from docker/requirements/ComfyUI/requirements.txt" in bad.stdout
+    )
