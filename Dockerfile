@@ -16,8 +16,9 @@
 FROM ghcr.io/astral-sh/uv:0.13.8 AS uv
 
 # ---------------------------------------------------------------------------------------------
-# Builder: compile SageAttention into a wheel against the same torch the image runs.
-FROM nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04 AS sage-builder
+# Builder: compile SageAttention into a wheel against the same torch the image runs. The CUDA
+# devel image brings nvcc and the CUDA headers; cuDNN is not needed.
+FROM nvidia/cuda:12.8.1-devel-ubuntu24.04 AS sage-builder
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive
@@ -68,8 +69,12 @@ COPY scripts/smoke_image.py /build/smoke/
 RUN python /build/smoke/smoke_image.py wheel /wheels/sageattention-*.whl
 
 # ---------------------------------------------------------------------------------------------
-# Runtime.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS runtime
+# Runtime. The CUDA base image only: the host's driver (libcuda, mounted by the NVIDIA
+# container toolkit) and torch's own wheels (CUDA runtime, cuBLAS, cuDNN, NCCL, ...) bring the
+# rest; the base adds the toolkit's environment (NVIDIA_VISIBLE_DEVICES,
+# NVIDIA_DRIVER_CAPABILITIES=compute,utility, NVIDIA_REQUIRE_CUDA=cuda>=12.8) and libcudart 12.8.
+# docs/image.md lists what the runtime takes from where.
+FROM nvidia/cuda:12.8.1-base-ubuntu24.04 AS runtime
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive
@@ -81,7 +86,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      ca-certificates curl ffmpeg gcc git libc6-dev libgl1 libglib2.0-0 libgomp1 \
+      ca-certificates ffmpeg gcc git libc6-dev libgl1 libglib2.0-0 libgomp1 \
       python3.12 python3.12-dev \
  && rm -rf /var/lib/apt/lists/*
 
