@@ -6,6 +6,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -99,3 +103,80 @@ def test_compose_passes_secrets_from_the_environment_never_literally() -> None:
     assert set(env) >= INPUTS
     for key, value in env.items():
         assert value == f"${{{key}:-}}", f"{key} must come from the environment"
+
+
+# ------------------------------------------------------------------ the image workflow
+
+IMAGE_WORKFLOW = yaml.safe_load((REPO / ".github" / "workflows" / "image.yml").read_text())
+BUILD_JOB = IMAGE_WORKFLOW["jobs"]["build"]
+
+
+def build_step(name: str) -> dict:
+    (step,) = [s for s in BUILD_JOB["steps"] if s["name"] == name]
+    return step
+
+
+def step_index(name: str) -> int:
+    return [s["name"] for s in BUILD_JOB["steps"]].index(name)
+
+
+def test_a_main_or_tag_build_is_never_cancelled_only_pull_requests_are() -> None:
+    concurrency = IMAGE_WORKFLOW["concurrency"]
+    assert concurrency["group"] == "image-${{ github.ref }}"
+    assert concurrency["cancel-in-progress"] == "${{ github.event_name == 'pull_request' }}"
+
+
+def test_the_layer_cache_is_in_ghcr_and_a_failed_export_is_harmless() -> None:
+    build = build_step("Build, smoke-test and push")["with"]
+    assert "gha" not in build["cache-from"] + build["cache-to"]
+    assert build["cache-from"] == "type=registry,ref=${{ steps.name.outputs.image }}:buildcache"
+    cache_to = build["cache-to"]
+    assert "type=registry,ref={0}:buildcache" in cache_to
+    assert "mode=max" in cache_to  # the builder stage (SageAttention's compile) is cached too
+    assert "ignore-error=true" in cache_to
+    assert cache_to.startswith("${{ env.PUSH == 'true' && ")  # only a build that may push
+
+
+def test_the_disk_is_freed_and_docker_moved_before_buildkit_starts() -> None:
+    buildx = step_index("Set up Buildx")
+    assert step_index("Free disk space") < step_index("Move Docker's data root to the larger disk")
+    assert step_index("Move Docker's data root to the larger disk") < buildx
+    assert step_index("Check the free disk") < step_index("Check out") < buildx
+    moving = build_step("Move Docker's data root to the larger disk")["run"]
+    assert "data_root=/mnt/docker" in moving
+    assert '"data-root": $root' in moving
+    assert BUILD_JOB["defaults"]["run"]["shell"] == "bash"  # -eo pipefail
+
+
+def run_disk_check(tmp_path: Path, needed_gb: int) -> subprocess.CompletedProcess[str]:
+    script = build_step("Check the free disk")["run"]
+    env = {**os.environ, "DATA_ROOT": str(tmp_path), "BUILD_DISK_NEEDED_GB": str(needed_gb)}
+    return subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_disk_check_stops_the_job_with_a_clear_message_below_the_need(
+    tmp_path: Path,
+) -> None:
+    needed = shutil.disk_usage(tmp_path).free // 1024**3 + 1000
+    short = run_disk_check(tmp_path, needed)
+    assert short.returncode == 1
+    assert re.fullmatch(
+        rf"::error title=Not enough disk for the image build::\d+ GB free at {tmp_path}, the "
+        rf"build needs {needed} GB \(docs/image.md\)\. Use a larger runner \(runs-on\) or free "
+        r"more space in the step above\.",
+        short.stdout.splitlines()[-1],
+    )
+    enough = run_disk_check(tmp_path, 0)
+    assert enough.returncode == 0, enough.stdout
+    assert re.fullmatch(rf"\d+ GB free at {tmp_path}; the build needs 0 GB\n", enough.stdout)
+
+
+def test_the_recorded_disk_need_is_the_one_docs_image_md_gives() -> None:
+    needed = IMAGE_WORKFLOW["env"]["BUILD_DISK_NEEDED_GB"]
+    assert f"`BUILD_DISK_NEEDED_GB` is {needed}" in (REPO / "docs" / "image.md").read_text()
