@@ -12,6 +12,7 @@ Three commands:
 
   smoke_image.py image [--comfyui-dir DIR] [--workflow FILE] [--lock FILE]...
                        [--models-manifest FILE] [--skip-gpu-build-checks]
+                       [--without-sageattention]
       In the finished image, with the image's Python:
       - torch is the pinned release, built for CUDA 12.8 and compiled for sm_120;
       - sageattention imports, with its compiled sm80/sm89 kernels and fused ops;
@@ -19,8 +20,9 @@ Three commands:
         (docker/torch.lock, docker/requirements.lock) or is SageAttention at its pin;
       - cv2 is the contrib build (Frame-Interpolation needs cv2.optflow);
       - the nine custom nodes are present, ComfyUI-Manager and QwenVL are not;
-      - `main.py --cpu --quick-test-for-ci` loads every node: no "IMPORT FAILED" or
-        "Cannot import" in its log, and each node listed as imported;
+      - `main.py --cpu --quick-test-for-ci` loads every node, read from ComfyUI's own
+        report: each of the nine listed under "Import times for custom nodes:" without
+        "(IMPORT FAILED)", and no built-in node file reported as "IMPORT FAILED: ...";
       - (--workflow) a ComfyUI started on loopback registers every node class the
         workflow uses, read back from /object_info;
       - (--models-manifest) Frame-Interpolation reads RIFE checkpoints from the folder the
@@ -28,6 +30,9 @@ Three commands:
 
 --skip-gpu-build-checks skips the torch CUDA and sageattention checks and says so: for a run
 on a CPU-only machine against a fetched ComfyUI and a CPU build of torch.
+--without-sageattention skips only the sageattention check and says so: for a run outside the
+image with its own torch (PyPI's CUDA 12.8 build, which needs no GPU to import) but without
+the SageAttention wheel that only the image's builder stage compiles.
 
 Standard library only; runs on Python 3.11 and 3.12.
 """
@@ -57,9 +62,22 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VERSIONS = REPO / "docker" / "versions.json"
 DEFAULT_KEPT = REPO / "docker" / "requirements"
 FORBIDDEN_NODES = re.compile(r"manager|qwen[-_]?vl", re.IGNORECASE)
+# ComfyUI's own import report (nodes.py): after loading the custom nodes it logs
+#   Import times for custom nodes:
+#      0.1 seconds: /opt/ComfyUI/custom_nodes/rgthree-comfy
+#      0.0 seconds (IMPORT FAILED): /opt/ComfyUI/custom_nodes/RES4LYF
+# where IMPORT FAILED means load_custom_node() returned False, having logged the reason as
+# "Cannot import <path> module for custom nodes: <error>" (or "Skip <path> module ..."). A
+# built-in node file that fails is reported as "IMPORT FAILED: nodes_x.py".
 IMPORT_TIMES = "Import times for custom nodes:"
-FAILURE_MARKERS = ("IMPORT FAILED", "Cannot import")
+IMPORT_TIME_LINE = re.compile(r"^\s*[\d.]+ seconds( \(IMPORT FAILED\))?: (.+?)\s*$")
+BUILTIN_FAILED = re.compile(r"^IMPORT FAILED: (.+?)\s*$")
+CANNOT_IMPORT = re.compile(
+    r"^(?:Cannot import|Skip) (.+?) module for custom nodes(?::| due to) ?(.*)$"
+)
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+# ComfyUI's console formatter (app/logger.py) puts the level before each message: "[INFO] ".
+LEVEL_TAG = re.compile(r"^\[(?:DEBUG|DETAIL|INFO|WARNING|ERROR|CRITICAL)\] ?")
 SAGE_EXTENSIONS = ("_qattn_sm80", "_qattn_sm89", "_fused")
 WANTED_SM = "sm_120a"
 QUICK_TEST_TIMEOUT_S = 900.0
@@ -101,25 +119,54 @@ def unpinned(installed: Mapping[str, str], pins: Iterable[Mapping[str, str]]) ->
     return problems
 
 
+def log_lines(log: str) -> list[str]:
+    """The log's lines as ComfyUI's messages: colours and level tags removed."""
+    return [LEVEL_TAG.sub("", ANSI_ESCAPE.sub("", line)) for line in log.splitlines()]
+
+
+def import_report(log: str) -> tuple[dict[str, bool], list[str]]:
+    """ComfyUI's own import report: {custom node folder name: imported?} and failed built-ins.
+
+    Only the last "Import times for custom nodes:" section counts: ComfyUI lists prestartup
+    scripts in the same format, and a node's own log lines may say anything.
+    """
+    lines = log_lines(log)
+    builtin_failed = [m.group(1) for line in lines if (m := BUILTIN_FAILED.match(line.strip()))]
+    starts = [i for i, line in enumerate(lines) if line.strip() == IMPORT_TIMES]
+    nodes: dict[str, bool] = {}
+    if starts:
+        for line in lines[starts[-1] + 1 :]:
+            if not line.strip():  # the report ends with an empty message
+                break
+            match = IMPORT_TIME_LINE.match(line)
+            if match:  # other threads may log in between
+                nodes[Path(match.group(2)).name] = match.group(1) is None
+    return nodes, builtin_failed
+
+
 def node_import_problems(log: str, nodes: Iterable[str]) -> list[str]:
-    """What the ComfyUI log says went wrong while loading the custom nodes."""
-    log = ANSI_ESCAPE.sub("", log)
-    problems = [
-        f"log: {line.strip()}"
-        for line in log.splitlines()
-        if any(marker in line for marker in FAILURE_MARKERS)
-    ]
-    # Only the import section counts: ComfyUI lists prestartup scripts in the same format.
-    _, found, section = log.rpartition(IMPORT_TIMES)
-    imported = {
-        Path(match.group(1).strip()).name
-        for match in re.finditer(r"\b[\d.]+ seconds: (.+)$", section if found else "", re.M)
-    }
+    """What ComfyUI's import report says went wrong, with ComfyUI's reason where it gave one."""
+    report, builtin_failed = import_report(log)
+    if not report:
+        return [f'ComfyUI printed no "{IMPORT_TIMES}" report: it did not load the custom nodes']
+    reasons = {}
+    for line in log_lines(log):
+        match = CANNOT_IMPORT.match(line.strip())
+        if match:
+            reasons[Path(match.group(1)).name] = match.group(2).strip() or line.strip()
+    problems = []
+    for node in nodes:
+        if node not in report:
+            problems.append(f"custom node {node} is not in ComfyUI's import report")
+        elif not report[node]:
+            reason = reasons.get(node, "see the log above")
+            problems.append(f"custom node {node}: IMPORT FAILED ({reason})")
     problems += [
-        f"custom node {node} is not listed among the imported nodes"
-        for node in nodes
-        if node not in imported
+        f"custom node {name}: IMPORT FAILED ({reasons.get(name, 'see the log above')})"
+        for name, imported in report.items()
+        if not imported and name not in nodes
     ]
+    problems += [f"built-in node file {name}: IMPORT FAILED" for name in builtin_failed]
     return problems
 
 
@@ -400,10 +447,11 @@ def image_checks(args: argparse.Namespace, versions: Mapping) -> list:
     if args.skip_gpu_build_checks:
         print("skipped torch CUDA 12.8/sm_120 and sageattention checks (--skip-gpu-build-checks)")
     else:
-        checks += [
-            ("torch", lambda: check_torch(versions)),
-            ("sageattention", lambda: check_sageattention(versions)),
-        ]
+        checks.append(("torch", lambda: check_torch(versions)))
+        if args.without_sageattention:
+            print("skipped the sageattention check (--without-sageattention)")
+        else:
+            checks.append(("sageattention", lambda: check_sageattention(versions)))
     if args.lock:
         checks.append(("pins", lambda: check_pins(args.lock, versions)))
     checks += [
@@ -445,6 +493,11 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-gpu-build-checks",
         action="store_true",
         help="skip the torch CUDA/sm_120 and sageattention checks (CPU-only test runs)",
+    )
+    image.add_argument(
+        "--without-sageattention",
+        action="store_true",
+        help="skip the sageattention check (runs outside the image, with the image's torch)",
     )
     args = parser.parse_args(argv)
 

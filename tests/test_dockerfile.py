@@ -309,6 +309,7 @@ def test_smoke_test_runs_in_both_stages_and_is_the_last_runtime_step() -> None:
     ):
         assert option in last.args
     assert "--skip-gpu-build-checks" not in last.args
+    assert "--without-sageattention" not in last.args
 
 
 def test_entrypoint_is_start_sh() -> None:
