@@ -92,20 +92,27 @@ def git_head(directory: Path) -> str:
     return result.stdout.strip()
 
 
-def refresh(checkout: Path, versions: dict) -> None:
-    """Copy the requirement files from a ComfyUI checkout at the pins; record their source."""
-    records = {}
+def refresh(checkout: Path, versions: dict, kept: Path = KEPT) -> None:
+    """Copy the requirement files from a ComfyUI checkout at the pins; record their source.
+
+    Every file is checked first: one checkout at the wrong commit changes nothing.
+    """
+    copies = []
     problems = []
     for item in kept_files(versions):
         source = checkout / Path(item["path"]).relative_to("ComfyUI")
         head = git_head(source.parent)
         if head != item["commit"]:
             problems.append(f"{source.parent} is at {head or 'no commit'}, pinned {item['commit']}")
-            continue
-        if not source.is_file():
+        elif not source.is_file():
             problems.append(f"{source} does not exist at {item['commit']}")
-            continue
-        target = KEPT / item["path"]
+        else:
+            copies.append((item, source))
+    if problems:
+        raise SystemExit("cannot refresh the requirement files:\n  " + "\n  ".join(problems))
+    records = {}
+    for item, source in copies:
+        target = kept / item["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
         records[item["path"]] = {
@@ -113,13 +120,11 @@ def refresh(checkout: Path, versions: dict) -> None:
             "commit": item["commit"],
             "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
         }
-    if problems:
-        raise SystemExit("cannot refresh the requirement files:\n  " + "\n  ".join(problems))
-    write_sources(records)
+    write_sources(records, kept / "sources.json")
 
 
-def write_sources(records: dict) -> None:
-    SOURCES.write_text(
+def write_sources(records: dict, path: Path = SOURCES) -> None:
+    path.write_text(
         json.dumps(
             {
                 "_comment": "Where each requirement file under docker/requirements/ came from: "

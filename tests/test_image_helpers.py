@@ -469,3 +469,82 @@ def test_requirement_files_command_exits_non_zero_on_a_difference(fetched_comfyu
     assert (
         "requirements.txt differs from docker/requirements/ComfyUI/requirements.txt" in bad.stdout
     )
+
+
+# ------------------------------------------------------------------ refreshing the kept files
+
+
+def load_locker() -> ModuleType:
+    path = REPO / "docker" / "lock_requirements.py"
+    spec = importlib.util.spec_from_file_location("lock_requirements", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+locker = load_locker()
+
+
+def committed_repo(path: Path, files: dict[str, str]) -> str:
+    path.mkdir(parents=True)
+    git("init", "-q", "-b", "main", cwd=path)
+    for name, text in files.items():
+        (path / name).write_text(text)
+    git("add", ".", cwd=path)
+    git("commit", "-q", "-m", "pin", cwd=path)
+    return git("rev-parse", "HEAD", cwd=path)
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> tuple[Path, dict]:
+    """A ComfyUI checkout with one node, each its own repository, and the pins it is at."""
+    comfyui = tmp_path / "ComfyUI"
+    comfy_sha = committed_repo(comfyui, {"requirements.txt": "torch\nnumpy>=1.25.0\n"})
+    node_sha = committed_repo(
+        comfyui / "custom_nodes" / "node-a", {"requirements-no-cupy.txt": "einops\n"}
+    )
+    versions = {
+        "comfyui": {"repo": "https://example.invalid/ComfyUI.git", "commit": comfy_sha,
+                    "requirements": ["requirements.txt"]},
+        "custom_nodes": [{"name": "node-a", "repo": "https://example.invalid/node-a.git",
+                          "commit": node_sha, "requirements": ["requirements-no-cupy.txt"]}],
+    }  # fmt: skip
+    return comfyui, versions
+
+
+def test_refresh_copies_each_file_and_records_its_commit(
+    checkout: tuple[Path, dict], tmp_path: Path
+) -> None:
+    comfyui, versions = checkout
+    kept = tmp_path / "kept"
+    locker.refresh(comfyui, versions, kept)
+    node_file = kept / "ComfyUI" / "custom_nodes" / "node-a" / "requirements-no-cupy.txt"
+    assert node_file.read_text() == "einops\n"
+    record = json.loads((kept / "sources.json").read_text())["files"]
+    assert record["ComfyUI/custom_nodes/node-a/requirements-no-cupy.txt"] == {
+        "repo": "https://example.invalid/node-a.git",
+        "commit": versions["custom_nodes"][0]["commit"],
+        "sha256": hashlib.sha256(b"einops\n").hexdigest(),
+    }
+    # What the build then checks: the fetched files are the kept ones.
+    assert smoke.requirement_file_problems(comfyui, kept) == []
+
+
+def test_refresh_from_a_checkout_off_its_pins_changes_nothing(
+    checkout: tuple[Path, dict], tmp_path: Path
+) -> None:
+    comfyui, versions = checkout
+    versions["custom_nodes"][0]["commit"] = "0" * 40
+    kept = tmp_path / "kept"
+    with pytest.raises(SystemExit, match=rf"node-a is at [0-9a-f]{{40}}, pinned {'0' * 40}"):
+        locker.refresh(comfyui, versions, kept)
+    assert not kept.exists()  # not even the files whose checkout was right
+
+
+def test_a_compiled_resolution_splits_into_blocks_with_their_annotations() -> None:
+    compiled = "numpy==2.5.5\n    # via\n    #   torch\ntorch==2.10.0\n    # via -r torch.txt\n"
+    assert locker.blocks(compiled) == [
+        ("numpy", "numpy==2.5.5\n    # via\n    #   torch\n"),
+        ("torch", "torch==2.10.0\n    # via -r torch.txt\n"),
+    ]
