@@ -406,7 +406,8 @@ class FakeHub(_AioServer):
             }
         )
 
-    async def _info(self, request: web.Request) -> web.Response:
+    def _read(self, request: web.Request) -> tuple[str, Repo, str] | web.Response:
+        """The repository and commit a read route names, or the Hub's error."""
         found = self._repo(request, write=False)
         if isinstance(found, web.Response):
             return found
@@ -414,6 +415,13 @@ class FakeHub(_AioServer):
         commit = self._revision(repo, request.match_info.get("rev", "main"))
         if commit is None:
             return _error(404, "RevisionNotFound", "no such revision")
+        return repo_id, repo, commit
+
+    async def _info(self, request: web.Request) -> web.Response:
+        found = self._read(request)
+        if isinstance(found, web.Response):
+            return found
+        repo_id, repo, commit = found
         siblings = [{"rfilename": path} for path in sorted(repo.commits[commit])]
         return web.json_response(
             {
@@ -426,13 +434,10 @@ class FakeHub(_AioServer):
         )
 
     async def _tree(self, request: web.Request) -> web.Response:
-        found = self._repo(request, write=False)
+        found = self._read(request)
         if isinstance(found, web.Response):
             return found
-        _, repo = found
-        commit = self._revision(repo, request.match_info["rev"])
-        if commit is None:
-            return _error(404, "RevisionNotFound", "no such revision")
+        _, repo, commit = found
         base = request.match_info.get("path", "").strip("/")
         prefix = f"{base}/" if base else ""
         recursive = request.query.get("recursive", "False").lower() == "true"
@@ -464,13 +469,10 @@ class FakeHub(_AioServer):
         return web.json_response(list(listing.values()))
 
     async def _resolve(self, request: web.Request) -> web.StreamResponse:
-        found = self._repo(request, write=False)
+        found = self._read(request)
         if isinstance(found, web.Response):
             return found
-        repo_id, repo = found
-        commit = self._revision(repo, request.match_info["rev"])
-        if commit is None:
-            return _error(404, "RevisionNotFound", "no such revision")
+        repo_id, repo, commit = found
         entry = repo.commits[commit].get(unquote(request.match_info["path"]))
         if entry is None:
             return _error(404, "EntryNotFound", "no such file")

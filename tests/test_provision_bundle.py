@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,13 +22,13 @@ import pytest
 
 from tests.fake_hub import FakeHub
 from tests.provision_servers import make_blob, write_manifest
+from tests.test_provision_cli import cli
 from wan_worker.errors import ConfigError, PublishError
 from wan_worker.provision import verify
 from wan_worker.provision.provisioner import Provisioner, Report
 from wan_worker.provision.publish import build_bundle
 from wan_worker.provision.settings import ProvisionSettings
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_planted_bundle_token_7c1e"
 MIB = 1024 * 1024
 BUNDLE = "me/wan-bundle"
@@ -97,20 +95,6 @@ def models(tmp_path: Path, hub: FakeHub) -> Models:
     return Models(tmp_path, hub)
 
 
-@pytest.fixture
-def hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Every file the provisioner hashes."""
-    seen: list[Path] = []
-    real = verify.sha256_file
-
-    def counting(path: Path) -> str:
-        seen.append(path)
-        return real(path)
-
-    monkeypatch.setattr(verify, "sha256_file", counting)
-    return seen
-
-
 def settings_for(tmp_path: Path, hub: FakeHub, manifest: Path, **overrides: object):
     base = ProvisionSettings(
         manifest_path=manifest,
@@ -152,20 +136,6 @@ def cache_bundle(tmp_path: Path, hub: FakeHub, revision: str = "main") -> Path:
 
 def provision(settings: ProvisionSettings, lines: list[str]) -> Report:
     return Provisioner(settings, log=lines.append).run()
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-    base.update({"PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
-    base.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "wan_worker.provision", *args],
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 # ---------------------------------------------------------------------------- building
