@@ -156,7 +156,7 @@ def build_bundle(
         operations.append(CommitOperationAdd("README.md", readme(repo, manifest, root)))
         operations += deletions
         for op in deletions:
-            log(f"[bundle] {op.path_in_repo}: not in the manifest any more; deleted")
+            log(f"[bundle] {op.path_in_repo}: not in the manifest any more; deleting it")
         with transfer_protocol(use_xet) as protocol:
             log(f"[bundle] uploading {len(files)} files to {repo}@{branch} over {protocol}")
             info = api.create_commit(
