@@ -19,14 +19,16 @@ The tree, with each class's `code` (* marks the ones that ask RunPod to replace 
     │   └── DiskFull            disk_full
     ├── StorageError            storage_error        the upload failed
     ├── GpuNotReady             gpu_unavailable      * boot: CUDA never became usable
-    └── ProvisionError          provision_failed     * boot: a model could not be had
-        └── DiskSpaceError      no_disk_space        * boot: the models do not fit
+    ├── ProvisionError          provision_failed     * boot: a model could not be had
+    │   └── DiskSpaceError      no_disk_space        * boot: the models do not fit
+    └── PublishError            publish_failed       bundle command: the Hub upload failed
 
 Jobs raise the first ten; the boot (`wan_worker.gpu_ready`, `python -m wan_worker.provision`)
-raises the last three and ConfigError, and reports them as exit statuses. The downloader's own
-signals (`SourceFailed`, `RetryableError`, `NoRangeSupport` in `wan_worker.provision.transfer`)
-never leave provisioning: a model that cannot be had is a ProvisionError naming every source
-tried.
+raises GpuNotReady, ProvisionError, DiskSpaceError and ConfigError, and reports them as exit
+statuses. The downloader's own signals (`SourceFailed`, `RetryableError`, `NoRangeSupport` in
+`wan_worker.provision.transfer`) never leave provisioning: a model that cannot be had is a
+ProvisionError naming every source tried. PublishError is raised only by
+`python -m wan_worker.provision bundle`, which a person runs to build the models bundle.
 """
 
 from __future__ import annotations
@@ -172,6 +174,12 @@ class DiskSpaceError(ProvisionError):
     """At boot: the models still to download do not fit on the models' disk."""
 
     code = "no_disk_space"
+
+
+class PublishError(WorkerError):
+    """Building the models bundle: the Hugging Face Hub refused or the upload failed."""
+
+    code = "publish_failed"
 
 
 def secret_values(env: dict[str, str] | None = None) -> list[str]:
