@@ -102,6 +102,35 @@ def test_a_video_that_stays_too_large_is_an_error_with_the_sizes(tmp_path, scrat
     assert list(scratch.iterdir()) == []
 
 
+def test_a_video_still_too_large_after_the_retry_is_an_error(tmp_path, scratch, monkeypatch):
+    source = make_mp4(tmp_path)
+    budget = len(source) // 4
+    monkeypatch.setattr(video_fit, "HEADROOM", 1.8)  # the first encode overshoots
+    monkeypatch.setattr(video_fit, "RETRY_MARGIN", 1.5)  # and so does the retry
+    with pytest.raises(OutputError) as caught:
+        fit_video(source, budget)
+    message = caught.value.message
+    assert message.startswith(
+        f"The video (160x96, 48 frames at 24 fps) cannot be made to fit {budget} bytes: at "
+    )
+    assert message.endswith("and that was the last of 2 tries.")
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_video_without_a_frame_count_in_its_index_is_counted(tmp_path):
+    """Matroska keeps no frame count: the fitter counts the frames by decoding them."""
+    mkv = tmp_path / "source.mkv"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=160x96:r=24,noise=alls=60:allf=t+u",
+         "-frames:v", "30", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "15", str(mkv)],
+        check=True,
+    )  # fmt: skip
+    source = mkv.read_bytes()
+    fitted = fit_video(source, len(source) // 2)
+    assert fitted.shape.frames == 30
+    assert probe(fitted.video).frames == 30
+
+
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
@@ -116,6 +145,17 @@ def test_a_damaged_video_fails_with_ffmpegs_own_words(tmp_path, scratch, damage,
         fit_video(damage(source), 10_000)
     assert caught.value.message.startswith("Reading ComfyUI's video failed (ffprobe: ")
     assert expected in caught.value.message
+    assert list(scratch.iterdir()) == []
+
+
+def test_an_mp4_without_a_video_stream_says_so(tmp_path, scratch):
+    audio = tmp_path / "audio.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=d=1", "-c:a", "aac", str(audio)],
+        check=True,
+    )  # fmt: skip
+    with pytest.raises(OutputError, match=r"^ComfyUI's video has no video stream\.$"):
+        fit_video(audio.read_bytes(), 10_000)
     assert list(scratch.iterdir()) == []
 
 

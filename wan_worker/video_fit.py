@@ -92,7 +92,6 @@ class Fitted:
     shape: VideoShape
     bitrate: int
     attempts: int
-    seconds: float
 
 
 def minimum_bytes(shape: VideoShape) -> int:
@@ -110,13 +109,12 @@ def planned_bitrate(shape: VideoShape, max_bytes: int) -> int:
 
 
 def fit_video(
-    video: bytes, max_bytes: int, *, preset: str = "fast", timeout_s: float = 300.0
+    video: bytes, max_bytes: int, *, preset: str = "veryfast", timeout_s: float = 300.0
 ) -> Fitted:
     """`video` re-encoded to at most `max_bytes`; an OutputError saying why when it cannot be."""
     if preset not in PRESETS:
         raise ValueError(f"unknown x264 preset {preset!r}")
-    started = time.monotonic()
-    deadline = _Deadline(started + timeout_s, timeout_s)
+    deadline = _Deadline(time.monotonic() + timeout_s, timeout_s)
     try:
         with tempfile.TemporaryDirectory(prefix="wan-fit-") as folder:
             source = Path(folder) / "in.mp4"
@@ -135,6 +133,7 @@ def fit_video(
                     f"pixel) it needs {floor} bytes."
                 )
             bitrate = planned_bitrate(shape, max_bytes)
+            lowest_rate = MIN_BITS_PER_PIXEL * shape.pixel_rate
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 _encode(source, target, shape, bitrate, preset, deadline)
                 size = target.stat().st_size
@@ -146,8 +145,7 @@ def fit_video(
                 ):
                     raise OutputError(
                         f"Re-encoding changed the video ({shape.describe()} became "
-                        f"{made.describe()}); it was not returned. Configure output storage "
-                        "to receive the original."
+                        f"{made.describe()}), so it was not returned."
                     )
                 if size <= max_bytes:
                     return Fitted(
@@ -156,16 +154,21 @@ def fit_video(
                         shape=shape,
                         bitrate=bitrate,
                         attempts=attempt,
-                        seconds=round(time.monotonic() - started, 3),
                     )
                 lower = int(bitrate * max_bytes / size * RETRY_MARGIN)
-                if lower < MIN_BITS_PER_PIXEL * shape.pixel_rate:
+                if lower < lowest_rate:
+                    why = (
+                        "a lower rate would go below the lowest quality allowed "
+                        f"({MIN_BITS_PER_PIXEL} bits per pixel)"
+                    )
                     break
-                bitrate = lower
+                if attempt < MAX_ATTEMPTS:
+                    bitrate = lower
+            else:
+                why = f"that was the last of {MAX_ATTEMPTS} tries"
             raise OutputError(
                 f"The video ({shape.describe()}) cannot be made to fit {max_bytes} bytes: at "
-                f"{bitrate // 1000} kbit/s it still took {size} bytes, and a lower rate would "
-                f"go below the lowest quality allowed ({MIN_BITS_PER_PIXEL} bits per pixel)."
+                f"{bitrate // 1000} kbit/s it still took {size} bytes, and {why}."
             )
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
