@@ -8,7 +8,8 @@ and "runs" a prompt by sending the websocket messages ComfyUI sends, in ComfyUI'
 `progress_state`, `executed` for the output node, `execution_success`; the history entry is
 written after `execution_success` and before the final `executing` with `node: null`, as in
 ComfyUI. The output node writes a real H.264 MP4 with ffmpeg, from the uploaded start image,
-with the frame count the workflow implies.
+with the frame count the workflow implies, and with `save_metadata` on writes the prompt into
+its tags as VideoHelperSuite does.
 
 Faults for tests are set with `POST /__double__/fault` (or `--fault` JSON at start):
   {"crash_at": node}          the process dies when that node starts (`"oom": true` logs a
