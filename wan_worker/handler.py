@@ -221,7 +221,6 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
             "fps": worker.template.fps,
             "attention": generation.attention,
             "attention_fallback": generation.fallback,
-            "bytes": len(generation.video),
             "timings": timings,
         }
     except Exception as exc:  # every failure becomes an error result
