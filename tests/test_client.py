@@ -21,7 +21,7 @@ from tests.runpod_double import RunPodDouble, progress
 from tests.test_local_api import free_port
 from wan_worker import errors
 from wan_worker.client import ExitCode, main
-from wan_worker.client.outcome import ERROR_CODES
+from wan_worker.client.outcome import failure
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -357,9 +357,10 @@ def test_usage_errors_exit_2_before_any_request(runpod, image, tmp_path, capsys,
     assert all(not s.path.endswith("/run") for s in double.seen)
 
 
-def test_known_error_codes_cover_the_workers():
-    """Every code a job result can carry: the job errors of wan_worker.errors (WorkerError
-    itself is never raised; boot-time errors elsewhere never reach a job) and internal_error."""
+def test_every_worker_error_code_is_read_from_the_error_text():
+    """Every code a job result can carry (the job errors of wan_worker.errors, and
+    internal_error) is taken off the front of `error` when the structured fields are lost, as
+    through the SDK's local API; a field name in the same place is not a code."""
     classes = [
         value
         for value in vars(errors).values()
@@ -369,7 +370,11 @@ def test_known_error_codes_cover_the_workers():
     ]
     worker_codes = {cls.code for cls in classes} | {"internal_error"}
     assert len(worker_codes) >= 10
-    assert worker_codes <= ERROR_CODES
+    for code in worker_codes:
+        read = failure({"status": "FAILED", "error": f"{code}: what went wrong. What to do."})
+        assert (read.code, read.message) == (code, "what went wrong. What to do.")
+    field_first = failure({"status": "FAILED", "error": "seed: must be an integer"})
+    assert (field_first.code, field_first.message) == (None, "seed: must be an integer")
 
 
 def test_pyproject_declares_the_console_script_and_the_client_extra():

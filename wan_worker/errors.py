@@ -182,6 +182,10 @@ class PublishError(WorkerError):
     code = "publish_failed"
 
 
+#: The code of a failure nothing foresaw: any exception that is not a WorkerError.
+INTERNAL_ERROR_CODE = "internal_error"
+
+
 def secret_values(env: dict[str, str] | None = None) -> list[str]:
     """The current values of every secret variable, longest first, ignoring trivial ones."""
     env = dict(os.environ) if env is None else env
@@ -222,5 +226,5 @@ def error_result(exc: BaseException) -> dict[str, Any]:
             f"Internal error ({type(exc).__name__}: {exc}). The job was not completed; "
             "retry it, and report the error if it repeats."
         ),
-        "error_code": "internal_error",
+        "error_code": INTERNAL_ERROR_CODE,
     }

@@ -25,6 +25,7 @@ from typing import IO, Any
 import requests
 
 from wan_worker.client.api import describe_failure
+from wan_worker.errors import INTERNAL_ERROR_CODE, WorkerError
 
 DOWNLOAD_TIMEOUT_S = (10.0, 120.0)
 # Output fields summarised on their own lines; any other field is printed as it comes.
@@ -46,26 +47,19 @@ KNOWN_OUTPUT_KEYS = frozenset(
         "timings",
     }
 )
-# The worker's error codes (README "Errors"); an `error` that starts with one of them and ": "
-# carries its code. A field name ("seed: ...") is not a code.
-ERROR_CODES = frozenset(
-    {
-        "invalid_input",
-        "workflow_rejected",
-        "execution_error",
-        "out_of_memory",
-        "timeout",
-        "comfyui_unavailable",
-        "output_error",
-        "disk_full",
-        "storage_error",
-        "config_error",
-        "internal_error",
-        "gpu_unavailable",
-        "no_disk_space",
-        "provision_failed",
-    }
-)
+# The worker's error codes (README "Errors"): every WorkerError's, and internal_error for the
+# unforeseen. An `error` that starts with one of them and ": " carries its code; a field name
+# ("seed: ...") is not a code.
+
+
+def _error_codes(cls: type[WorkerError]) -> set[str]:
+    codes = set()
+    for sub in cls.__subclasses__():
+        codes |= {sub.code} | _error_codes(sub)
+    return codes
+
+
+ERROR_CODES = frozenset(_error_codes(WorkerError) | {INTERNAL_ERROR_CODE})
 ERROR_CODE_PREFIX = re.compile(r"^([a-z]+(?:_[a-z]+)*): ")
 MAX_FIELD_TEXT = 200
 
