@@ -292,3 +292,15 @@ def test_the_disk_check_stops_the_job_with_a_clear_message_below_the_need(
 def test_the_recorded_disk_need_is_the_one_docs_image_md_gives() -> None:
     needed = IMAGE_WORKFLOW["env"]["BUILD_DISK_NEEDED_GB"]
     assert f"`BUILD_DISK_NEEDED_GB` is {needed}" in (REPO / "docs" / "image.md").read_text()
+
+
+def test_every_push_to_main_publishes_the_tag_the_readme_runs() -> None:
+    """README's first command runs `ghcr.io/OWNER/REPO:latest`: a push to main must push
+    `latest`, and a release tag must not move it back to an older build."""
+    readme = (REPO / "README.md").read_text()
+    (image_ref,) = re.findall(r"ghcr\.io/OWNER/REPO:(\S+) --rp_serve_api", readme)
+    meta = build_step("Tags and labels")["with"]
+    tags = [line.strip() for line in meta["tags"].splitlines() if line.strip()]
+    assert f"type=raw,value={image_ref},enable={{{{is_default_branch}}}}" in tags
+    assert meta["flavor"] == "latest=false"
+    assert "main" in IMAGE_WORKFLOW[True]["push"]["branches"]  # YAML 1.1 reads `on` as true
