@@ -1,22 +1,28 @@
 """Build-time smoke test of the worker image: the build fails unless this passes.
 
-Two commands:
+Three commands:
 
   smoke_image.py wheel WHEEL...
       In the builder stage, with cuobjdump on PATH: every SageAttention extension in the
       wheel holds sm_120a device code, and no other architecture.
 
-  smoke_image.py image [--comfyui-dir DIR] [--workflow FILE] [--lock FILE]
+  smoke_image.py requirement-files [--comfyui-dir DIR] [--kept DIR]
+      After fetching ComfyUI and the nodes: each requirement file the image installed from
+      docker/requirements/ (listed in its sources.json) is byte for byte the fetched one.
+
+  smoke_image.py image [--comfyui-dir DIR] [--workflow FILE] [--lock FILE]...
                        [--models-manifest FILE] [--skip-gpu-build-checks]
+                       [--without-sageattention]
       In the finished image, with the image's Python:
-      - torch is the pinned CUDA 12.8 build and was compiled for sm_120;
+      - torch is the pinned release, built for CUDA 12.8 and compiled for sm_120;
       - sageattention imports, with its compiled sm80/sm89 kernels and fused ops;
-      - the versions in docker/versions.json hold, and (--lock) every installed package is
-        pinned by docker/requirements.lock, docker/constraints.txt or torch itself;
+      - (--lock, repeatable) every installed package is pinned by one of the locks
+        (docker/torch.lock, docker/requirements.lock) or is SageAttention at its pin;
       - cv2 is the contrib build (Frame-Interpolation needs cv2.optflow);
       - the nine custom nodes are present, ComfyUI-Manager and QwenVL are not;
-      - `main.py --cpu --quick-test-for-ci` loads every node: no "IMPORT FAILED" or
-        "Cannot import" in its log, and each node listed as imported;
+      - `main.py --cpu --quick-test-for-ci` loads every node, read from ComfyUI's own
+        report: each of the nine listed under "Import times for custom nodes:" without
+        "(IMPORT FAILED)", and no built-in node file reported as "IMPORT FAILED: ...";
       - (--workflow) a ComfyUI started on loopback registers every node class the
         workflow uses, read back from /object_info;
       - (--models-manifest) Frame-Interpolation reads RIFE checkpoints from the folder the
@@ -24,6 +30,9 @@ Two commands:
 
 --skip-gpu-build-checks skips the torch CUDA and sageattention checks and says so: for a run
 on a CPU-only machine against a fetched ComfyUI and a CPU build of torch.
+--without-sageattention skips only the sageattention check and says so: for a run outside the
+image with its own torch (PyPI's CUDA 12.8 build, which needs no GPU to import) but without
+the SageAttention wheel that only the image's builder stage compiles.
 
 Standard library only; runs on Python 3.11 and 3.12.
 """
@@ -31,6 +40,7 @@ Standard library only; runs on Python 3.11 and 3.12.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -50,11 +60,24 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VERSIONS = REPO / "docker" / "versions.json"
-DEFAULT_LOCK = REPO / "docker" / "requirements.lock"
+DEFAULT_KEPT = REPO / "docker" / "requirements"
 FORBIDDEN_NODES = re.compile(r"manager|qwen[-_]?vl", re.IGNORECASE)
+# ComfyUI's own import report (nodes.py): after loading the custom nodes it logs
+#   Import times for custom nodes:
+#      0.1 seconds: /opt/ComfyUI/custom_nodes/rgthree-comfy
+#      0.0 seconds (IMPORT FAILED): /opt/ComfyUI/custom_nodes/RES4LYF
+# where IMPORT FAILED means load_custom_node() returned False, having logged the reason as
+# "Cannot import <path> module for custom nodes: <error>" (or "Skip <path> module ..."). A
+# built-in node file that fails is reported as "IMPORT FAILED: nodes_x.py".
 IMPORT_TIMES = "Import times for custom nodes:"
-FAILURE_MARKERS = ("IMPORT FAILED", "Cannot import")
+IMPORT_TIME_LINE = re.compile(r"^\s*[\d.]+ seconds( \(IMPORT FAILED\))?: (.+?)\s*$")
+BUILTIN_FAILED = re.compile(r"^IMPORT FAILED: (.+?)\s*$")
+CANNOT_IMPORT = re.compile(
+    r"^(?:Cannot import|Skip) (.+?) module for custom nodes(?::| due to) ?(.*)$"
+)
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+# ComfyUI's console formatter (app/logger.py) puts the level before each message: "[INFO] ".
+LEVEL_TAG = re.compile(r"^\[(?:DEBUG|DETAIL|INFO|WARNING|ERROR|CRITICAL)\] ?")
 SAGE_EXTENSIONS = ("_qattn_sm80", "_qattn_sm89", "_fused")
 WANTED_SM = "sm_120a"
 QUICK_TEST_TIMEOUT_S = 900.0
@@ -84,16 +107,6 @@ def parse_pins(text: str) -> dict[str, str]:
     return pins
 
 
-def exact_pins(requirements: Iterable[str]) -> dict[str, str]:
-    """name -> version of the requirements given as `name==version` (markers ignored)."""
-    pins: dict[str, str] = {}
-    for requirement in requirements:
-        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;,]+)\s*(;|$)", requirement)
-        if match:
-            pins[canonical(match.group(1))] = match.group(2)
-    return pins
-
-
 def unpinned(installed: Mapping[str, str], pins: Iterable[Mapping[str, str]]) -> list[str]:
     """Problems with installed packages that no pin allows, one line each."""
     problems = []
@@ -106,25 +119,54 @@ def unpinned(installed: Mapping[str, str], pins: Iterable[Mapping[str, str]]) ->
     return problems
 
 
+def log_lines(log: str) -> list[str]:
+    """The log's lines as ComfyUI's messages: colours and level tags removed."""
+    return [LEVEL_TAG.sub("", ANSI_ESCAPE.sub("", line)) for line in log.splitlines()]
+
+
+def import_report(log: str) -> tuple[dict[str, bool], list[str]]:
+    """ComfyUI's own import report: {custom node folder name: imported?} and failed built-ins.
+
+    Only the last "Import times for custom nodes:" section counts: ComfyUI lists prestartup
+    scripts in the same format, and a node's own log lines may say anything.
+    """
+    lines = log_lines(log)
+    builtin_failed = [m.group(1) for line in lines if (m := BUILTIN_FAILED.match(line.strip()))]
+    starts = [i for i, line in enumerate(lines) if line.strip() == IMPORT_TIMES]
+    nodes: dict[str, bool] = {}
+    if starts:
+        for line in lines[starts[-1] + 1 :]:
+            if not line.strip():  # the report ends with an empty message
+                break
+            match = IMPORT_TIME_LINE.match(line)
+            if match:  # other threads may log in between
+                nodes[Path(match.group(2)).name] = match.group(1) is None
+    return nodes, builtin_failed
+
+
 def node_import_problems(log: str, nodes: Iterable[str]) -> list[str]:
-    """What the ComfyUI log says went wrong while loading the custom nodes."""
-    log = ANSI_ESCAPE.sub("", log)
-    problems = [
-        f"log: {line.strip()}"
-        for line in log.splitlines()
-        if any(marker in line for marker in FAILURE_MARKERS)
-    ]
-    # Only the import section counts: ComfyUI lists prestartup scripts in the same format.
-    _, found, section = log.rpartition(IMPORT_TIMES)
-    imported = {
-        Path(match.group(1).strip()).name
-        for match in re.finditer(r"\b[\d.]+ seconds: (.+)$", section if found else "", re.M)
-    }
+    """What ComfyUI's import report says went wrong, with ComfyUI's reason where it gave one."""
+    report, builtin_failed = import_report(log)
+    if not report:
+        return [f'ComfyUI printed no "{IMPORT_TIMES}" report: it did not load the custom nodes']
+    reasons = {}
+    for line in log_lines(log):
+        match = CANNOT_IMPORT.match(line.strip())
+        if match:
+            reasons[Path(match.group(1)).name] = match.group(2).strip() or line.strip()
+    problems = []
+    for node in nodes:
+        if node not in report:
+            problems.append(f"custom node {node} is not in ComfyUI's import report")
+        elif not report[node]:
+            reason = reasons.get(node, "see the log above")
+            problems.append(f"custom node {node}: IMPORT FAILED ({reason})")
     problems += [
-        f"custom node {node} is not listed among the imported nodes"
-        for node in nodes
-        if node not in imported
+        f"custom node {name}: IMPORT FAILED ({reasons.get(name, 'see the log above')})"
+        for name, imported in report.items()
+        if not imported and name not in nodes
     ]
+    problems += [f"built-in node file {name}: IMPORT FAILED" for name in builtin_failed]
     return problems
 
 
@@ -175,8 +217,9 @@ def check_wheel(wheel: Path) -> list[str]:
 def check_torch(versions: Mapping) -> str:
     torch = importlib.import_module("torch")
     expected = versions["torch"]["packages"]["torch"]
-    if torch.__version__ != expected:
-        raise SmokeError(f"torch is {torch.__version__}, expected {expected}")
+    installed = importlib.metadata.version("torch")
+    if installed != expected:
+        raise SmokeError(f"torch is {installed}, expected {expected}")
     cuda = versions["torch"]["cuda"]
     if torch.version.cuda != cuda:
         raise SmokeError(f"torch was built for CUDA {torch.version.cuda}, expected {cuda}")
@@ -184,7 +227,10 @@ def check_torch(versions: Mapping) -> str:
     archs = torch._C._cuda_getArchFlags().split()
     if "sm_120" not in archs:
         raise SmokeError(f"torch was not compiled for sm_120: {archs}")
-    return f"torch {torch.__version__}, CUDA {torch.version.cuda}, archs {' '.join(archs)}"
+    return (
+        f"torch {installed} ({torch.__version__}), CUDA {torch.version.cuda}, "
+        f"archs {' '.join(archs)}"
+    )
 
 
 def check_sageattention(versions: Mapping) -> str:
@@ -202,25 +248,48 @@ def check_sageattention(versions: Mapping) -> str:
     return f"sageattention {version} from {Path(sage.__file__).parent}, kernels loaded"
 
 
-def check_pins(lock: Path, versions: Mapping) -> str:
+def check_pins(locks: list[Path], versions: Mapping) -> str:
     installed = {
         canonical(dist.metadata["Name"]): dist.version
         for dist in importlib.metadata.distributions()
     }
-    torch_requires = importlib.metadata.requires("torch") or []
-    pins = [
-        parse_pins(lock.read_text()),
-        {canonical(name): v for name, v in versions["torch"]["packages"].items()},
-        {"sageattention": versions["sageattention"]["version"]},
-        exact_pins(torch_requires),
-    ]
+    pins = [parse_pins(lock.read_text()) for lock in locks]
+    pins.append({"sageattention": versions["sageattention"]["version"]})
     problems = unpinned(installed, pins)
     if problems:
         raise SmokeError(
-            "installed packages outside the pins (regenerate docker/requirements.lock with "
+            "installed packages outside the pins (regenerate the locks with "
             "docker/lock_requirements.py):\n  " + "\n  ".join(problems)
         )
     return f"{len(installed)} installed packages, each pinned"
+
+
+def requirement_file_problems(comfyui: Path, kept: Path) -> list[str]:
+    """Differences between the kept requirement files and the ones fetched at the pins."""
+    record = json.loads((kept / "sources.json").read_text())["files"]
+    problems = []
+    for rel, source in sorted(record.items()):
+        copy = kept / rel
+        fetched = comfyui / Path(rel).relative_to("ComfyUI")
+        if hashlib.sha256(copy.read_bytes()).hexdigest() != source["sha256"]:
+            problems.append(f"{copy} is not the file recorded in sources.json")
+        elif not fetched.is_file():
+            problems.append(f"{fetched} does not exist at {source['commit']}")
+        elif fetched.read_bytes() != copy.read_bytes():
+            problems.append(f"{fetched} differs from docker/requirements/{rel}")
+    return problems
+
+
+def check_requirement_files(comfyui: Path, kept: Path) -> str:
+    problems = requirement_file_problems(comfyui, kept)
+    if problems:
+        raise SmokeError(
+            "the image installed requirement files that are not the fetched ones; copy them "
+            "from a checkout at the pins with docker/lock_requirements.py --refresh-from:\n  "
+            + "\n  ".join(problems)
+        )
+    count = len(json.loads((kept / "sources.json").read_text())["files"])
+    return f"{count} requirement files identical to the fetched ones"
 
 
 def check_opencv() -> str:
@@ -378,10 +447,11 @@ def image_checks(args: argparse.Namespace, versions: Mapping) -> list:
     if args.skip_gpu_build_checks:
         print("skipped torch CUDA 12.8/sm_120 and sageattention checks (--skip-gpu-build-checks)")
     else:
-        checks += [
-            ("torch", lambda: check_torch(versions)),
-            ("sageattention", lambda: check_sageattention(versions)),
-        ]
+        checks.append(("torch", lambda: check_torch(versions)))
+        if args.without_sageattention:
+            print("skipped the sageattention check (--without-sageattention)")
+        else:
+            checks.append(("sageattention", lambda: check_sageattention(versions)))
     if args.lock:
         checks.append(("pins", lambda: check_pins(args.lock, versions)))
     checks += [
@@ -402,10 +472,20 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     wheel = commands.add_parser("wheel", help="check SageAttention wheels (builder stage)")
     wheel.add_argument("wheels", type=Path, nargs="+")
+    files = commands.add_parser(
+        "requirement-files", help="the kept requirement files are the fetched ones"
+    )
+    files.add_argument("--comfyui-dir", type=Path, default=Path("/opt/ComfyUI"))
+    files.add_argument("--kept", type=Path, default=DEFAULT_KEPT)
     image = commands.add_parser("image", help="check the finished image")
     image.add_argument("--comfyui-dir", type=Path, default=Path("/opt/ComfyUI"))
     image.add_argument("--workflow", type=Path, help="API workflow whose node classes must exist")
-    image.add_argument("--lock", type=Path, help="fail on packages this lock does not pin")
+    image.add_argument(
+        "--lock",
+        type=Path,
+        action="append",
+        help="fail on installed packages that none of these locks pins (repeatable)",
+    )
     image.add_argument(
         "--models-manifest", type=Path, help="models.json whose RIFE link_into the node must read"
     )
@@ -414,13 +494,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the torch CUDA/sm_120 and sageattention checks (CPU-only test runs)",
     )
+    image.add_argument(
+        "--without-sageattention",
+        action="store_true",
+        help="skip the sageattention check (runs outside the image, with the image's torch)",
+    )
     args = parser.parse_args(argv)
-    versions = json.loads(args.versions.read_text())
 
     if args.command == "wheel":
         checks = [(w.name, lambda w=w: "; ".join(check_wheel(w))) for w in args.wheels]
+    elif args.command == "requirement-files":
+        checks = [
+            ("requirement files", lambda: check_requirement_files(args.comfyui_dir, args.kept))
+        ]
     else:
-        checks = image_checks(args, versions)
+        checks = image_checks(args, json.loads(args.versions.read_text()))
     failures = run_checks(checks)
     if failures:
         print(f"smoke test FAILED: {failures} of {len(checks)} checks failed")

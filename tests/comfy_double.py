@@ -8,7 +8,8 @@ and "runs" a prompt by sending the websocket messages ComfyUI sends, in ComfyUI'
 `progress_state`, `executed` for the output node, `execution_success`; the history entry is
 written after `execution_success` and before the final `executing` with `node: null`, as in
 ComfyUI. The output node writes a real H.264 MP4 with ffmpeg, from the uploaded start image,
-with the frame count the workflow implies.
+with the frame count the workflow implies, and with `save_metadata` on writes the prompt into
+its tags as VideoHelperSuite does.
 
 Faults for tests are set with `POST /__double__/fault` (or `--fault` JSON at start):
   {"crash_at": node}          the process dies when that node starts (`"oom": true` logs a
@@ -327,7 +328,13 @@ class Double:
         if self.interrupt.is_set() and not self.faults.get("ignore_interrupt"):
             raise Interrupted
 
-    async def run_node(self, prompt_id: str, prompt: dict[str, Any], node_id: str) -> Any:
+    async def run_node(
+        self,
+        prompt_id: str,
+        prompt: dict[str, Any],
+        node_id: str,
+        extra_data: dict[str, Any] | None = None,
+    ) -> Any:
         node = prompt[node_id]
         faults = self.faults
         if faults.get("crash_at") == node_id:
@@ -368,7 +375,7 @@ class Double:
         if node["class_type"] == "GetImageSize":
             await self.send_text(node_id, "width: 0, height: 0\n batch size: 1")
         if node["class_type"] == "VHS_VideoCombine":
-            return await self.write_video(prompt_id, prompt, node_id)
+            return await self.write_video(prompt_id, prompt, node_id, extra_data)
         if node["class_type"] == "SaveImage":
             return {"images": []}
         return None
@@ -392,8 +399,42 @@ class Double:
                 self.cuda_broken = message
             raise NodeFailure(exc_type, message, frames)
 
+    def metadata_args(
+        self, prompt: dict[str, Any], node_id: str, extra_data: dict[str, Any], stem: str
+    ) -> tuple[list[str], list[str]]:
+        """VHS's `save_metadata`: the prompt (and extra_pnginfo) as MP4 tags, as VHS writes them.
+
+        VideoHelperSuite (videohelpersuite/nodes.py, ffmpeg_process) writes an FFMETADATA file
+        with `prompt` and `workflow` as JSON, puts it before the frames as ffmpeg's first
+        input, and adds `-metadata creation_time=now -movflags use_metadata_tags`.
+        """
+        if not prompt[node_id]["inputs"].get("save_metadata", True):
+            return [], []
+        tags: dict[str, Any] = {"prompt": prompt}
+        tags.update(extra_data.get("extra_pnginfo") or {})
+
+        def escape(key: str, value: Any) -> str:
+            text = json.dumps(value)
+            for char in ("\\", ";", "#", "=", "\n"):
+                text = text.replace(char, "\\" + char)
+            return f"{key}={text}"
+
+        path = self.temp_dir / f"{stem}.ffmetadata"
+        path.write_text(
+            ";FFMETADATA1\n" + "".join(escape(k, v) + "\n" for k, v in tags.items()),
+            encoding="utf-8",
+        )
+        return (
+            ["-i", str(path)],
+            ["-metadata", "creation_time=now", "-movflags", "use_metadata_tags"],
+        )
+
     async def write_video(
-        self, prompt_id: str, prompt: dict[str, Any], node_id: str
+        self,
+        prompt_id: str,
+        prompt: dict[str, Any],
+        node_id: str,
+        extra_data: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         width, height, frames, fps, attention = self.video_shape(prompt)
         prefix = str(prompt[node_id]["inputs"]["filename_prefix"])
@@ -420,15 +461,18 @@ class Double:
                 f"scale={width}:{height}:force_original_aspect_ratio=increase,"
                 f"crop={width}:{height},hue=H=2*PI*t/3"
             )
+        meta_in, meta_out = self.metadata_args(prompt, node_id, extra_data or {}, stem)
         args = [
-            "ffmpeg", "-v", "error", "-n", *source, "-vf", filters, "-frames:v", str(frames),
-            "-c:v", "libx264", "-preset", "ultrafast", "-crf", "15", "-pix_fmt", "yuv420p",
-            str(mp4),
+            "ffmpeg", "-v", "error", "-n", *meta_in, *source, "-vf", filters,
+            "-frames:v", str(frames), "-c:v", "libx264", "-preset", "ultrafast", "-crf", "15",
+            "-pix_fmt", "yuv420p", *meta_out, str(mp4),
         ]  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
             *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         _, err = await proc.communicate()
+        if meta_in:
+            Path(meta_in[1]).unlink()
         if proc.returncode != 0:
             raise NodeFailure(
                 "Exception", "An error occured in the ffmpeg subprocess:\n" + err.decode()
@@ -481,7 +525,7 @@ class Double:
                     {"node": node_id, "display_node": node_id, "prompt_id": prompt_id},
                     self.client_id,
                 )
-                ui = await self.run_node(prompt_id, prompt, node_id)
+                ui = await self.run_node(prompt_id, prompt, node_id, extra_data)
                 executed.append(node_id)
                 if ui is not None:
                     ui_outputs[node_id] = ui

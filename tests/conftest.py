@@ -1,4 +1,5 @@
-"""Shared fixtures: a ComfyUI to talk to (the double, or a real one from COMFYUI_URL), images.
+"""Shared fixtures: a ComfyUI to talk to (the double, or a real one from COMFYUI_URL), images,
+and a record of the files the provisioner hashes.
 
 Integration tests take the `comfy` fixture. Without COMFYUI_URL it is the protocol-faithful
 double in a subprocess; with COMFYUI_URL (and COMFYUI_DIR, the folder that holds that
@@ -25,6 +26,7 @@ from PIL import Image
 from wan_worker.comfy.client import ComfyClient
 from wan_worker.comfy.process import ComfyProcess
 from wan_worker.handler import Worker
+from wan_worker.provision import verify
 from wan_worker.settings import Settings
 from wan_worker.workflow import load_template
 
@@ -195,3 +197,17 @@ def comfy_double(tmp_path: Path) -> Iterator[ComfyServer]:
     server = start_double(tmp_path)
     yield server
     stop(server)
+
+
+@pytest.fixture
+def hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every file the provisioner hashes (sha256), in order."""
+    seen: list[Path] = []
+    real = verify.sha256_file
+
+    def counting(path: Path) -> str:
+        seen.append(path)
+        return real(path)
+
+    monkeypatch.setattr(verify, "sha256_file", counting)
+    return seen

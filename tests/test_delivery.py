@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 from dataclasses import replace
+from pathlib import Path
 
 import boto3
 import pytest
 import requests
 
 from tests.conftest import ComfyServer, make_png
-from tests.media import probe
+from tests.media import graph_tags, make_mp4, probe
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, make_bucket, moto_s3
 from wan_worker.delivery import deliver, make_store
 from wan_worker.errors import ConfigError, OutputError, error_result
@@ -61,6 +62,8 @@ def test_large_videos_go_by_url_only(s3):
     settings = Settings(storage=storage(s3), max_base64_bytes=1000)
     result = deliver(VIDEO, "job-2.mp4", settings, make_store(settings))
     assert "video" not in result
+    assert "reencoded" not in result  # with storage the original is never re-encoded
+    assert result["bytes"] == len(VIDEO)
     assert requests.get(result["video_url"], timeout=10).content == VIDEO
 
 
@@ -76,20 +79,110 @@ def test_a_failed_upload_says_why_and_falls_back_to_inline(s3):
     result = deliver(VIDEO, "job-3.mp4", settings, make_store(settings))
     assert base64.b64decode(result["video"]) == VIDEO
     assert "NoSuchBucket" in result["upload_error"]
-    too_big = replace(settings, max_base64_bytes=100)
+
+
+def test_a_failed_upload_of_a_large_video_returns_it_fitted_inline(s3, tmp_path: Path):
+    """The video was made: a smaller copy and the upload's error beat a failed job."""
+    video = make_mp4(tmp_path)
+    budget = len(video) // 2
+    settings = Settings(storage=storage(s3, bucket="no-such-bucket"), max_base64_bytes=budget)
+    result = deliver(video, "job-4.mp4", settings, make_store(settings))
+    assert "NoSuchBucket" in result["upload_error"]
+    assert "video_url" not in result
+    fitted = base64.b64decode(result["video"])
+    assert len(result["video"]) <= budget and result["bytes"] == len(fitted)
+    assert (result["reencoded"], result["original_bytes"]) == (True, len(video))
+    assert result["reencode_note"].endswith(
+        "For the full-quality original, fix the upload (upload_error) and run the job again."
+    )
+    assert probe(fitted).frames == 48
+
+
+def test_a_failed_upload_of_a_video_that_cannot_be_fitted_is_a_storage_error(s3):
+    settings = Settings(storage=storage(s3, bucket="no-such-bucket"), max_base64_bytes=100)
     with pytest.raises(Exception) as caught:
-        deliver(VIDEO, "job-4.mp4", too_big, make_store(too_big))
+        deliver(VIDEO, "job-5.mp4", settings, make_store(settings))
     error = error_result(caught.value)
     assert error["error_code"] == "storage_error"
-    assert "Uploading the video to bucket 'no-such-bucket' failed: NoSuchBucket" in error["error"]
+    message = error["error"]
+    assert message.startswith(
+        "storage_error: Uploading the video to bucket 'no-such-bucket' failed: NoSuchBucket"
+    )
+    assert "The video could not be returned inline instead: The video is 10252 bytes" in message
+    assert "Re-encoding it to fit failed: Reading ComfyUI's video failed (ffprobe: " in message
+    off = replace(settings, reencode_to_fit=False)
+    with pytest.raises(Exception) as caught:
+        deliver(VIDEO, "job-6.mp4", off, make_store(off))
+    assert error_result(caught.value)["error_code"] == "storage_error"
 
 
-def test_without_storage_a_large_video_is_an_error_that_says_how_to_fix_it():
+def test_without_storage_a_large_video_is_fitted_and_says_so(tmp_path: Path):
+    video = make_mp4(tmp_path, metadata=True)
+    budget = len(video) // 3
+    result = deliver(video, "x.mp4", Settings(max_base64_bytes=budget), None)
+    fitted = base64.b64decode(result["video"])
+    assert len(result["video"]) <= budget
+    info = probe(fitted)
+    assert (info.codec, info.width, info.height, info.frames, info.fps) == (
+        "h264",
+        160,
+        96,
+        48,
+        24.0,
+    )
+    assert graph_tags(fitted) == {}
+    assert result["reencoded"] is True
+    assert result["original_bytes"] == len(video)
+    assert result["bytes"] == len(fitted) < len(video)
+    note = result["reencode_note"]
+    assert note.startswith(f"The video was {len(video)} bytes, too large to return inline ")
+    assert f"(MAX_BASE64_BYTES={budget} bytes of base64)" in note
+    assert "the same 160x96, 48 frames at 24 fps, at a lower quality." in note
+    assert "configure output storage (BUCKET_NAME, BUCKET_ACCESS_KEY_ID" in note
+
+
+def test_a_video_that_fits_is_returned_as_it_is(tmp_path: Path):
+    video = make_mp4(tmp_path)
+    result = deliver(video, "x.mp4", Settings(), None)
+    assert base64.b64decode(result["video"]) == video
+    assert result["bytes"] == len(video)
+    assert "reencoded" not in result and "original_bytes" not in result
+
+
+def test_without_storage_a_video_that_cannot_be_fitted_says_why_and_how_to_fix_it(
+    tmp_path: Path,
+):
+    video = make_mp4(tmp_path)
     with pytest.raises(OutputError) as caught:
-        deliver(VIDEO, "x.mp4", Settings(max_base64_bytes=1000), None)
+        deliver(video, "x.mp4", Settings(max_base64_bytes=4000), None)
+    message = caught.value.message
+    assert message.startswith(
+        f"The video is {len(video)} bytes ({(len(video) + 2) // 3 * 4} as base64), above this "
+        "worker's inline limit of 4000 bytes of base64"
+    )
+    assert (
+        "Re-encoding it to fit failed: The video (160x96, 48 frames at 24 fps) cannot be "
+        "made to fit 3000 bytes: even at the lowest quality allowed" in message
+    )
+    assert message.endswith(
+        "Configure output storage (BUCKET_NAME, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY, "
+        "and BUCKET_ENDPOINT_URL for R2 or other S3-compatible storage) to receive a video_url "
+        "instead."
+    )
+    with pytest.raises(OutputError) as caught:
+        deliver(b"not an mp4" * 100, "x.mp4", Settings(max_base64_bytes=1000), None)
+    assert "Re-encoding it to fit failed: Reading ComfyUI's video failed (ffprobe: " in (
+        caught.value.message
+    )
+
+
+def test_with_reencoding_off_a_large_video_is_an_error_that_says_how_to_fix_it():
+    with pytest.raises(OutputError) as caught:
+        deliver(VIDEO, "x.mp4", Settings(max_base64_bytes=1000, reencode_to_fit=False), None)
     message = caught.value.message
     assert "above this worker's inline limit of 1000 bytes of base64" in message
     assert "BUCKET_NAME, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY" in message
+    assert "set REENCODE_TO_FIT=1" in message
     assert "raise MAX_BASE64_BYTES" in message
 
 
@@ -132,6 +225,27 @@ def test_storage_settings_come_from_the_environment():
         settings.storage.region,
     ) == ("videos", 3600, "auto")
     assert "secret" not in repr(settings)
+
+
+def test_reencode_settings_come_from_the_environment():
+    defaults = Settings.from_env({})
+    assert (defaults.reencode_to_fit, defaults.reencode_preset, defaults.reencode_timeout_s) == (
+        True,
+        "veryfast",
+        300.0,
+    )
+    settings = Settings.from_env(
+        {"REENCODE_TO_FIT": "0", "REENCODE_PRESET": "Medium", "REENCODE_TIMEOUT_S": "60"}
+    )
+    assert (settings.reencode_to_fit, settings.reencode_preset, settings.reencode_timeout_s) == (
+        False,
+        "medium",
+        60.0,
+    )
+    with pytest.raises(ConfigError, match="REENCODE_PRESET='warp' must be one of: ultrafast"):
+        Settings.from_env({"REENCODE_PRESET": "warp"})
+    with pytest.raises(ConfigError, match="REENCODE_TIMEOUT_S='0' must be at least 1"):
+        Settings.from_env({"REENCODE_TIMEOUT_S": "0"})
 
 
 def test_a_job_uploads_its_video_end_to_end(comfy: ComfyServer, s3):

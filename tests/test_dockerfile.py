@@ -1,22 +1,24 @@
 """Static checks of the Dockerfile against the pins the project records in docker/versions.json.
 
 No Docker engine runs in CI, so these read the Dockerfile as text: base images, the CUDA
-architecture list, every git source pinned to a full SHA, the nine nodes and their
-requirements, no ComfyUI-Manager or QwenVL, and the lock and constraints in step with the record.
+architecture list, every git source pinned to a full SHA, the nine nodes and their kept
+requirement files, no ComfyUI-Manager or QwenVL, the locks in step with the record, and the
+layer order that keeps the torch layer cached. tests/test_requirements_resolve.py runs its
+Python installs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.dockerfile import DOCKERFILE, commands, parse_dockerfile
+
 REPO = Path(__file__).resolve().parent.parent
-DOCKERFILE = REPO / "Dockerfile"
 VERSIONS = json.loads((REPO / "docker" / "versions.json").read_text())
 SHA = re.compile(r"^[0-9a-f]{40}$")
 # Named here on purpose, not read from versions.json: the record itself must hold these nine.
@@ -29,43 +31,8 @@ NINE_NODES = {
 APP_FILES_FROM_ELSEWHERE = {"start.sh", "rp_handler.py", "extra_model_paths.yaml"}
 
 
-@dataclass(frozen=True)
-class Instruction:
-    stage: str
-    keyword: str
-    args: str
-
-
-def parse_dockerfile(text: str) -> list[Instruction]:
-    """Instructions with continuation lines joined and comments dropped, tagged by stage."""
-    instructions: list[Instruction] = []
-    stage = ""
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        full = (pending + line).strip()
-        pending = ""
-        keyword, _, args = full.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "FROM":
-            stage = args.split()[-1] if " AS " in args.upper() else args
-        instructions.append(Instruction(stage, keyword, " ".join(args.split())))
-    return instructions
-
-
 INSTRUCTIONS = parse_dockerfile(DOCKERFILE.read_text())
 RUNS = [i for i in INSTRUCTIONS if i.keyword == "RUN"]
-
-
-def commands(run: Instruction) -> list[list[str]]:
-    """The shell commands of a RUN, split on && and tokenised."""
-    body = re.sub(r"^(--\S+\s+)+", "", run.args)
-    return [shlex.split(part) for part in body.split("&&")]
 
 
 def fetches() -> list[tuple[str, str, str, str]]:
@@ -93,8 +60,10 @@ def test_base_images_are_the_recorded_cuda_12_8_ubuntu_24_04_pair() -> None:
         f"{VERSIONS['base_images']['runtime']} AS runtime",
     ]
     builder, runtime = VERSIONS["base_images"]["builder"], VERSIONS["base_images"]["runtime"]
-    assert re.fullmatch(r"nvidia/cuda:12\.8\.\d+-cudnn-devel-ubuntu24\.04", builder)
-    assert runtime == builder.replace("-devel-", "-runtime-")
+    # nvcc and the CUDA headers to build SageAttention; at run time torch's wheels bring the
+    # CUDA libraries, so the runtime is the CUDA base image of the same release.
+    assert re.fullmatch(r"nvidia/cuda:12\.8\.\d+-devel-ubuntu24\.04", builder)
+    assert runtime == builder.replace("-devel-", "-base-")
 
 
 def test_torch_cuda_arch_list_is_exactly_12_0() -> None:
@@ -162,7 +131,7 @@ def test_all_nine_nodes_at_their_recorded_commits_and_nothing_else() -> None:
     }
     assert nodes == recorded
     workdirs = [i for i in INSTRUCTIONS if i.keyword == "WORKDIR"]
-    node_run = next(r for r in RUNS if "rgthree-comfy" in r.args)
+    node_run = next(r for r in RUNS if "git-fetch-commit https://github.com/rgthree" in r.args)
     workdir = [w for w in workdirs if INSTRUCTIONS.index(w) < INSTRUCTIONS.index(node_run)][-1]
     assert workdir.args == "/opt/ComfyUI/custom_nodes"
 
@@ -184,44 +153,95 @@ def test_no_step_hides_a_failure() -> None:
     assert shells == ['["/bin/bash", "-o", "pipefail", "-c"]'] * 2
 
 
-def test_requirements_install_covers_comfyui_every_node_and_the_worker() -> None:
-    install = next(r for r in RUNS if "-r /opt/ComfyUI/requirements.txt" in r.args)
-    wanted = {f"/opt/ComfyUI/{name}" for name in VERSIONS["comfyui"]["requirements"]}
+def kept_requirement_files() -> list[str]:
+    """Paths under docker/requirements/ of every requirement file versions.json names."""
+    files = [f"ComfyUI/{name}" for name in VERSIONS["comfyui"]["requirements"]]
     for node in VERSIONS["custom_nodes"]:
-        wanted |= {f"/opt/ComfyUI/custom_nodes/{node['name']}/{r}" for r in node["requirements"]}
+        files += [f"ComfyUI/custom_nodes/{node['name']}/{r}" for r in node["requirements"]]
+    return files
+
+
+def test_requirements_install_covers_comfyui_every_node_and_the_worker() -> None:
+    install = next(r for r in RUNS if "-r /app/requirements.txt" in r.args)
+    wanted = {f"/app/docker/requirements/{path}" for path in kept_requirement_files()}
     wanted.add("/app/requirements.txt")
     listed = set(re.findall(r"-r (\S+)", install.args))
     assert listed == wanted
-    assert "--constraint /app/docker/constraints.txt" in install.args
+    assert "--constraint /app/docker/torch.lock" in install.args
     assert "--constraint /app/docker/requirements.lock" in install.args
     assert "--only-binary :all:" in install.args
     assert "uv pip check" in install.args
 
 
-def test_torch_stack_comes_from_the_cu128_index_under_the_constraints() -> None:
+def test_kept_requirement_files_are_recorded_at_the_pinned_commits() -> None:
+    """A pin bumped without copying the node's requirement file again fails here, not after
+    an hour of build (where smoke_image.py requirement-files would stop it)."""
+    kept = REPO / "docker" / "requirements"
+    record = json.loads((kept / "sources.json").read_text())["files"]
+    assert sorted(record) == sorted(kept_requirement_files())
+    on_disk = sorted(
+        str(p.relative_to(kept))
+        for p in kept.rglob("*")
+        if p.is_file() and p.name != "sources.json"
+    )
+    assert on_disk == sorted(record), "docker/requirements/ holds files nothing installs"
+    pinned = {VERSIONS["comfyui"]["repo"]: VERSIONS["comfyui"]["commit"]}
+    pinned |= {node["repo"]: node["commit"] for node in VERSIONS["custom_nodes"]}
+    for path, source in record.items():
+        assert source["commit"] == pinned[source["repo"]], (
+            f"docker/requirements/{path} was copied at {source['commit']}, the pin is "
+            f"{pinned[source['repo']]}: run docker/lock_requirements.py --refresh-from"
+        )
+        assert hashlib.sha256((kept / path).read_bytes()).hexdigest() == source["sha256"]
+
+
+def test_the_fetched_requirement_files_are_checked_right_after_the_fetch() -> None:
+    check = next(r for r in RUNS if "smoke_image.py requirement-files" in r.args)
+    assert check.stage == "runtime"
+    assert "--comfyui-dir /opt/ComfyUI --kept /app/docker/requirements" in check.args
+    last_fetch = max(INSTRUCTIONS.index(r) for r in RUNS if "git-fetch-commit" in r.args)
+    between = INSTRUCTIONS[last_fetch + 1 : INSTRUCTIONS.index(check)]
+    assert all(i.keyword == "COPY" for i in between)
+
+
+def test_torch_stack_comes_from_pypi_under_the_torch_lock() -> None:
     torch_runs = [r for r in RUNS if "torch torchvision torchaudio" in r.args]
     assert len(torch_runs) == 1
     run = torch_runs[0]
     assert run.stage == "runtime"
     assert f"--index-url {VERSIONS['torch']['index_url']}" in run.args
-    assert "--constraint /app/docker/constraints.txt" in run.args
+    assert "--constraint /app/docker/torch.lock" in run.args
     builder_torch = next(r for r in RUNS if r.stage == "sage-builder" and " torch" in r.args)
     assert f"--index-url {VERSIONS['torch']['index_url']}" in builder_torch.args
-    assert VERSIONS["torch"]["index_url"].endswith("/cu128")
+    assert "--constraint /build/docker/torch.lock" in builder_torch.args
+    assert VERSIONS["torch"]["index_url"] == "https://pypi.org/simple"
+    assert "download.pytorch.org" not in DOCKERFILE.read_text()
 
 
-def test_constraints_file_pins_the_recorded_torch_stack() -> None:
-    text = (REPO / "docker" / "constraints.txt").read_text()
-    pins = dict(
-        line.split("==") for line in text.splitlines() if line.strip() and not line.startswith("#")
+def test_the_torch_layer_copies_nothing_but_the_torch_lock() -> None:
+    """A change to requirements.lock, versions.json, a node pin or the worker must not
+    re-download the torch stack: nothing the torch layer does not read is copied before it."""
+    for stage, marker in (("runtime", "torch torchvision torchaudio"), ("sage-builder", " torch")):
+        torch_run = next(r for r in RUNS if r.stage == stage and marker in r.args)
+        before = [
+            i
+            for i in INSTRUCTIONS[: INSTRUCTIONS.index(torch_run)]
+            if i.stage == stage and i.keyword == "COPY" and "--from=" not in i.args
+        ]
+        assert [i.args.split()[0] for i in before] == ["docker/torch.lock"], stage
+    runtime = [i for i in INSTRUCTIONS if i.stage == "runtime"]
+    torch_at = runtime.index(next(r for r in runtime if "torch torchvision torchaudio" in r.args))
+    requirements_at = runtime.index(
+        next(r for r in runtime if "-r /app/requirements.txt" in r.args)
     )
-    assert pins == VERSIONS["torch"]["packages"]
-    assert pins["torch"].startswith("2.10.0+cu128")
+    fetch_at = runtime.index(next(r for r in runtime if "git-fetch-commit" in r.args))
+    worker_at = runtime.index(next(i for i in runtime if i.args.startswith("wan_worker/")))
+    assert torch_at < requirements_at < fetch_at < worker_at
 
 
-def lock_pins() -> dict[str, str]:
+def lock_pins(name: str = "requirements.lock") -> dict[str, str]:
     pins = {}
-    for line in (REPO / "docker" / "requirements.lock").read_text().splitlines():
+    for line in (REPO / "docker" / name).read_text().splitlines():
         if line and not line.startswith((" ", "#")):
             name, _, version = line.partition("==")
             assert version, f"lock line is not name==version: {line}"
@@ -229,17 +249,26 @@ def lock_pins() -> dict[str, str]:
     return pins
 
 
-def test_lock_leaves_the_torch_stack_to_the_cu128_wheels() -> None:
-    pins = lock_pins()
-    assert len(pins) > 100
-    for name in ("torch", "torchvision", "torchaudio", "triton"):
-        assert name not in pins
-    assert not [n for n in pins if re.fullmatch(r"nvidia-.*-cu12", n)]
+def test_torch_lock_pins_the_recorded_torch_stack_and_its_cuda_12_8_wheels() -> None:
+    torch = lock_pins("torch.lock")
+    recorded = VERSIONS["torch"]["packages"]
+    assert {name: torch[name] for name in recorded} == recorded
+    assert torch["nvidia-cuda-runtime-cu12"].startswith(VERSIONS["torch"]["cuda"] + ".")
+    assert "triton" in torch
+
+
+def test_the_two_locks_split_the_packages_between_them() -> None:
+    torch, rest = lock_pins("torch.lock"), lock_pins()
+    assert len(rest) > 100
+    assert not set(torch) & set(rest)
+    assert not [
+        n for n in rest if re.fullmatch(r"nvidia-.*-cu12|torch|torchvision|torchaudio|triton", n)
+    ]
 
 
 def test_lock_agrees_with_the_workers_own_pins() -> None:
     """requirements.txt changed without regenerating the lock would fail the image build."""
-    pins = lock_pins()
+    pins = lock_pins("torch.lock") | lock_pins()
     for raw in (REPO / "requirements.txt").read_text().splitlines():
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -274,12 +303,13 @@ def test_smoke_test_runs_in_both_stages_and_is_the_last_runtime_step() -> None:
     assert "smoke_image.py image" in last.args
     for option in (
         "--workflow /app/workflows/wan_flf_i2v_api.json",
-        "--lock /app/docker/requirements.lock",
+        "--lock /app/docker/torch.lock --lock /app/docker/requirements.lock",
         "--models-manifest /app/workflows/models.json",
         "--comfyui-dir /opt/ComfyUI",
     ):
         assert option in last.args
     assert "--skip-gpu-build-checks" not in last.args
+    assert "--without-sageattention" not in last.args
 
 
 def test_entrypoint_is_start_sh() -> None:

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import ComfyServer, make_png
-from tests.media import probe
+from tests.media import graph_tags, probe
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -107,6 +107,46 @@ def test_without_comfyui_dir_a_local_job_still_leaves_no_files(comfy: ComfyServe
         reply = requests.post(f"{url}/runsync", json=body, timeout=900).json()
         assert reply["status"] == "COMPLETED", reply
         assert comfy.job_files() == []
+
+
+def test_a_default_size_request_without_storage_returns_a_video_within_runpods_limit(
+    api: str, comfy: ComfyServer
+):
+    """The README's request: no width or height, so 720x1280, and no output storage.
+
+    The double's 720x1280 MP4 is about 11.9 MB (15.9 MB as base64): over the inline budget,
+    so the worker re-encodes it to fit. RunPod refuses /run results over 10 MB.
+    """
+    body = {
+        "input": {
+            "start_image": "data:image/png;base64," + base64.b64encode(make_png(200, 120)).decode(),
+            "prompt": "she turns to the camera and smiles, hair moving in the wind",
+        }
+    }
+    response = requests.post(f"{api}/runsync", json=body, timeout=900)
+    assert len(response.content) < 10_000_000
+    reply = response.json()
+    around = len(response.content) - len(reply.get("output", {}).get("video", ""))
+    assert around < 4000  # all but the base64: what MAX_BASE64_BYTES leaves room for
+    assert reply["status"] == "COMPLETED", {k: v for k, v in reply.items() if k != "output"}
+    output = reply["output"]
+    video = base64.b64decode(output["video"])
+    info = probe(video)
+    assert (info.codec, info.width, info.height, info.frames, info.fps) == (
+        "h264",
+        720,
+        1280,
+        161,
+        24.0,
+    )
+    assert (output["width"], output["height"], output["frames"]) == (720, 1280, 161)
+    assert output["bytes"] == len(video) <= 9_500_000 * 3 // 4
+    if comfy.is_double or "reencoded" in output:  # a real ComfyUI's video may fit as it is
+        assert output["reencoded"] is True
+        assert output["original_bytes"] > 9_500_000 * 3 // 4
+        assert "configure output storage" in output["reencode_note"]
+    assert graph_tags(video) == {}
+    assert comfy.job_files() == []
 
 
 def test_runsync_reports_input_errors(api: str):

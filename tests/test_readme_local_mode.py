@@ -1,5 +1,6 @@
 """README's local mode, run as written: the double and the worker in the background of one
-shell, one job from test_input.json, the answer printed without its video, both stopped.
+shell, a job through the client, one from test_input.json through curl with the answer printed
+without its video, both stopped.
 
 Only what a test must change is changed: free ports instead of 8188 and 8000, a temporary
 folder instead of /tmp, and this virtualenv instead of making one (the two setup lines).
@@ -14,6 +15,8 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.media import probe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +71,8 @@ def test_readme_local_mode_runs_as_written(tmp_path: Path):
     )
     logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
     assert done.returncode == 0, done.stderr + logs[-3000:]
-    answer = json.loads(done.stdout)
+    # The client's lines come first; the curl's answer is the JSON object printed last.
+    answer = json.loads(done.stdout[done.stdout.index("\n{") + 1 :])
     assert answer["status"] == "COMPLETED", answer
     assert "video" not in answer["output"]
     sample = json.loads((ROOT / "test_input.json").read_text())["input"]
@@ -77,6 +81,8 @@ def test_readme_local_mode_runs_as_written(tmp_path: Path):
         sample["width"],
         sample["seed"],
     )
+    saved = probe((tmp_path / "local.mp4").read_bytes())  # the client's video
+    assert (saved.codec, saved.width, saved.height, saved.frames) == ("h264", 480, 832, 161)
     left = [p for p in (tmp_path / "comfyui").rglob("*") if p.is_file() and "wan-i2v" in str(p)]
     assert left == []  # found and removed without COMFYUI_DIR
     for port in (comfy_port, api_port):  # `kill %1 %2` stopped both

@@ -27,14 +27,16 @@ The tree, with each class's `code` (* marks the ones that ask RunPod to replace 
     │   └── DiskFull            disk_full
     ├── StorageError            storage_error        the upload failed
     ├── GpuNotReady             gpu_unavailable      * boot: CUDA never became usable
-    └── ProvisionError          provision_failed     * boot: a model could not be had
-        └── DiskSpaceError      no_disk_space        * boot: the models do not fit
+    ├── ProvisionError          provision_failed     * boot: a model could not be had
+    │   └── DiskSpaceError      no_disk_space        * boot: the models do not fit
+    └── PublishError            publish_failed       bundle command: the Hub upload failed
 
-Jobs raise the first ten; the boot (`wan_worker.gpu_ready`, `python -m wan_worker.provision`)
-raises the last three and ConfigError, and reports them as exit statuses. The downloader's own
-signals (`SourceFailed`, `RetryableError`, `NoRangeSupport` in `wan_worker.provision.transfer`)
-never leave provisioning: a model that cannot be had is a ProvisionError naming every source
-tried.
+Jobs raise the first eleven; the boot (`wan_worker.gpu_ready`, `python -m wan_worker.provision`)
+raises GpuNotReady, ProvisionError, DiskSpaceError and ConfigError, and reports them as exit
+statuses. The downloader's own signals (`SourceFailed`, `RetryableError`, `NoRangeSupport` in
+`wan_worker.provision.transfer`) never leave provisioning: a model that cannot be had is a
+ProvisionError naming every source tried. PublishError is raised only by
+`python -m wan_worker.provision bundle`, which a person runs to build the models bundle.
 """
 
 from __future__ import annotations
@@ -195,6 +197,16 @@ class DiskSpaceError(ProvisionError):
     code = "no_disk_space"
 
 
+class PublishError(WorkerError):
+    """Building the models bundle: the Hugging Face Hub refused or the upload failed."""
+
+    code = "publish_failed"
+
+
+#: The code of a failure nothing foresaw: any exception that is not a WorkerError.
+INTERNAL_ERROR_CODE = "internal_error"
+
+
 def secret_values(env: dict[str, str] | None = None) -> list[str]:
     """The current values of every secret variable, longest first, ignoring trivial ones."""
     env = dict(os.environ) if env is None else env
@@ -236,7 +248,7 @@ def error_result(exc: BaseException) -> dict[str, Any]:
             "start_image or output size, or a worker with more RAM.",
         )
     return _coded(
-        "internal_error",
+        INTERNAL_ERROR_CODE,
         f"Internal error ({type(exc).__name__}: {exc}). The job was not completed; retry it, "
         "and report the error if it repeats.",
     )

@@ -269,7 +269,6 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
             "fp16_accumulation": generation.fp16_accumulation,
             "attention_fallback": generation.fallback_reason is not None,
             "attention_fallback_reason": generation.fallback_reason,
-            "bytes": len(generation.video),
             "timings": timings,
         }
     except Exception as exc:  # every failure becomes an error result

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import wan_worker.env as read
+from wan_worker.video_fit import PRESETS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKFLOW = PROJECT_ROOT / "workflows" / "wan_flf_i2v_api.json"
@@ -58,6 +59,9 @@ class Settings:
     fp16_accumulation: bool = True
     include_base64: bool = True
     max_base64_bytes: int = 9_500_000
+    reencode_to_fit: bool = True
+    reencode_preset: str = "veryfast"
+    reencode_timeout_s: float = 300.0
     storage: StorageSettings = field(default_factory=StorageSettings)
 
     @property
@@ -109,5 +113,10 @@ class Settings:
             fp16_accumulation=read.flag(env, "FP16_ACCUMULATION", defaults.fp16_accumulation),
             include_base64=read.flag(env, "INCLUDE_BASE64", defaults.include_base64),
             max_base64_bytes=read.integer(env, "MAX_BASE64_BYTES", defaults.max_base64_bytes, 0),
+            reencode_to_fit=read.flag(env, "REENCODE_TO_FIT", defaults.reencode_to_fit),
+            reencode_preset=read.choice(env, "REENCODE_PRESET", defaults.reencode_preset, PRESETS),
+            reencode_timeout_s=read.number(
+                env, "REENCODE_TIMEOUT_S", defaults.reencode_timeout_s, 1
+            ),
             storage=storage,
         )

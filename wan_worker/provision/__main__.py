@@ -1,11 +1,18 @@
-"""Command line: `python -m wan_worker.provision [--print-root] [--pin-manifest]`.
+"""Command line: `python -m wan_worker.provision [--print-root] [--pin-manifest]`, and
+`python -m wan_worker.provision bundle --repo owner/name [--private] [--revision BRANCH]
+[--models-root DIR] [--xet]`.
 
 Exit status: 0 all models ready; 2 bad configuration or manifest; 3 a model could not be had;
-4 not enough disk space. Messages go to stderr, prefixed `[provision]`, secrets redacted.
+4 not enough disk space; 5 (bundle) the upload to the Hub failed. Messages go to stderr,
+prefixed `[provision]` or `[bundle]`, secrets redacted.
 
 `--pin-manifest`, after a run, writes into the manifest the sizes, and the sha256 sums checked
 against a published value, that the verified markers recorded for entries that had none, so
 the next boot verifies against pinned facts.
+
+`bundle` makes every model present and verified under the models root (`--models-root`, else
+the usual one), uploads them to one Hugging Face repository as `<folder>/<filename>` in one
+commit, and prints what to put into the endpoint (`wan_worker.provision.publish`).
 """
 
 from __future__ import annotations
@@ -15,10 +22,11 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from wan_worker import logs
-from wan_worker.errors import ConfigError, DiskSpaceError, ProvisionError, redact
+from wan_worker.errors import ConfigError, DiskSpaceError, ProvisionError, PublishError, redact
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import load_manifest
 from wan_worker.provision.provisioner import Provisioner
@@ -61,6 +69,25 @@ def pin_manifest(settings: ProvisionSettings) -> int:
     return 0
 
 
+def _bundle(settings: ProvisionSettings, args: argparse.Namespace) -> int:
+    from wan_worker.provision.publish import build_bundle, report
+
+    if args.models_root is not None:
+        settings = replace(
+            settings, models_root=args.models_root, models_root_reason="--models-root"
+        )
+    result = build_bundle(
+        settings,
+        repo=args.repo,
+        private=args.private,
+        branch=args.revision,
+        use_xet=args.xet,
+        log=_log,
+    )
+    print(report(result), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m wan_worker.provision",
@@ -76,16 +103,46 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="after the run, write the verified sizes and checked sha256 sums into the manifest",
     )
+    commands = parser.add_subparsers(dest="command", metavar="{bundle}")
+    bundle = commands.add_parser(
+        "bundle",
+        help="build the models bundle for RunPod's cached models (docs/provisioning.md)",
+        description="Verify every manifest file, upload them to one Hugging Face repository "
+        "as <folder>/<filename> in one commit, and print the endpoint's settings.",
+    )
+    bundle.add_argument("--repo", required=True, help="the bundle repository, owner/name")
+    bundle.add_argument(
+        "--private",
+        action="store_true",
+        help="create the repository private (needs HF_TOKEN on the endpoint too)",
+    )
+    bundle.add_argument(
+        "--revision", default="main", help="the branch to commit to (default: main)"
+    )
+    bundle.add_argument(
+        "--models-root",
+        type=Path,
+        help="where the files are verified or downloaded first (default: the models root "
+        "this environment resolves to)",
+    )
+    bundle.add_argument(
+        "--xet", action="store_true", help="upload over the Xet protocol instead of LFS"
+    )
     args = parser.parse_args(argv)
     logs.configure(logging.WARNING)
     try:
         settings = ProvisionSettings.from_env()
+        if args.command == "bundle":
+            return _bundle(settings, args)
         if args.print_root:
             print(settings.models_root)
             return 0
         Provisioner(settings, log=_log).run()
         if args.pin_manifest:
             return pin_manifest(settings)
+    except PublishError as exc:
+        _log(f"[bundle] FAILED: {exc.message}")
+        return 5
     except ConfigError as exc:
         _log(f"[provision] configuration error: {exc.message}")
         return 2

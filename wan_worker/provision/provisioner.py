@@ -6,6 +6,11 @@ For each model, cheapest first:
 3. RunPod's Hugging Face cache has it: link to it in place;
 4. otherwise download it from the first source that answers, the next ones as fallbacks.
 
+With a models bundle configured (`wan_worker.provision.bundle`), the bundle is every model's
+first source: its cached copy is looked at first, then it is the first download. A file that is
+a link into the cache whose marker no longer matches (another host's cache, same path) is
+linked afresh before anything is read through it.
+
 Free space is checked before any download starts. A model that cannot be had fails the whole
 run with a message naming the file and every source tried, with the reason for each.
 """
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wan_worker.errors import DiskSpaceError, ProvisionError, redact
-from wan_worker.provision import verify
+from wan_worker.provision import bundle, verify
 from wan_worker.provision.hfcache import find_cached
 from wan_worker.provision.manifest import Manifest, ModelSpec, load_manifest
 from wan_worker.provision.settings import ProvisionSettings
@@ -165,12 +170,21 @@ class Provisioner:
         for spec in model.sources:
             cached = find_cached(self.settings.hf_cache_dir, spec)
             if cached is None:
+                note = bundle.missing_note(self.settings, spec)
+                if note:
+                    self._say(f"{model.relpath}: {note}; trying its other sources")
                 continue
             if model.size is not None and cached.size != model.size:
-                self._say(f"{model.relpath}: cached copy has the wrong size; not used")
+                self._say(
+                    f"{model.relpath}: cached copy in {spec.repo} has {cached.size} bytes, "
+                    f"the manifest says {model.size}; not used"
+                )
                 continue
             if model.sha256 and cached.sha256 and cached.sha256 != model.sha256:
-                self._say(f"{model.relpath}: cached copy has another sha256; not used")
+                self._say(
+                    f"{model.relpath}: cached copy in {spec.repo} has sha256 {cached.sha256}, "
+                    "not the manifest's; not used"
+                )
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp_link = dest.with_name(f".{dest.name}.link")
@@ -342,9 +356,13 @@ class Provisioner:
     # ---------------------------------------------------------------- run
     def run(self, manifest: Manifest | None = None) -> Report:
         started = time.monotonic()
-        manifest = manifest or load_manifest(self.settings.manifest_path)
+        manifest = bundle.with_bundle(
+            manifest or load_manifest(self.settings.manifest_path), self.settings
+        )
         self.root.mkdir(parents=True, exist_ok=True)
         self._say(f"models root: {self.root} ({self.settings.models_root_reason})")
+        if line := bundle.describe(self.settings):
+            self._say(line)
         pending: list[_Plan] = []
         for model in manifest.models:
             dest = self._dest(model)
@@ -369,9 +387,12 @@ class Provisioner:
 
     def _resolve(self, pending: list[_Plan]) -> None:
         def local_or_open(plan: _Plan) -> _Plan | None:
+            link = plan.dest.is_symlink()  # into a cache: relink, never read 38 GB through it
+            if link and self._link_cached(plan.model, plan.dest):
+                return None
             if plan.dest.exists() and self._verify_existing(plan.model, plan.dest, plan):
                 return None
-            if self._link_cached(plan.model, plan.dest):
+            if not link and self._link_cached(plan.model, plan.dest):
                 return None
             if plan.remote is None and plan.source_index < 0:
                 self._open_first(plan)

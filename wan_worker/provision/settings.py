@@ -7,14 +7,18 @@ downloaded, with a message naming the variable and the fix.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import wan_worker.env as read
+from wan_worker.errors import ConfigError
 from wan_worker.settings import PROJECT_ROOT
 
 DEFAULT_MANIFEST = PROJECT_ROOT / "workflows" / "models.json"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def runpod_mode(env: Mapping[str, str]) -> str:
@@ -59,6 +63,8 @@ class ProvisionSettings:
     hf_endpoint: str = "https://huggingface.co"
     hf_token: str = field(default="", repr=False)
     hf_offline: bool = False
+    bundle_repo: str = ""  # the models bundle (docs/provisioning.md), "" when not used
+    bundle_revision: str | None = None  # a 40-hex commit, or None for the cached/main one
     r2: R2Settings = field(default_factory=R2Settings)
     max_parallel_files: int = 3
     connections: int = 8
@@ -86,6 +92,8 @@ class ProvisionSettings:
             hf_endpoint=read.text(env, "HF_ENDPOINT", d.hf_endpoint).rstrip("/"),
             hf_token=read.text(env, "HF_TOKEN", "") or read.text(env, "HUGGING_FACE_HUB_TOKEN", ""),
             hf_offline=read.flag(env, "HF_HUB_OFFLINE", False),
+            bundle_repo=bundle_repo(read.text(env, "MODELS_BUNDLE_REPO", "")),
+            bundle_revision=bundle_revision(read.text(env, "MODELS_BUNDLE_REVISION", "")),
             r2=R2Settings(
                 endpoint=read.text(env, "R2_ENDPOINT", ""),
                 bucket=read.text(env, "R2_BUCKET", R2Settings.bucket),
@@ -122,3 +130,32 @@ def resolve_models_root(env: Mapping[str, str], mode: str, comfyui_dir: Path) ->
     if mode == "pod" and workspace.is_dir():
         return workspace / "models", f"pod volume at {workspace}"
     return comfyui_dir / "models", "container disk (no network volume mounted)"
+
+
+def bundle_repo(raw: str, name: str = "MODELS_BUNDLE_REPO") -> str:
+    """MODELS_BUNDLE_REPO (or the bundle command's `--repo`) as `owner/name`; also taken as the
+    link RunPod's Model field shows (`https://huggingface.co/owner/name`)."""
+    value = raw.strip()
+    for prefix in ("https://huggingface.co/", "http://huggingface.co/", "hf://"):
+        if value.startswith(prefix):
+            value = value[len(prefix) :]
+    value = value.strip("/")
+    if value and not _REPO_ID.match(value):
+        raise ConfigError(
+            f"{name}={raw!r} is not a Hugging Face repository; give it as "
+            "owner/name (the repository the bundle command printed), or unset it"
+        )
+    return value
+
+
+def bundle_revision(raw: str) -> str | None:
+    """MODELS_BUNDLE_REVISION: a full commit hash, or empty (`main`) for the latest one."""
+    value = raw.strip().lower()
+    if value in {"", "main"}:
+        return None
+    if not _COMMIT.match(value):
+        raise ConfigError(
+            f"MODELS_BUNDLE_REVISION={raw!r} must be a full 40-hex commit hash (the bundle "
+            "command prints it), or empty for the repository's main branch"
+        )
+    return value

@@ -1,0 +1,7 @@
+"""`python -m wan_worker.client`."""
+
+import sys
+
+from wan_worker.client.cli import main
+
+sys.exit(main())
