@@ -246,8 +246,14 @@ def test_ctrl_c_cancels_the_job(runpod, image, tmp_path):
     double.add_script(progress("sample_high_noise", 1, 3, 20))  # forever
     workdir = tmp_path / "cwd"
     workdir.mkdir()
+    # A shell that runs the suite in the background ignores SIGINT, and its children inherit
+    # that, so Python would install no handler; a user's terminal delivers it.
+    run_client = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'wan-i2v'; runpy.run_module('wan_worker.client', run_name='__main__')"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wan_worker.client", str(image), "p", "--poll-interval", "0.05"],
+        [sys.executable, "-c", run_client, str(image), "p", "--poll-interval", "0.05"],
         cwd=workdir,
         env={**os.environ, "PYTHONPATH": str(PROJECT)},
         stdout=subprocess.PIPE,

@@ -102,7 +102,9 @@ def test_hub_env_offers_every_setting_a_user_needs_with_empty_secret_defaults() 
         assert spec["description"]
         if key in SECRETS:
             assert spec["default"] == ""
-    assert HUB_ENV["BUCKET_REGION"]["input"]["advanced"] is False  # AWS S3 needs it
+    assert (
+        HUB_ENV["BUCKET_REGION"]["input"]["advanced"] is False
+    )  # the bucket's own region on AWS is found by asking S3
 
 
 def test_every_hub_setting_is_documented() -> None:
