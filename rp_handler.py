@@ -3,21 +3,22 @@
 python rp_handler.py                      # as a RunPod worker (start.sh runs this)
 python rp_handler.py --rp_serve_api       # local HTTP API on :8000 (/run, /runsync, /status)
 python rp_handler.py --test_input '{...}' # one job from the command line (or test_input.json)
+
+Under start.sh (WORKER_BOOT=1) this process also boots the worker: it starts ComfyUI, verifies
+the models and warms up (wan_worker/boot/); otherwise it uses the ComfyUI at COMFYUI_URL.
 """
 
+import importlib.util
 import sys
 
-try:
-    import runpod
-except ModuleNotFoundError:  # the system's Python, not the project's virtualenv
+# Looked up, not imported: the boot starts ComfyUI before anything slow is imported.
+if importlib.util.find_spec("runpod") is None:  # the system's Python, not the project's venv
     sys.exit(
         f"rp_handler.py: runpod is not installed for {sys.executable}. Run it with the "
         "virtualenv README.md makes (. .venv/bin/activate) or with the image's Python."
     )
 
-from wan_worker.handler import handler
-from wan_worker.logs import configure as configure_logging
+from wan_worker.boot.main import run
 
 if __name__ == "__main__":
-    configure_logging()
-    runpod.serverless.start({"handler": handler})
+    run()

@@ -29,7 +29,11 @@ Faults for tests are set with `POST /__double__/fault` (or `--fault` JSON at sta
                               GPU node of this process fails too) in the first sampler
   {"step_delay_s": seconds}   each sampling step takes this long
 
-Run it alone: `python -m tests.comfy_double --root /tmp/comfy --port 8188`.
+Run it alone: `python -m tests.comfy_double --root /tmp/comfy --port 8188`. It also takes
+ComfyUI's own command line (`--listen`, `--port`; other ComfyUI flags are ignored, and the root
+defaults to the working directory, as ComfyUI's folders do), so the boot can start it as
+COMFYUI_MAIN in place of ComfyUI's main.py. `/__double__/stats` reports the prompts received
+and the prompt ids interrupted while running.
 """
 
 from __future__ import annotations
@@ -183,6 +187,7 @@ class Double:
         self.faults: dict[str, Any] = {}
         self.dropped = False
         self.prompts_received = 0
+        self.interrupted: list[str] = []
         self.monitor_interval = 1.0
         #: A sticky CUDA error happened: every later GPU node fails, as in a real process.
         self.cuda_broken: str | None = None
@@ -542,6 +547,7 @@ class Double:
             await add("execution_success", {"prompt_id": prompt_id})
         except Interrupted:
             success = False
+            self.interrupted.append(prompt_id)
             await add(
                 "execution_interrupted",
                 {
@@ -814,7 +820,9 @@ def build_app(double: Double) -> web.Application:
 
     @routes.get("/__double__/stats")
     async def stats(_request: web.Request) -> web.Response:
-        return web.json_response({"prompts_received": double.prompts_received})
+        return web.json_response(
+            {"prompts_received": double.prompts_received, "interrupted": double.interrupted}
+        )
 
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app.add_routes(routes)
@@ -836,9 +844,13 @@ def load_models(path: Path) -> dict[str, list[str]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="A protocol-faithful ComfyUI double.")
-    parser.add_argument("--root", type=Path, required=True, help="holds input/, output/, temp/")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser = argparse.ArgumentParser(
+        description="A protocol-faithful ComfyUI double.", allow_abbrev=False
+    )
+    parser.add_argument(
+        "--root", type=Path, default=Path("."), help="holds input/, output/, temp/ (default .)"
+    )
+    parser.add_argument("--host", "--listen", dest="host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8188, help="0 picks a free port")
     parser.add_argument("--object-info", type=Path, default=DEFAULT_OBJECT_INFO)
     parser.add_argument("--models", type=Path, default=DEFAULT_MODELS)
@@ -850,10 +862,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="seconds between Crystools-style monitor broadcasts; 0 turns them off",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--start-delay-s",
+        type=float,
+        default=0.0,
+        help="wait this long before listening (ComfyUI's imports take 15-30 s)",
+    )
+    args, _comfyui_flags = parser.parse_known_args(argv)
+    return args
 
 
 async def serve(args: argparse.Namespace) -> None:
+    await asyncio.sleep(args.start_delay_s)
     double = Double(
         args.root,
         json.loads(args.object_info.read_text(encoding="utf-8")),

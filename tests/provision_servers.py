@@ -192,6 +192,7 @@ class Fault:
     truncate_after: int | None = None  # first GET: send this many bytes, then drop the link
     corrupt: bool = False  # every GET: flip the bytes' first byte
     status: int | None = None  # every request: answer with this status
+    delay_s: float = 0.0  # every GET: wait this long before answering (a slow link)
 
 
 class FlakyFileServer(_AioServer):
@@ -218,6 +219,8 @@ class FlakyFileServer(_AioServer):
             return web.Response(headers={"Content-Length": str(size), "ETag": '"v1"'})
         rng = request.headers.get("Range")
         self.ranges.append(rng)
+        if self.fault.delay_s:
+            await asyncio.sleep(self.fault.delay_s)
         start, end = 0, size - 1
         status = 200
         if rng:

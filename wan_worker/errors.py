@@ -23,6 +23,7 @@ The tree, with each class's `code` (* marks the ones that ask RunPod to replace 
     │   ├── OutOfMemory         out_of_memory
     │   └── SageAttentionFailed execution_error      SageAttention would not load or run
     ├── JobTimeout              timeout              the job's deadline passed
+    ├── JobCancelled            cancelled            the platform stopped the job
     ├── OutputError             output_error         no video to return
     │   └── DiskFull            disk_full
     ├── StorageError            storage_error        the upload failed
@@ -31,12 +32,13 @@ The tree, with each class's `code` (* marks the ones that ask RunPod to replace 
     │   └── DiskSpaceError      no_disk_space        * boot: the models do not fit
     └── PublishError            publish_failed       bundle command: the Hub upload failed
 
-Jobs raise the first eleven; the boot (`wan_worker.gpu_ready`, `python -m wan_worker.provision`)
+Jobs raise the first twelve; the boot (`wan_worker.gpu_ready`, `python -m wan_worker.provision`)
 raises GpuNotReady, ProvisionError, DiskSpaceError and ConfigError, and reports them as exit
-statuses. The downloader's own signals (`SourceFailed`, `RetryableError`, `NoRangeSupport` in
-`wan_worker.provision.transfer`) never leave provisioning: a model that cannot be had is a
-ProvisionError naming every source tried. PublishError is raised only by
-`python -m wan_worker.provision bundle`, which a person runs to build the models bundle.
+statuses (a job that waits for the models gets the boot's error). The downloader's own signals
+(`SourceFailed`, `RetryableError`, `NoRangeSupport` in `wan_worker.provision.transfer`) never
+leave provisioning: a model that cannot be had is a ProvisionError naming every source tried.
+PublishError is raised only by `python -m wan_worker.provision bundle`, which a person runs to
+build the models bundle.
 """
 
 from __future__ import annotations
@@ -157,6 +159,13 @@ class JobTimeout(WorkerError):
     """The job ran past its deadline; ComfyUI was interrupted."""
 
     code = "timeout"
+
+
+class JobCancelled(WorkerError):
+    """RunPod stopped the job (cancelled, or past the endpoint's execution timeout) while it
+    ran; ComfyUI was interrupted. Nobody receives this result: it is for the worker's log."""
+
+    code = "cancelled"
 
 
 class OutputError(WorkerError):

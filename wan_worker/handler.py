@@ -1,28 +1,37 @@
 """The RunPod job handler: input in, MP4 out, every failure an `{"error": ...}`.
 
 A job runs these steps, each timed: validate the input, load the start image, wait for
-ComfyUI, upload the image, build the prompt from the fixed workflow, run it, download the
-video, deliver it. Whatever happens, the job's files are removed and the result is a dict;
-no exception reaches the runpod SDK, so no job can take the worker down with it.
+ComfyUI (and, while the worker boots, for its models; a running warm-up is stopped), upload
+the image, build the prompt from the fixed workflow, run it, download the video, deliver it.
+Whatever happens, the job's files are removed and the result is a dict; no exception reaches
+the runpod SDK, so no job can take the worker down with it.
+
+The SDK's entry (`handler`) is a coroutine that runs the job in a thread, so the SDK's event
+loop stays free to hear RunPod stop the job (its stop channel cancels the job's task: the job
+was cancelled, or ran past the endpoint's execution timeout). The job's thread then interrupts
+ComfyUI, removes the job's files and returns; the worker goes on with the next job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from wan_worker.boot.gate import BootGate
 from wan_worker.comfy.client import ComfyClient
-from wan_worker.comfy.follower import RunOutcome, run_prompt
+from wan_worker.comfy.follower import INTERRUPT_GRACE_S, RunOutcome, run_prompt
 from wan_worker.comfy.process import ComfyProcess
 from wan_worker.delivery import deliver, make_store
 from wan_worker.errors import (
+    JobCancelled,
     OutputError,
     SageAttentionFailed,
     WorkerError,
@@ -57,6 +66,9 @@ class Worker:
     #: Why SageAttention cannot load on this worker, once it has failed to (not installed, no
     #: kernel for this GPU); later jobs then use PyTorch attention without trying it.
     sage_unusable: str | None = None
+    #: The models' state while the worker boots, the jobs in hand, the warm-up (open when
+    #: there is no boot in this process).
+    gate: BootGate = field(default_factory=BootGate)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Worker:
@@ -127,6 +139,7 @@ def _generate(
     image_name: str,
     deadline: float,
     timer: StageTimer,
+    cancel: threading.Event | None = None,
 ) -> _Generation:
     """Run the workflow. If SageAttention fails, run it again with PyTorch attention; if the
     video is black or flat, run it again with PyTorch attention and no fp16 accumulation."""
@@ -139,6 +152,7 @@ def _generate(
         reason = f"{worker.sage_unusable} earlier on this worker, so it uses PyTorch attention"
         log.info("job %s: %s", job.get("id"), reason)
     while True:
+        _stop_if_cancelled(cancel)
         prompt = worker.template.build(
             request.params,
             image_name=image_name,
@@ -155,7 +169,8 @@ def _generate(
                     output_node=OUTPUT_NODE,
                     deadline=deadline,
                     stage_of=STAGES.get,
-                    progress=JobProgress(job, worker.send_progress),
+                    progress=worker.gate.watch(JobProgress(job, worker.send_progress)),
+                    cancel=cancel,
                 )
         except SageAttentionFailed as exc:
             if attention != "sage" or not settings.attention_fallback or exc.refresh_worker:
@@ -213,8 +228,27 @@ def _generate(
         )
 
 
-def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
-    """Run one job. Always returns a dict: the result, or `{"error": ...}`."""
+def _stop_if_cancelled(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise JobCancelled("The job was stopped before it finished; nothing was left running.")
+
+
+@contextmanager
+def _holding(lock: threading.Lock, cancel: threading.Event | None) -> Iterator[None]:
+    """`lock`, waited for while looking at `cancel` (a warm-up being stopped, a job before)."""
+    while not lock.acquire(timeout=0.25):
+        _stop_if_cancelled(cancel)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def handle(
+    job: dict[str, Any], worker: Worker, cancel: threading.Event | None = None
+) -> dict[str, Any]:
+    """Run one job. Always returns a dict: the result, or `{"error": ...}`. Setting `cancel`
+    (from another thread) stops it: ComfyUI is interrupted and the files removed."""
     settings = worker.settings
     job_id = job.get("id", "local") if isinstance(job, dict) else "local"
     files = JobFiles(
@@ -222,17 +256,26 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
     )
     timer = StageTimer()
     deadline = timer.start + settings.job_timeout_s
+    worker.gate.job_arrived()
     try:
         raw_input = job.get("input") if isinstance(job, dict) else None
         request, image = read_job_input(raw_input, worker.template, settings)
         timer.lap("input_s")
-        with worker.lock:  # ComfyUI runs one prompt at a time; so does this worker
-            worker.client.wait_ready(settings.ready_timeout_s)
+        _stop_if_cancelled(cancel)
+        wait_s = min(settings.ready_timeout_s, max(0.0, deadline - time.monotonic()))
+        worker.gate.wait_models(wait_s)
+        worker.gate.reach_comfyui(job_id)
+        with _holding(worker.lock, cancel):  # ComfyUI runs one prompt at a time; so do we
+            worker.client.wait_ready(wait_s)
             timer.lap("wait_ready_s")
+            _stop_if_cancelled(cancel)
             uploaded_as = worker.client.upload_image(image.png, files.image_name)
             files.uploaded_as = uploaded_as
             timer.lap("upload_s")
-            generation = _generate(worker, job, request, files, uploaded_as, deadline, timer)
+            generation = _generate(
+                worker, job, request, files, uploaded_as, deadline, timer, cancel
+            )
+        _stop_if_cancelled(cancel)
         delivered = deliver(generation.video, f"{files.token}.mp4", settings, worker.store)
         timer.lap("deliver_s")
         params = request.params
@@ -282,6 +325,7 @@ def handle(job: dict[str, Any], worker: Worker) -> dict[str, Any]:
     finally:
         files.cleanup()
         _sweep_abandoned(worker)
+        worker.gate.job_left()
 
 
 MAX_ABANDONED = 20
@@ -308,10 +352,33 @@ def default_worker() -> Worker:
     return Worker.from_settings(Settings.from_env())
 
 
-def handler(job: dict[str, Any]) -> dict[str, Any]:
-    """The entry point runpod.serverless.start calls."""
-    try:
-        worker = default_worker()
-    except Exception as exc:  # a configuration error: say so in every job until fixed
-        return error_result(exc)
-    return handle(job, worker)
+#: How long a stopped job's thread may take to interrupt ComfyUI and remove its files before
+#: the SDK is told the job stopped (the next job waits for the worker's lock in any case).
+STOP_GRACE_S = INTERRUPT_GRACE_S + 5.0
+
+JobHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def job_handler(get_worker: Callable[[], Worker]) -> JobHandler:
+    """The coroutine runpod.serverless.start calls for each job, on the worker `get_worker`
+    gives (a configuration error it raises becomes every job's error, until fixed)."""
+
+    async def handler(job: dict[str, Any]) -> dict[str, Any]:
+        try:
+            worker = get_worker()
+        except Exception as exc:
+            return error_result(exc)
+        cancel = threading.Event()
+        work = asyncio.get_running_loop().run_in_executor(None, handle, job, worker, cancel)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            log.warning("job %s: RunPod stopped it; stopping it here too", job.get("id"))
+            cancel.set()
+            await asyncio.wait({work}, timeout=STOP_GRACE_S)
+            raise
+
+    return handler
+
+
+handler = job_handler(default_worker)

@@ -48,7 +48,7 @@ class Settings:
     comfyui_log: Path = Path("/tmp/comfyui.log")  # noqa: S108 - written by start.sh
     workflow_path: Path = DEFAULT_WORKFLOW
     ready_timeout_s: float = 180.0
-    job_timeout_s: float = 900.0
+    job_timeout_s: float = 540.0  # inside RunPod's default execution timeout (600 s)
     image_fetch_timeout_s: float = 30.0
     max_image_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 40_000_000

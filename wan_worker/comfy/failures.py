@@ -14,6 +14,7 @@ from wan_worker.errors import (
     ComfyRejected,
     ComfyUnavailable,
     DiskFull,
+    JobCancelled,
     JobTimeout,
     OutOfMemory,
     OutputError,
@@ -246,5 +247,18 @@ def deadline_passed(stage: str | None, *, stopped: bool) -> JobTimeout:
     return JobTimeout(
         f"The job did not finish before its deadline{where}, and ComfyUI did not stop when "
         "interrupted; the worker will be replaced.",
+        refresh_worker=True,
+    )
+
+
+def cancelled(stage: str | None, *, stopped: bool) -> JobCancelled:
+    """The run was stopped from outside (RunPod stopped the job, or a job preempted the
+    warm-up); `stopped` says whether ComfyUI obeyed the interrupt."""
+    where = f" during {stage}" if stage else ""
+    if stopped:
+        return JobCancelled(f"The job was stopped{where}; ComfyUI was interrupted.")
+    return JobCancelled(
+        f"The job was stopped{where}, and ComfyUI did not stop when interrupted; the worker "
+        "will be replaced.",
         refresh_worker=True,
     )

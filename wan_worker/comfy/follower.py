@@ -14,6 +14,10 @@ timings and the caller's progress.
 
 Nothing here sleeps for a fixed time: waits are socket receives bounded by the job's deadline,
 and the short retry backoff while the socket reconnects.
+
+A run can be stopped from another thread through its `cancel` event (the platform stopped the
+job, or a job preempts the warm-up): the follower then interrupts the prompt in ComfyUI, waits
+for it to stop, and raises JobCancelled. The event is looked at at least every CANCEL_POLL_S.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 PROCESS_CHECK_S = 2.0  # how often ComfyUI's process is checked while a job runs
 HISTORY_CHECK_S = 15.0  # how often /history is asked, in case a message was lost
 INTERRUPT_GRACE_S = 15.0  # how long an interrupted prompt may take to stop
+CANCEL_POLL_S = 0.25  # how often a run with a cancel event looks at it
 
 StageOf = Callable[[str], str | None]
 
@@ -76,13 +82,16 @@ def run_prompt(
     deadline: float,
     stage_of: StageOf = lambda _node: None,
     progress: ProgressSink | None = None,
+    cancel: threading.Event | None = None,
 ) -> RunOutcome:
-    """Submit `prompt` and follow it to the end; return where its video is."""
+    """Submit `prompt` and follow it to the end; return where its video is. Setting `cancel`
+    stops the run: the prompt is interrupted and JobCancelled raised."""
     client_id = uuid.uuid4().hex
     ws = client.connect(client_id)
     follower = _Follower(
         client, ws, client_id, prompt_id, output_node, deadline, progress or _NoProgress(), stage_of
     )
+    follower.cancel = cancel
     try:
         follower.submitted_at = client.clock()
         client.submit(prompt, client_id, prompt_id)
@@ -120,6 +129,7 @@ class _Follower:
         self.outcome = RunOutcome(prompt_id, OutputFile("", "", "output"))
         self.last_history_at = client.clock()
         self.next_process_check = client.clock() + PROCESS_CHECK_S
+        self.cancel: threading.Event | None = None
 
     def close(self) -> None:
         if self.ws is not None:
@@ -157,6 +167,7 @@ class _Follower:
             remaining = self.deadline - now
             if remaining <= 0:
                 self._time_out()
+            self._check_cancel()
             if self.ws is None:
                 outcome = self._reconnect()
                 if outcome is not None:
@@ -164,7 +175,10 @@ class _Follower:
                 continue
             # Wake for the next liveness check even if messages keep coming: a node such as
             # Crystools broadcasts every second, so a quiet socket cannot be relied on.
-            raw = self._receive(max(0.01, min(remaining, self.next_process_check - now)))
+            wait = min(remaining, self.next_process_check - now)
+            if self.cancel is not None:
+                wait = min(wait, CANCEL_POLL_S)
+            raw = self._receive(max(0.01, wait))
             message = _parse(raw) if raw is not None else None
             if message is not None:
                 outcome = self._on_message(message)
@@ -273,6 +287,7 @@ class _Follower:
             remaining = self.deadline - self.client.clock()
             if remaining <= 0:
                 self._time_out()
+            self._check_cancel()
             try:
                 self.ws = self.client.open_socket(self.client_id, max(0.05, min(remaining, 5.0)))
             except SOCKET_ERRORS:
@@ -289,6 +304,13 @@ class _Follower:
         stage = self.current[0] if self.current else None
         self.client.interrupt(self.prompt_id)
         raise failures.deadline_passed(stage, stopped=self._wait_stopped())
+
+    def _check_cancel(self) -> None:
+        if self.cancel is None or not self.cancel.is_set():
+            return
+        stage = self.current[0] if self.current else None
+        self.client.interrupt(self.prompt_id)
+        raise failures.cancelled(stage, stopped=self._wait_stopped())
 
     def _wait_stopped(self) -> bool:
         """After an interrupt: True once ComfyUI reports the prompt ended or was never run."""

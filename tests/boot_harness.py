@@ -1,0 +1,194 @@
+"""The whole boot outside the image, for tests: start.sh from its first line, the real handler
+process (it boots ComfyUI and the models), the ComfyUI double standing in for ComfyUI's main.py,
+and the boot's own timeline (BOOT_EVENTS_FILE) to check the order things happened in.
+
+`COMFY_MAIN` records the command line, working directory and MODELS_ROOT ComfyUI was given,
+then runs the double with the same command line (the double takes ComfyUI's flags). It dies
+at once when FAKE_COMFY_CRASH is set. `HANDLER` records the arguments and PID start.sh
+exec'd it with, then runs the real rp_handler.py in the same process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.provision_servers import closed_port, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+START = ROOT / "start.sh"
+
+COMFY_MAIN = r"""
+import json, os, sys
+sys.path.insert(0, os.environ["APP_DIR"])
+record = {"argv": sys.argv[1:], "pid": os.getpid(), "cwd": os.getcwd(),
+          "models_root": os.environ.get("MODELS_ROOT")}
+with open(os.environ["FAKE_COMFY_RECORD"], "w") as f:
+    json.dump(record, f)
+print("stand-in ComfyUI starting", flush=True)
+if os.environ.get("FAKE_COMFY_CRASH"):
+    print("Exception: stand-in crash on start-up", flush=True)
+    sys.exit(1)
+from tests.comfy_double import main
+main(sys.argv[1:])
+"""
+
+HANDLER = r"""
+import json, os, runpy, sys
+record = {"argv": sys.argv[1:], "pid": os.getpid()}
+with open(os.environ["FAKE_HANDLER_RECORD"], "w") as f:
+    json.dump(record, f)
+sys.path.insert(0, os.environ["APP_DIR"])
+runpy.run_path(os.path.join(os.environ["APP_DIR"], "rp_handler.py"), run_name="__main__")
+"""
+
+
+def boot_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of one start.sh run: everything under `tmp_path`, nothing reached
+    outside loopback, no GPU check, RunPod's network volume at tmp_path/volume."""
+    comfy = tmp_path / "comfy"
+    comfy.mkdir()
+    (comfy / "main.py").write_text(COMFY_MAIN)
+    (tmp_path / "handler.py").write_text(HANDLER)
+    (tmp_path / "volume").mkdir()
+    keep = ("PATH", "HOME", "LANG", "SYSTEMROOT")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env.update(
+        {
+            "APP_DIR": str(ROOT),
+            "PYTHON": sys.executable,
+            "COMFYUI_DIR": str(comfy),
+            "COMFYUI_PORT": str(free_port()),
+            "COMFYUI_PID_FILE": str(tmp_path / "run" / "comfyui.pid"),
+            "COMFYUI_LOG": str(tmp_path / "run" / "comfyui.log"),
+            "COMFYUI_READY_TIMEOUT_S": "60",
+            "HANDLER": str(tmp_path / "handler.py"),
+            "RUNPOD_VOLUME_DIR": str(tmp_path / "volume"),
+            "WORKSPACE_DIR": str(tmp_path / "no-workspace"),
+            "RUNPOD_HF_CACHE": str(tmp_path / "hf-cache"),
+            "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
+            "SKIP_GPU_CHECK": "1",
+            "PROVISION_BACKOFF_S": "0",
+            "PROVISION_RETRIES": "1",
+            "READAHEAD_RESERVE_MB": "0",
+            "ATTENTION": "sdpa",
+            "JOB_TIMEOUT_S": "120",
+            "BOOT_EVENTS_FILE": str(tmp_path / "events.jsonl"),
+            "FAKE_COMFY_RECORD": str(tmp_path / "comfy.json"),
+            "FAKE_HANDLER_RECORD": str(tmp_path / "handler.json"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+class BootRun:
+    """One start.sh process. Output goes to files: the ComfyUI it leaves running keeps its
+    copies of the pipes open, so waiting for pipe EOF would wait for ComfyUI."""
+
+    def __init__(self, env: dict[str, str], tmp_path: Path, *args: str) -> None:
+        self.env = env
+        self.out_path = tmp_path / "start.out"
+        self.err_path = tmp_path / "start.err"
+        self.events_path = Path(env["BOOT_EVENTS_FILE"])
+        with self.out_path.open("w") as out, self.err_path.open("w") as err:
+            self.proc = subprocess.Popen(
+                ["bash", str(START), *args], env=env, stdout=out, stderr=err
+            )
+
+    def wait(self, timeout_s: float = 120) -> int:
+        return self.proc.wait(timeout=timeout_s)
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    @property
+    def output(self) -> str:
+        """Everything it printed (the runpod SDK writes its own lines to stdout)."""
+        return self.stdout + self.stderr
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.events_path.exists():
+            return []
+        return [json.loads(line) for line in self.events_path.read_text().splitlines() if line]
+
+    def names(self) -> list[str]:
+        return [event["event"] for event in self.events()]
+
+    def event(self, name: str) -> dict[str, Any]:
+        found = [e for e in self.events() if e["event"] == name]
+        assert found, f"no {name} event in {self.names()}\n{self.stderr[-3000:]}"
+        return found[0]
+
+    def wait_event(self, name: str, timeout_s: float = 60) -> dict[str, Any]:
+        """The first `name` event, once the boot has written it (the process must live)."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            found = [e for e in self.events() if e["event"] == name]
+            if found:
+                return found[0]
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {name} event in {self.names()}\n{self.stderr[-3000:]}")
+
+    def stop(self) -> None:
+        """End the boot and the ComfyUI it started."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        stop_comfyui(self.env)
+
+
+def stop_comfyui(env: dict[str, str]) -> None:
+    """End the ComfyUI a boot started (it outlives a handler that exits)."""
+    pid_file = Path(env["COMFYUI_PID_FILE"])
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not reaped, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def resident_bytes(path: Path) -> int:
+    """How much of `path` is in the page cache, in whole pages (util-linux `fincore`)."""
+    done = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout.split()[0])
+
+
+def drop_from_cache(path: Path) -> None:
+    """Write `path` out and drop it from the page cache, as after a reboot."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

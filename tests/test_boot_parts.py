@@ -1,0 +1,216 @@
+"""The boot's parts on their own: the readahead (order, budget, early stops, the page cache),
+the gate between jobs and the warm-up, and the boot's settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.boot_harness import drop_from_cache, resident_bytes
+from wan_worker.boot.gate import BootGate
+from wan_worker.boot.readahead import ModelUse, Readahead, first_use_order, mem_available_bytes
+from wan_worker.boot.settings import BootSettings
+from wan_worker.errors import ConfigError, JobTimeout, ProvisionError
+from wan_worker.settings import Settings
+from wan_worker.workflow import STAGES, load_template
+
+PROJECT = Path(__file__).resolve().parent.parent
+GRAPH = load_template(PROJECT / "workflows" / "wan_flf_i2v_api.json").graph
+TRANSCRIPT = PROJECT / "tests" / "data" / "comfyui_transcripts" / "success.json"
+
+
+# -- the order of first use ------------------------------------------------------------------
+
+
+def test_files_are_read_in_the_order_the_workflow_first_uses_them():
+    assert [(u.stage, u.relpath) for u in first_use_order(GRAPH)] == [
+        ("text_encode", "text_encoders/NSFW-Wan-UMT5-XXL_fp8_scaled.safetensors"),
+        ("image_encode", "vae/wan2.1_vae.safetensors"),
+        ("sample_high_noise", "diffusion_models/smoothMix_v2_WAN2.2_I2V_14B_High_fp8.safetensors"),
+        ("sample_high_noise", "loras/WAN2.2_lightx2v_I2V_14B_480p_rank128_bf16.safetensors"),
+        ("sample_low_noise", "diffusion_models/DaSiWa_v9_WAN2.2_I2V_14B_Low_fp8.safetensors"),
+        ("interpolate", "rife/rife47.pth"),
+    ]
+
+
+def test_that_order_is_the_order_a_real_comfyui_ran_the_stages_in():
+    """In a real ComfyUI 0.33.0 run of the workflow (recorded transcript), the stage that
+    first uses each file began in the readahead's order."""
+    messages = [
+        m["message"] for m in json.loads(TRANSCRIPT.read_text())["ws_messages"] if "message" in m
+    ]
+    executed = [
+        m["data"]["node"]
+        for m in messages
+        if m.get("type") == "executing" and m["data"].get("node")
+    ]
+    began = {}
+    for index, node in enumerate(executed):
+        if node in STAGES:
+            began.setdefault(STAGES[node], index)
+    order = [began[use.stage] for use in first_use_order(GRAPH)]
+    assert order == sorted(order)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def out_of_cache(path: Path, size: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(size))
+    drop_from_cache(path)
+    return path
+
+
+USES = [
+    ModelUse("text_encode", "text_encoders", "te.safetensors"),
+    ModelUse("image_encode", "vae", "vae.safetensors"),
+    ModelUse("sample_high_noise", "diffusion_models", "high.safetensors"),
+]
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux fincore")
+def test_readahead_puts_the_files_in_the_page_cache_in_order(tmp_path):
+    paths = [out_of_cache(tmp_path / u.relpath, 3_000_000) for u in USES]
+    assert [resident_bytes(p) for p in paths] == [0, 0, 0]
+    events: list[tuple[str, dict]] = []
+    report = Readahead(
+        USES,
+        tmp_path,
+        budget=10**9,
+        started=lambda _stage: False,
+        mark=lambda name, **kw: events.append((name, kw)),
+        chunk_bytes=1 << 20,
+    ).run()
+    assert [f.outcome for f in report.files] == ["read", "read", "read"]
+    assert report.read == 9_000_000 and report.stopped == "every file read"
+    assert all(resident_bytes(p) >= 3_000_000 for p in paths)
+    assert [kw["file"] for name, kw in events if name == "readahead_file"] == [
+        u.relpath for u in USES
+    ]
+
+
+def test_readahead_stops_at_the_first_file_over_budget(tmp_path):
+    for use, size in zip(USES, (1_000_000, 1_000_000, 5_000_000), strict=True):
+        out_of_cache(tmp_path / use.relpath, size)
+    report = Readahead(USES, tmp_path, budget=3_000_000, started=lambda _s: False).run()
+    assert [f.outcome for f in report.files] == ["read", "read", "skipped: over budget"]
+    assert report.read == 2_000_000
+    assert "the budget is spent" in report.stopped
+
+
+def test_readahead_leaves_a_file_comfyui_has_begun_and_skips_what_it_needs_no_more(tmp_path):
+    for use in USES:
+        out_of_cache(tmp_path / use.relpath, 4_000_000)
+    gate = BootGate()
+    reads = {"n": 0}
+
+    def started(stage: str) -> bool:
+        # ComfyUI begins text_encode while the first file is half read.
+        reads["n"] += 1
+        if reads["n"] > 3:
+            gate.stage_started("text_encode")
+        return gate.started(stage)
+
+    report = Readahead(
+        USES, tmp_path, budget=10**9, started=started, skip={"vae/vae.safetensors"},
+        chunk_bytes=1 << 20,
+    ).run()  # fmt: skip
+    te, vae, high = report.files
+    assert te.outcome == "left: ComfyUI began text_encode" and 0 < te.read < te.size
+    assert vae.outcome == "skipped: read by verification at this boot" and vae.read == 0
+    assert high.outcome == "read" and high.read == high.size
+
+
+def test_readahead_ends_once_comfyui_has_begun_every_stage(tmp_path):
+    for use in USES:
+        out_of_cache(tmp_path / use.relpath, 100_000)
+    report = Readahead(USES, tmp_path, budget=10**9, started=lambda _s: True).run()
+    assert report.read == 0 and report.stopped == "ComfyUI has begun every stage"
+
+
+def test_mem_available_is_read_from_meminfo(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24684084 kB\nMemAvailable:   23815392 kB\n")
+    assert mem_available_bytes(meminfo) == 23815392 * 1024
+    assert mem_available_bytes(tmp_path / "none") is None
+
+
+# -- the gate ----------------------------------------------------------------------------------
+
+
+def test_a_job_waits_for_the_models_and_gets_the_boots_failure():
+    gate = BootGate(booting=True)
+    with pytest.raises(JobTimeout, match=r"still verifying its models 0\.05 s"):
+        gate.wait_models(0.05)
+    waiter_error: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            gate.wait_models(30)
+        except ProvisionError as exc:
+            waiter_error.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    gate.fail(ProvisionError("vae could not be downloaded"))
+    thread.join(10)
+    assert [e.message for e in waiter_error] == ["vae could not be downloaded"]  # type: ignore[attr-defined]
+    assert waiter_error[0].refresh_worker  # type: ignore[attr-defined]
+    assert gate.wait_settled() is gate.failure
+
+
+def test_the_warmup_waits_for_jobs_in_hand_and_a_job_reaching_comfyui_stops_it():
+    gate = BootGate(booting=True)
+    gate.models_verified()
+    gate.job_arrived()  # a job in hand (validating its input)
+    began: list[threading.Event | None] = []
+    thread = threading.Thread(target=lambda: began.append(gate.begin_warmup(30)))
+    thread.start()
+    gate.job_left()  # it failed validation without using ComfyUI: the warm-up may run
+    thread.join(10)
+    cancel = began[0]
+    assert cancel is not None and not cancel.is_set()
+    gate.job_arrived()
+    gate.reach_comfyui("job-1")
+    assert cancel.is_set()
+    gate.end_warmup()
+    assert gate.begin_warmup(0.01) is None
+    assert gate.why_no_warmup() == "a job reached ComfyUI first"
+
+
+def test_no_warmup_after_the_boot_failed():
+    gate = BootGate(booting=True)
+    gate.fail(ProvisionError("no models"))
+    assert gate.begin_warmup(5) is None
+    assert gate.why_no_warmup() == "the boot failed"
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+def test_boot_settings_defaults_and_overrides():
+    settings = Settings()
+    boot = BootSettings.from_env(settings, {"RUNPOD_ENDPOINT_ID": "e1", "COMFYUI_PORT": "9999"})
+    assert boot.comfyui_url == "http://127.0.0.1:9999" and boot.launch.port == 9999
+    assert boot.warmup is True and (boot.warmup_size, boot.warmup_frames) == ((480, 832), 9)
+    assert boot.launch.args == ("--preview-method", "none", "--disable-auto-launch")
+    local = BootSettings.from_env(settings, {"COMFYUI_EXTRA_ARGS": "--a 'b c'", "WARMUP": ""})
+    assert local.warmup is False and local.launch.extra_args == ("--a", "b c")
+    assert local.comfyui_url == "http://127.0.0.1:8188"
+    pod = BootSettings.from_env(settings, {"RUNPOD_POD_ID": "p", "WARMUP": "1"})
+    assert pod.warmup is True
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("WARMUP_SIZE", "480"), ("WARMUP_SIZE", "8x8"), ("WARMUP", "maybe"), ("COMFYUI_ARGS", "'x")],
+)
+def test_bad_boot_settings_name_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        BootSettings.from_env(Settings(), {name: value})

@@ -1,0 +1,260 @@
+"""The handler process's entry: boot the worker (when start.sh asks), then serve jobs.
+
+Under start.sh (WORKER_BOOT=1), in this order, each step as soon as it can run:
+
+1. the models root is resolved, once (`ProvisionSettings`), and logged with its reason;
+2. ComfyUI is started with that root, before anything slow is imported here;
+3. a thread verifies or downloads the models (`Provisioner`), then reads them ahead into the
+   page cache (`readahead`) while ComfyUI is still importing;
+4. a thread waits for ComfyUI to answer (COMFYUI_READY_TIMEOUT_S), then runs the warm-up
+   (`warmup`) if it is on and no job needs ComfyUI;
+5. once the models are verified (and, with COMFYUI_WAIT_READY=1, ComfyUI answers), the runpod
+   SDK starts taking jobs; a job waits in the handler for ComfyUI (`gate.BootGate`).
+
+A model that cannot be had ends the process before any job is taken (exit status 2, 3 or 4,
+as `python -m wan_worker.provision`); ComfyUI stopping or never answering ends it with status 1
+(a job in hand gets the error, which asks RunPod to replace the worker). Without WORKER_BOOT,
+the handler serves jobs on the ComfyUI at COMFYUI_URL (local runs, tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from wan_worker import logs
+from wan_worker.boot.gate import BootGate
+from wan_worker.boot.settings import BootSettings
+from wan_worker.boot.timeline import Timeline
+from wan_worker.comfy.launch import LaunchedComfy, launch
+from wan_worker.errors import (
+    ComfyUnavailable,
+    ConfigError,
+    DiskSpaceError,
+    ProvisionError,
+    WorkerError,
+)
+from wan_worker.provision.settings import ProvisionSettings
+from wan_worker.settings import Settings
+
+if TYPE_CHECKING:
+    from wan_worker.handler import JobHandler, Worker
+    from wan_worker.provision.provisioner import Report
+
+log = logging.getLogger("wan_worker.boot")
+TAIL_LINES = 20
+
+
+def exit_status(error: WorkerError) -> int:
+    """The process's exit status for a failed boot (the provisioning CLI's, 1 for ComfyUI)."""
+    if isinstance(error, ConfigError):
+        return 2
+    if isinstance(error, DiskSpaceError):
+        return 4
+    if isinstance(error, ProvisionError):
+        return 3
+    return 1
+
+
+def custom_node_args(settings: Settings) -> tuple[str, ...]:
+    """ComfyUI's arguments that choose which custom-node packs it loads.
+
+    The hook for loading only the packs the fixed workflow uses (derived from the workflow,
+    with a setting to load all nine). Until that selection is wired in, none: ComfyUI loads
+    every pack under custom_nodes/, as before.
+    """
+    del settings
+    return ()
+
+
+def serve(handler: JobHandler) -> None:
+    """Hand this process to the runpod SDK (it parses the command line: --rp_serve_api, ...)."""
+    import runpod
+
+    runpod.serverless.start({"handler": handler})
+
+
+def run() -> None:
+    """rp_handler.py's entry."""
+    logs.configure()
+    try:
+        settings = Settings.from_env()
+        boot = BootSettings.from_env(settings)
+    except ConfigError as exc:
+        from wan_worker.handler import job_handler
+
+        # As without a boot: every job says what to fix, until it is fixed.
+        log.error("[boot] configuration error, every job will fail with it: %s", exc.message)
+        error = exc
+
+        def broken() -> Worker:
+            raise error
+
+        serve(job_handler(broken))
+        return
+    if not boot.enabled:
+        from wan_worker.handler import handler
+
+        serve(handler)
+        return
+    sys.exit(Boot(settings, boot).run())
+
+
+class Boot:
+    def __init__(self, settings: Settings, boot: BootSettings) -> None:
+        self.settings = replace(settings, comfyui_url=boot.comfyui_url)
+        self.boot = boot
+        self.timeline = Timeline(boot.events_file)
+        self.gate = BootGate(booting=True, event=self.timeline.mark)
+        self.comfy: LaunchedComfy | None = None
+        self.launched_at = time.monotonic()
+
+    def run(self) -> int:
+        mark = self.timeline.mark
+        mark("boot_started", pid=os.getpid())
+        try:
+            provision = ProvisionSettings.from_env()
+        except ConfigError as exc:
+            log.error("[boot] FAILED: the provisioning configuration is invalid: %s", exc.message)
+            return 2
+        root = provision.models_root
+        mark("models_root", root=root, reason=provision.models_root_reason)
+        spec = self.boot.launch
+        try:
+            self.comfy = launch(spec, root, custom_node_args(self.settings))
+        except OSError as exc:
+            log.error("[boot] FAILED: ComfyUI could not be started (%s): %s", spec.python, exc)
+            return 1
+        self.launched_at = time.monotonic()
+        mark("comfyui_launched", pid=self.comfy.pid, argv=" ".join(spec.command()[1:]))
+
+        from wan_worker.handler import Worker, job_handler  # slow imports, after the launch
+
+        worker = Worker.from_settings(self.settings)
+        worker.gate = self.gate
+        threading.Thread(target=self._models, args=(provision,), name="models", daemon=True).start()
+        threading.Thread(target=self._comfyui, args=(worker,), name="comfyui", daemon=True).start()
+
+        failure = self.gate.wait_settled()
+        if failure is None and self.boot.wait_comfyui:
+            failure = self.gate.wait_comfyui()
+        if failure is not None:
+            log.error("[boot] FAILED: %s", failure.message)
+            self.comfy.stop()
+            return exit_status(failure)
+        mark("jobs_open")
+        serve(job_handler(lambda: worker))
+        return 0
+
+    # -- the models: verify or download, then read ahead ----------------------------------------
+
+    def _models(self, provision: ProvisionSettings) -> None:
+        began = time.monotonic()
+        just_read: set[str] = set()
+        if self.boot.skip_provision:
+            log.info("[boot] SKIP_PROVISION is set: using the models under %s as they are",
+                     provision.models_root)  # fmt: skip
+            self.timeline.mark("models_verified", s=0, skipped=True)
+        else:
+            report = self._provision(provision)
+            if report is None:
+                return
+            just_read = {
+                o.relpath for o in report.outcomes if o.action in ("verified", "downloaded")
+            }
+            self.timeline.mark(
+                "models_verified",
+                s=round(time.monotonic() - began, 2),
+                **{action: report.count(action) for action in ("marker", "verified", "linked",
+                                                                "downloaded")},
+            )  # fmt: skip
+        self.gate.models_verified()
+        if self.boot.readahead:
+            self._read_ahead(provision, just_read)
+
+    def _provision(self, provision: ProvisionSettings) -> Report | None:
+        from wan_worker.provision.provisioner import Provisioner
+
+        say = logging.getLogger("wan_worker.provision").info
+        try:
+            return Provisioner(provision, log=say).run()
+        except WorkerError as exc:
+            error = exc
+        except Exception as exc:  # a bug must still end the boot with a reason
+            log.exception("[boot] provisioning failed unexpectedly")
+            error = ProvisionError(f"Provisioning failed unexpectedly: {type(exc).__name__}: {exc}")
+        self.timeline.mark("models_failed", status=exit_status(error), error=error.message)
+        log.error("[provision] FAILED: %s", error.message)
+        self.gate.fail(error)
+        return None
+
+    def _read_ahead(self, provision: ProvisionSettings, just_read: set[str]) -> None:
+        from wan_worker.boot.readahead import Readahead, first_use_order, mem_available_bytes
+        from wan_worker.workflow import load_template
+
+        available = mem_available_bytes()
+        if available is None:
+            log.info("[boot] no /proc/meminfo: the models are not read ahead")
+            return
+        graph = load_template(self.settings.workflow_path).graph
+        Readahead(
+            first_use_order(graph),
+            provision.models_root,
+            budget=max(0, available - self.boot.readahead_reserve_bytes),
+            started=self.gate.started,
+            skip=just_read,
+            mark=self.timeline.mark,
+        ).run()
+
+    # -- ComfyUI: wait for its first answer, then warm it up --------------------------------------
+
+    def _comfyui(self, worker: Worker) -> None:
+        from wan_worker.comfy.client import ComfyClient
+
+        process = worker.client.process
+        timeout_s = self.settings.ready_timeout_s
+        left_s = max(0.0, self.launched_at + timeout_s - time.monotonic())
+        try:
+            ComfyClient(self.settings.comfyui_url, process).wait_ready(left_s)
+        except ComfyUnavailable:
+            self._comfyui_failed(worker, timeout_s)
+            return
+        since_launch = round(time.monotonic() - self.launched_at, 2)
+        self.timeline.mark("comfyui_answers", s_since_launch=since_launch)
+        self.gate.comfyui_answers()
+        if not self.boot.warmup:
+            return
+        from wan_worker.boot.warmup import WarmupPlan, warm_up
+
+        width, height = self.boot.warmup_size
+        plan = WarmupPlan(width=width, height=height, frames=self.boot.warmup_frames)
+        warm_up(worker, plan, wait_s=self.settings.job_timeout_s, mark=self.timeline.mark)
+
+    def _comfyui_failed(self, worker: Worker, timeout_s: float) -> None:
+        process = worker.client.process
+        state = process.state() if process is not None else None
+        if state is not None and not state.alive:
+            cause = process.death_cause() if process is not None else ""
+            reason = f"ComfyUI (pid {state.pid}) exited before answering: {cause}."
+        else:
+            reason = (
+                f"ComfyUI did not answer within {timeout_s:g} s of its start; raise "
+                "COMFYUI_READY_TIMEOUT_S if it is still loading."
+            )
+        tail = process.log_tail().splitlines()[-TAIL_LINES:] if process is not None else []
+        log.error("[boot] FAILED: %s Last log lines:\n%s", reason, "\n".join(tail) or "(empty)")
+        self.timeline.mark("comfyui_failed", reason=reason)
+        self.gate.fail(
+            ComfyUnavailable(reason + " The worker will be replaced.", refresh_worker=True)
+        )
+        if self.gate.idle():
+            # No job to tell: leave now, so RunPod replaces the worker (a job in hand gets the
+            # error, and its result asks RunPod for the same).
+            if self.comfy is not None:
+                self.comfy.stop()
+            os._exit(1)
