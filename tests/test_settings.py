@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import wan_worker.env as read
+from wan_worker.boot.settings import BootSettings
 from wan_worker.errors import ConfigError
 from wan_worker.gpu_ready import GpuWaitSettings
 from wan_worker.provision.settings import ProvisionSettings
@@ -25,6 +26,7 @@ READERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "settings.py": Settings.from_env,
     "provision/settings.py": ProvisionSettings.from_env,
     "gpu_ready.py": GpuWaitSettings.from_env,
+    "boot/settings.py": lambda env: BootSettings.from_env(Settings(), env),
 }
 NON_FINITE = ("inf", "-inf", "Infinity", "1e400", "-1e400", "nan", "NaN")
 
