@@ -44,6 +44,7 @@ class QueuedJob:
     input: dict[str, Any]
     execution_timeout_s: float | None = None
     state: str = "IN_QUEUE"
+    submitted_at: float = field(default_factory=time.monotonic)
     taken_at: float | None = None
     ended_at: float | None = None
     progress: list[Any] = field(default_factory=list)
@@ -61,6 +62,8 @@ class RunPodQueue:
         self.to_stop: list[str] = []
         self.pings: list[dict[str, str]] = []
         self.takes = 0
+        #: When the worker first asked for a job (`time.monotonic()`): its queue was open.
+        self.first_poll_at: float | None = None
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -176,6 +179,9 @@ class RunPodQueue:
     async def _job_take(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return web.Response(status=401)
+        with self._cond:
+            if self.first_poll_at is None:
+                self.first_poll_at = time.monotonic()
 
         def take() -> QueuedJob | None:
             if not self.waiting:
