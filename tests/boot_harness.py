@@ -40,6 +40,18 @@ from tests.comfy_double import main
 main(sys.argv[1:])
 """
 
+INSTALLED_PACKS = ("ComfyUI-Frame-Interpolation", "ComfyUI-KJNodes", "ComfyUI-VideoHelperSuite",
+                   "ComfyUI-Manager")  # fmt: skip
+#: The flags that load only the workflow's packs (wan_worker.node_packs).
+WORKFLOW_PACK_ARGS = [
+    "--disable-all-custom-nodes",
+    "--whitelist-custom-nodes",
+    "ComfyUI-Frame-Interpolation",
+    "ComfyUI-KJNodes",
+    "ComfyUI-VideoHelperSuite",
+    "--disable-api-nodes",
+]
+
 HANDLER = r"""
 import json, os, runpy, sys
 record = {"argv": sys.argv[1:], "pid": os.getpid()}
@@ -56,6 +68,8 @@ def boot_env(tmp_path: Path) -> dict[str, str]:
     comfy = tmp_path / "comfy"
     comfy.mkdir()
     (comfy / "main.py").write_text(COMFY_MAIN)
+    for pack in INSTALLED_PACKS:  # the image installs nine packs; the workflow needs these
+        (comfy / "custom_nodes" / pack).mkdir(parents=True)
     (tmp_path / "handler.py").write_text(HANDLER)
     (tmp_path / "volume").mkdir()
     keep = ("PATH", "HOME", "LANG", "SYSTEMROOT")

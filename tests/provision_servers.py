@@ -3,8 +3,9 @@
 - `Nginx`: Debian's nginx with a throwaway config, serving files with Range (the CDN role).
 - `HubStub`: an aiohttp app answering `/{repo}/resolve/{rev}/{path}` like the Hugging Face Hub:
   metadata headers (X-Repo-Commit, X-Linked-Etag, X-Linked-Size) and a 302 to the file host.
-- `FlakyFileServer`: an aiohttp file server with Range that can cut the first response short
-  or corrupt it, recording every Range it was asked for.
+- `FlakyFileServer`: an aiohttp file server with Range that can cut the first response short,
+  corrupt it, ignore Range, hold a range back until the others are served, or stall mid-body,
+  recording every Range it was asked for.
 All start synchronously (the listening socket exists when `start()` returns) and count requests.
 """
 
@@ -191,8 +192,12 @@ class HubStub(_AioServer):
 class Fault:
     truncate_after: int | None = None  # first GET: send this many bytes, then drop the link
     corrupt: bool = False  # every GET: flip the bytes' first byte
+    corrupt_gets: int = 0  # the first this many GETs: flip the bytes' first byte
     status: int | None = None  # every request: answer with this status
     delay_s: float = 0.0  # every GET: wait this long before answering (a slow link)
+    ignore_range: bool = False  # every GET: the whole file with 200, whatever Range says
+    hold_first_range: int = 0  # the GET for bytes=0-...: held until this many others are served
+    stall_after: int | None = None  # first GET: send this many bytes, then hang until stop()
 
 
 class FlakyFileServer(_AioServer):
@@ -203,6 +208,16 @@ class FlakyFileServer(_AioServer):
         self.ranges: list[str | None] = []
         self.methods: list[str] = []
         self._truncated = False
+        self._stalled = False
+        self._served = 0  # complete GET bodies sent
+        self._progress: asyncio.Condition | None = None
+        self._release: asyncio.Event | None = None
+
+    def stop(self) -> None:
+        release = self._release
+        if release is not None:
+            self._loop.call_soon_threadsafe(release.set)
+        super().stop()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -223,12 +238,19 @@ class FlakyFileServer(_AioServer):
             await asyncio.sleep(self.fault.delay_s)
         start, end = 0, size - 1
         status = 200
-        if rng:
+        if self._progress is None:
+            self._progress = asyncio.Condition()
+            self._release = asyncio.Event()
+        if self.fault.hold_first_range and rng and rng.startswith("bytes=0-"):
+            async with self._progress:
+                await self._progress.wait_for(lambda: self._served >= self.fault.hold_first_range)
+        if rng and not self.fault.ignore_range:
             first, last = rng.removeprefix("bytes=").split("-")
             start, end = int(first), int(last) if last else size - 1
             status = 206
         body = data[start : end + 1]
-        if self.fault.corrupt and body:
+        gets = len(self.ranges)
+        if (self.fault.corrupt or gets <= self.fault.corrupt_gets) and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         response = web.StreamResponse(status=status)
         response.content_length = len(body)
@@ -241,8 +263,17 @@ class FlakyFileServer(_AioServer):
             assert request.transport is not None
             request.transport.abort()  # the connection drops mid-body
             return response
+        if self.fault.stall_after is not None and not self._stalled:
+            self._stalled = True
+            await response.write(body[: self.fault.stall_after])
+            assert self._release is not None
+            await self._release.wait()  # the client sees a live connection that sends nothing
+            return response
         await response.write(body)
         await response.write_eof()
+        async with self._progress:
+            self._served += 1
+            self._progress.notify_all()
         return response
 
 

@@ -156,10 +156,12 @@ def test_fresh_download_uses_parallel_ranges_and_checks_sha(tmp_path, cdn, nginx
     assert report.count("downloaded") == 2
     assert report.fetched_bytes == SIZE + MIB // 2
     # Both sha256s were checked: the manifest's for a, the Hub's (X-Linked-Etag) for b.
-    for rel in ("diffusion_models/a.safetensors", "vae/b.safetensors"):
+    for rel, data in (("diffusion_models/a.safetensors", a), ("vae/b.safetensors", b)):
         marker = verify.read_marker(root, rel)
         assert marker is not None and marker.sha256_checked
-    assert len(hashes) == 2
+        assert marker.sha256 == hashlib.sha256(data).hexdigest()
+    # ... computed while the ranges arrived: neither file was read back for it.
+    assert report.hashed == 2 and hashes == []
     # The Hub was asked for metadata only; the bytes came from nginx in several ranges.
     assert {m for m, _ in hub.requests} == {"HEAD"}
     served = [r for r in nginx.requests() if r[1] == "/a.bin"]
@@ -174,13 +176,12 @@ def test_warm_start_downloads_nothing_and_hashes_nothing(tmp_path, cdn, nginx, h
     _, manifest = published(tmp_path, cdn, hub, folder="loras")
     settings = settings_for(tmp_path, manifest, hub.url)
     run(settings)
-    hub_before, nginx_before, hashes_before = len(hub.requests), len(nginx.requests()), len(hashes)
-    assert hashes_before == 1
+    hub_before, nginx_before = len(hub.requests), len(nginx.requests())
 
     report = run(settings)
 
     assert report.count("marker") == 1 and report.count("downloaded") == 0
-    assert report.hashed == 0 and len(hashes) == hashes_before
+    assert report.hashed == 0 and hashes == []
     assert len(hub.requests) == hub_before
     assert len(nginx.requests()) == nginx_before
 
@@ -493,7 +494,9 @@ def test_r2_download_with_transfer_config(tmp_path, r2, hashes):
     report = run(settings_for(tmp_path, manifest, r2=r2))
     assert (tmp_path / "models" / "diffusion_models" / "x.safetensors").read_bytes() == data
     assert report.outcomes[0].source == "r2://wan-models/diffusion_models/x.safetensors"
-    assert report.fetched_bytes == len(data) and len(hashes) == 1
+    assert report.fetched_bytes == len(data) and report.hashed == 1 and hashes == []
+    marker = verify.read_marker(tmp_path / "models", "diffusion_models/x.safetensors")
+    assert marker is not None and marker.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_r2_resumes_a_partial_download(tmp_path, r2):

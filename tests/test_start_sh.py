@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.boot_harness import ROOT, START, BootRun, alive, boot_env, stop_comfyui
+from tests.boot_harness import (
+    ROOT,
+    START,
+    WORKFLOW_PACK_ARGS,
+    BootRun,
+    alive,
+    boot_env,
+    stop_comfyui,
+)
 from tests.conftest import make_png
 from tests.provision_servers import (
     FlakyFileServer,
@@ -101,7 +109,8 @@ def test_serverless_boot_provisions_starts_comfyui_and_runs_the_job(tmp_path, bo
         str(ROOT / "extra_model_paths.yaml"),
     ]
     # No global --fast fp16_accumulation: the workflow sets it per model (nodes 911/912).
-    assert argv[6:] == ["--preview-method", "none", "--disable-auto-launch"]
+    # Only the custom node packs the workflow uses (ComfyUI-Manager is installed, not loaded).
+    assert argv[6:] == ["--preview-method", "none", "--disable-auto-launch", *WORKFLOW_PACK_ARGS]
     assert "--use-sage-attention" not in argv
     assert comfy["cwd"] == boot["COMFYUI_DIR"]
     assert int(Path(boot["COMFYUI_PID_FILE"]).read_text()) == comfy["pid"]
@@ -153,6 +162,7 @@ def test_flags_paths_and_interpreter_are_overridable(tmp_path, boot):
             "COMFYUI_EXTRA_ARGS": "--verbose DEBUG --front-end-root '/a b'",
             "COMFYUI_LISTEN": "127.0.0.1",
             "HANDLER_ARGS": "--rp_log_level DEBUG",
+            "COMFYUI_NODE_PACKS": "all",
         }
     )
     done = start(boot, tmp_path, "--test_input", JOB)
@@ -168,6 +178,21 @@ def test_flags_paths_and_interpreter_are_overridable(tmp_path, boot):
     assert read(tmp_path / "comfy.json")["models_root"] == str(tmp_path / "elsewhere")
     assert "reason=MODELS_ROOT" in done.stderr
     assert "SKIP_PROVISION is set" in done.stderr
+    # COMFYUI_NODE_PACKS=all: no pack flags, ComfyUI loads every installed pack.
+    assert "COMFYUI_NODE_PACKS=all: loading every custom node pack" in done.stderr
+
+
+def test_a_custom_node_pack_the_workflow_needs_but_missing_ends_the_boot(tmp_path, boot):
+    boot.update({"SKIP_PROVISION": "1", "MODELS_ROOT": str(tmp_path / "m")})
+    shutil.rmtree(Path(boot["COMFYUI_DIR"]) / "custom_nodes" / "ComfyUI-KJNodes")
+    done = start(boot, tmp_path, "--test_input", JOB)
+    assert done.proc.returncode == 2
+    assert (
+        "[boot] FAILED: the workflow needs the custom node pack 'ComfyUI-KJNodes', which is not "
+        "installed in"
+    ) in done.stderr
+    assert not (tmp_path / "comfy.json").exists()  # ComfyUI was never started
+    assert "completed successfully" not in done.output
 
 
 def test_a_model_that_cannot_be_had_ends_the_boot_before_any_job(tmp_path, boot):

@@ -39,6 +39,7 @@ from wan_worker.errors import (
     ProvisionError,
     WorkerError,
 )
+from wan_worker.node_packs import selection_for
 from wan_worker.provision.settings import ProvisionSettings
 from wan_worker.settings import Settings
 
@@ -61,15 +62,15 @@ def exit_status(error: WorkerError) -> int:
     return 1
 
 
-def custom_node_args(settings: Settings) -> tuple[str, ...]:
-    """ComfyUI's arguments that choose which custom-node packs it loads.
+def custom_node_args(settings: Settings, boot: BootSettings) -> tuple[str, ...]:
+    """ComfyUI's arguments that choose the custom node packs it loads (`wan_worker.node_packs`).
 
-    The hook for loading only the packs the fixed workflow uses (derived from the workflow,
-    with a setting to load all nine). Until that selection is wired in, none: ComfyUI loads
-    every pack under custom_nodes/, as before.
+    Only the packs whose classes the fixed workflow uses, derived from it; COMFYUI_NODE_PACKS=all
+    loads every pack. A pack the workflow needs but that is not installed is a ConfigError.
     """
-    del settings
-    return ()
+    selection = selection_for(settings.workflow_path, boot.node_packs, boot.launch.comfyui_dir)
+    log.info("[boot] %s", selection.reason)
+    return tuple(selection.comfyui_args())
 
 
 def serve(handler: JobHandler) -> None:
@@ -126,7 +127,12 @@ class Boot:
         mark("models_root", root=root, reason=provision.models_root_reason)
         spec = self.boot.launch
         try:
-            self.comfy = launch(spec, root, custom_node_args(self.settings))
+            node_args = custom_node_args(self.settings, self.boot)
+        except ConfigError as exc:
+            log.error("[boot] FAILED: %s", exc.message)
+            return 2
+        try:
+            self.comfy = launch(spec, root, node_args)
         except OSError as exc:
             log.error("[boot] FAILED: ComfyUI could not be started (%s): %s", spec.python, exc)
             return 1

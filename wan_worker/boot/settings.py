@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import wan_worker.env as read
 from wan_worker.comfy.launch import LaunchSpec
 from wan_worker.errors import ConfigError
+from wan_worker.node_packs import read_mode
 from wan_worker.provision.settings import runpod_mode
 from wan_worker.settings import PROJECT_ROOT, Settings
 
@@ -54,6 +55,7 @@ class BootSettings:
     warmup_size: tuple[int, int] = (480, 832)
     warmup_frames: int = 9
     events_file: Path | None = None
+    node_packs: str = "workflow"
 
     @classmethod
     def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> BootSettings:
@@ -90,4 +92,5 @@ class BootSettings:
             warmup_size=_size(env, "WARMUP_SIZE", "480x832"),
             warmup_frames=read.integer(env, "WARMUP_FRAMES", 9, 1),
             events_file=Path(events) if events else None,
+            node_packs=read_mode(env),
         )

@@ -103,10 +103,11 @@ class Provisioner:
     def _say(self, text: str) -> None:
         self.log(redact(f"[provision] {text}"))
 
-    def _hash(self, path: Path) -> str:
+    def _hash(self, path: Path, streamed: str | None = None) -> str:
+        """The file's sha256: `streamed` if the transfer computed it, else one read of it."""
         with self._lock:
             self.report.hashed += 1
-        return verify.sha256_file(path)
+        return streamed if streamed is not None else verify.sha256_file(path)
 
     def _done(self, outcome: Outcome) -> None:
         with self._lock:
@@ -260,7 +261,7 @@ class Provisioner:
                 f"{model.relpath}: downloading {human_bytes(remote.size)} from {remote.label}"
             )
             try:
-                fetched = transfer(
+                done = transfer(
                     remote,
                     plan.tmp,
                     connections=self.settings.connections,
@@ -279,17 +280,18 @@ class Provisioner:
             progress.forget(model.relpath)
             seconds = max(time.monotonic() - started, 1e-6)
             self._say(
-                f"{model.relpath}: transferred {human_bytes(fetched)} in {seconds:.1f}s "
-                f"({human_bytes(fetched / seconds)}/s); verifying"
+                f"{model.relpath}: transferred {human_bytes(done.fetched)} in {seconds:.1f}s "
+                f"({human_bytes(done.fetched / seconds)}/s), sha256 "
+                f"{'computed on the way' if done.sha256 else 'to be read from disk'}; verifying"
             )
-            if self._accept_download(plan, remote):
+            if self._accept_download(plan, remote, done.sha256):
                 self._say(f"{model.relpath}: ready ({remote.label})")
-                self._done(Outcome(model.relpath, "downloaded", remote.label, fetched))
+                self._done(Outcome(model.relpath, "downloaded", remote.label, done.fetched))
                 return
             self._open_first(plan, plan.source_index + 1)
         raise ProvisionError(self._failure_text([plan]))
 
-    def _accept_download(self, plan: _Plan, remote: Remote) -> bool:
+    def _accept_download(self, plan: _Plan, remote: Remote, streamed_sha256: str | None) -> bool:
         model, tmp = plan.model, plan.tmp
         size = tmp.stat().st_size
         if size != remote.size or (model.size is not None and size != model.size):
@@ -297,7 +299,7 @@ class Provisioner:
             tmp.unlink(missing_ok=True)
             return False
         expected = model.sha256 or remote.sha256
-        actual = self._hash(tmp)
+        actual = self._hash(tmp, streamed_sha256)
         if expected is not None and actual != expected:
             plan.tried.append(f"{remote.label}: sha256 {actual} does not match {expected}")
             self._say(f"{model.relpath}: sha256 mismatch from {remote.label}; discarded")

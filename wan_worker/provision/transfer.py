@@ -4,7 +4,8 @@ The temporary file is the final size from the start; bytes land at their offsets
 the byte ranges already written are recorded in a small state file beside it. A transfer that
 stops (network error, killed process) resumes by fetching only the missing ranges. Each range
 is retried with exponential backoff; a source that keeps failing raises `SourceFailed` so the
-caller can try the next source.
+caller can try the next source. The file's sha256 is computed while the ranges arrive
+(`verify.PrefixHasher`), so verifying a download needs no second read of the file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+from wan_worker.provision.verify import PrefixHasher
 
 STATE_SUFFIX = ".state.json"
 PERSIST_EVERY_BYTES = 256 * 1024 * 1024
@@ -84,6 +87,11 @@ class Extents:
     def ranges(self) -> list[tuple[int, int]]:
         with self._lock:
             return list(self._ranges)
+
+    def prefix(self) -> int:
+        """End of the range that starts at byte 0 (0 if none does)."""
+        with self._lock:
+            return self._ranges[0][1] if self._ranges and self._ranges[0][0] == 0 else 0
 
     def total(self) -> int:
         return sum(e - s for s, e in self.ranges())
@@ -226,13 +234,20 @@ class OffsetWriter:
     """
 
     def __init__(
-        self, fd: int, state: PartialState, state_path: Path, progress: Progress, name: str
+        self,
+        fd: int,
+        state: PartialState,
+        state_path: Path,
+        progress: Progress,
+        name: str,
+        hasher: PrefixHasher | None = None,
     ) -> None:
         self._fd = fd
         self._state = state
         self._state_path = state_path
         self._progress = progress
         self._name = name
+        self._hasher = hasher
         self._pos = 0
         self._since_persist = 0
         self._lock = threading.Lock()
@@ -240,11 +255,15 @@ class OffsetWriter:
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         pos = offset
+        if self._hasher is not None:
+            self._hasher.writing(offset)
         while view:
             written = os.pwrite(self._fd, view, pos)
             view = view[written:]
             pos += written
         self._state.done.add(offset, offset + len(data))
+        if self._hasher is not None:
+            self._hasher.wrote(offset)
         self._progress.add(self._name, len(data))
         with self._lock:
             self._since_persist += len(data)
@@ -332,6 +351,11 @@ def _fetch_range(
             time.sleep(delay)
 
 
+class Transferred(NamedTuple):
+    fetched: int  # bytes fetched by this call (a resumed partial already held the rest)
+    sha256: str | None  # the file's sha256, or None if it must be hashed from disk
+
+
 def transfer(
     remote: Remote,
     tmp: Path,
@@ -342,8 +366,8 @@ def transfer(
     progress: Progress,
     name: str,
     log: Callable[[str], None],
-) -> int:
-    """Fill `tmp` with the remote file, resuming a compatible partial; returns bytes fetched."""
+) -> Transferred:
+    """Fill `tmp` with the remote file, resuming a compatible partial."""
     state_file = state_path(tmp)
     state = resumable_state(tmp, remote)
     if state is None:
@@ -355,11 +379,18 @@ def transfer(
         log(f"{name}: resuming, {human_bytes(state.done.total())} already on disk")
     already = state.done.total()
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+    hasher: PrefixHasher | None = None
     try:
         os.ftruncate(fd, remote.size)
         state.save(state_file)
         progress.track(name, already, remote.size)
-        writer = OffsetWriter(fd, state, state_file, progress, name)
+
+        def prefix() -> int:  # read through `state`: a server that ignores Range resets it
+            return state.done.prefix()
+
+        # Hashes what a resumed partial already holds, then each range as the prefix grows.
+        hasher = PrefixHasher(fd, remote.size, prefix)
+        writer = OffsetWriter(fd, state, state_file, progress, name, hasher)
         try:
             _transfer_into(
                 remote,
@@ -374,11 +405,14 @@ def transfer(
             writer.persist()
         if state.done.missing(remote.size):
             raise SourceFailed("transfer ended with bytes missing")
-        os.fsync(fd)
+        os.fsync(fd)  # while the hasher finishes the last blocks
+        sha256 = hasher.finish()
     finally:
+        if hasher is not None:
+            hasher.stop()
         os.close(fd)
     state_file.unlink(missing_ok=True)
-    return remote.size - already
+    return Transferred(remote.size - already, sha256)
 
 
 def _transfer_into(
