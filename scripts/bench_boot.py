@@ -153,6 +153,9 @@ def base_env(args: argparse.Namespace, manifest: Path, workflow: Path | None) ->
             "JOB_TIMEOUT_S": "3600",
             "COMFYUI_READY_TIMEOUT_S": "900",
             "MAX_OUTPUT_PIXELS": str(1280 * 720),
+            # Every video inline, never re-encoded to fit: this times the boot, not the fit
+            # (scripts/bench_fit.py times that).
+            "MAX_BASE64_BYTES": str(1 << 31),
             "PYTHONUNBUFFERED": "1",
         }
     )
