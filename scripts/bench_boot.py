@@ -320,12 +320,14 @@ def run_boot(
     events.unlink(missing_ok=True)
     log_path = args.out / f"boot-{tag}.log"
     pid_file = args.out / "comfyui.pid"
+    port = free_port()
     with RunPodQueue() as queue, log_path.open("wb") as log:
         env = {
             **env,
             **queue.env(),
             "APP_DIR": str(checkout),
-            "COMFYUI_PORT": str(free_port()),
+            "COMFYUI_PORT": str(port),
+            "COMFYUI_URL": f"http://127.0.0.1:{port}",  # the old boot's handler reads only this
             "COMFYUI_PID_FILE": str(pid_file),
             "COMFYUI_LOG": str(args.out / f"comfyui-{tag}.log"),
             "BOOT_EVENTS_FILE": str(events),
