@@ -54,7 +54,9 @@ class QueuedJob:
 
 
 class RunPodQueue:
-    def __init__(self, hold_s: float = 2.0) -> None:
+    def __init__(self, hold_s: float = 2.0, max_result_bytes: int = 20 * 1024**2) -> None:
+        #: The largest result it takes (RunPod's /runsync limit, 20 MB, by default).
+        self.max_result_bytes = max_result_bytes
         self.hold_s = hold_s
         self.base = ""  # http://127.0.0.1:PORT once started
         self.jobs: dict[str, QueuedJob] = {}
@@ -239,7 +241,7 @@ class RunPodQueue:
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
-        app = web.Application()
+        app = web.Application(client_max_size=self.max_result_bytes)
         app.router.add_get("/v2/{endpoint}/job-take/{worker}", self._job_take)
         app.router.add_get("/v2/{endpoint}/job-stop/{worker}", self._job_stop)
         app.router.add_post("/v2/{endpoint}/job-done/{worker}/{job_id}", self._job_done)
