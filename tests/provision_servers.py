@@ -274,6 +274,12 @@ class FlakyFileServer(_AioServer):
         return response
 
 
+def partial_of(dest: Path) -> Path:
+    """The one partial download of `dest` (named by its owner's token) that a run left."""
+    [partial] = dest.parent.glob(f".{dest.name}.*.partial")
+    return partial
+
+
 def write_manifest(path: Path, models: list[dict]) -> Path:
     path.write_text(json.dumps({"models": models}), encoding="utf-8")
     return path

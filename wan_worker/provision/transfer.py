@@ -241,8 +241,10 @@ class OffsetWriter:
         progress: Progress,
         name: str,
         hasher: PrefixHasher | None = None,
+        check: Callable[[], None] | None = None,
     ) -> None:
         self._fd = fd
+        self._check = check
         self._state = state
         self._state_path = state_path
         self._progress = progress
@@ -253,6 +255,8 @@ class OffsetWriter:
         self._lock = threading.Lock()
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        if self._check is not None:
+            self._check()  # raises when this process may no longer write the file
         view = memoryview(data)
         pos = offset
         if self._hasher is not None:
@@ -366,8 +370,10 @@ def transfer(
     progress: Progress,
     name: str,
     log: Callable[[str], None],
+    check: Callable[[], None] | None = None,
 ) -> Transferred:
-    """Fill `tmp` with the remote file, resuming a compatible partial."""
+    """Fill `tmp` with the remote file, resuming a compatible partial. `check`, called before
+    each write, stops the transfer by raising (a download claim lost to another worker)."""
     state_file = state_path(tmp)
     state = resumable_state(tmp, remote)
     if state is None:
@@ -390,7 +396,7 @@ def transfer(
 
         # Hashes what a resumed partial already holds, then each range as the prefix grows.
         hasher = PrefixHasher(fd, remote.size, prefix)
-        writer = OffsetWriter(fd, state, state_file, progress, name, hasher)
+        writer = OffsetWriter(fd, state, state_file, progress, name, hasher, check)
         try:
             _transfer_into(
                 remote,
