@@ -245,7 +245,7 @@ def check_run(
                 assert f"{Path(rel).name}: adopted the partial download" in everything
     # The waiters said what they waited for, naming the owner.
     first = killed[0].pid
-    assert f"waiting for host {host} pid {first}, which is downloading it (" in everything
+    assert f"waiting for host {host} pid {first}, which holds its claim (" in everything
     # Every survivor ended with all models ready; together with what a killed worker put in
     # place before it died, each file was downloaded once, and the rest of the survivors'
     # files were made ready by another worker.
@@ -435,7 +435,7 @@ def test_a_vanished_hosts_claim_is_taken_over_after_the_stale_bound(tmp_path):
         asked = list(server.ranges)
     text = "\n".join(lines)
     assert took >= stale_s  # never before the bound: its heartbeat might only have been late
-    assert "vae/a.safetensors: waiting for host vanished-host pid 4242, which is downloading" in (
+    assert "vae/a.safetensors: waiting for host vanished-host pid 4242, which holds its claim" in (
         text
     )
     assert (

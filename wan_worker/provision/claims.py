@@ -444,7 +444,7 @@ def claim_or_wait(
         if now - logged >= timing.log_s:
             logged = now
             say(
-                f"{relpath}: waiting for {who}, which is downloading it "
+                f"{relpath}: waiting for {who}, which holds its claim "
                 f"({_partial_progress(slot, view.owner)}; heartbeat seen "
                 f"{now - seen_since:.0f}s ago; waited {waited:.0f}s of at most "
                 f"{timing.wait_s:g}s)"
