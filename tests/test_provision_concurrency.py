@@ -579,3 +579,26 @@ def test_settings_read_the_claim_timings(tmp_path):
     assert (timing.heartbeat_s, timing.poll_s) == (5 / 6, 5 / 6)
     with pytest.raises(ConfigError):
         ProvisionSettings.from_env({"MODELS_ROOT": str(tmp_path), "PROVISION_WAIT_S": "soon"})
+
+
+def test_clean_up_after_publishing_keeps_only_a_fresh_owner_file_of_another_creator(tmp_path):
+    slot = Slot(tmp_path / "a.safetensors")
+    me, other, killed = ghost("me"), ghost("other"), ghost("killed")
+    assert claims.create(slot.claim, me)
+    left = [
+        slot.own(other.token, "partial"),
+        state_path(slot.own(other.token, "partial")),
+        slot.takeover(other.token),
+        slot.own(other.token, "stale"),
+        slot.legacy_partial,
+    ]
+    fresh = slot.claim.with_name(f"{slot.claim.name}.{other.token}.owner")  # being created now
+    abandoned = slot.claim.with_name(f"{slot.claim.name}.{killed.token}.owner")
+    unrelated = tmp_path / ".a.safetensors.x.partial"  # not a name this code makes
+    for path in [*left, fresh, abandoned, unrelated]:
+        path.write_bytes(b"x")
+    claim_mtime = os.stat(slot.claim).st_mtime_ns
+    os.utime(abandoned, ns=(claim_mtime - 61 * 10**9, claim_mtime - 61 * 10**9))
+    Claim(slot, me).clean()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([slot.claim.name, fresh.name, unrelated.name])

@@ -47,6 +47,7 @@ from pathlib import Path
 from wan_worker.provision.transfer import PartialState, human_bytes, state_path
 
 Say = Callable[[str], None]
+ABANDONED_OWNER_FILE_NS = 60 * 10**9
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
 # What may follow `.<name>.` in a temporary name of the file's (the claim itself excepted).
 _LEFTOVER = re.compile(
@@ -189,6 +190,8 @@ def create(path: Path, owner: Owner) -> bool:
     try:
         os.link(own, path)
         return True
+    except FileNotFoundError:
+        return False  # our owner file was cleaned away as abandoned: compete again
     except FileExistsError:
         return os.stat(own).st_nlink == 2  # our link happened; only its reply was lost
     except OSError as exc:
@@ -279,10 +282,18 @@ class Claim:
             f"({human_bytes(done)} on disk)")  # fmt: skip
 
     def clean(self) -> None:
-        """Once the file is in place: delete every temporary name of it but our claim."""
+        """Once the file is in place: delete every temporary name of it but our claim. Another
+        creator's owner file lives for a moment only; one that is a minute older than our
+        claim (the server's clock for both) was left by a process killed in that moment."""
+        try:
+            now = os.stat(self.slot.claim).st_mtime_ns
+        except FileNotFoundError:
+            now = 0
         for path in self.slot.leftovers():
-            if path.name.endswith(".owner") and not path.name.endswith(f"{self.owner.token}.owner"):
-                continue  # another creator's, alive for a moment only; it deletes it itself
+            if path.name.endswith(".owner"):
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime_ns < ABANDONED_OWNER_FILE_NS:
+                        continue
             path.unlink(missing_ok=True)
 
     def release(self) -> None:
