@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
@@ -100,21 +101,46 @@ class Worker:
         return self.log.read_text(encoding="utf-8")
 
 
-def start_workers(count: int, env: dict[str, str], logs: Path) -> list[Worker]:
-    """`count` provisioning processes started at once, as start.sh runs one."""
+@contextmanager
+def workers_running(count: int, env: dict[str, str], logs: Path) -> Iterator[list[Worker]]:
+    """`count` provisioning processes started at once, as start.sh runs one; any still
+    running when the test ends (a failure) are killed."""
     logs.mkdir(exist_ok=True)
     workers = []
-    for i in range(count):
-        log = logs / f"worker-{i}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "wan_worker.provision"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=out,
-            )
-        workers.append(Worker(proc, log))
-    return workers
+    try:
+        for i in range(count):
+            log = logs / f"worker-{i}.log"
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "wan_worker.provision"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=out,
+                )
+            workers.append(Worker(proc, log))
+        yield workers
+    finally:
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+                worker.proc.wait()
+
+
+def manifest_for(tmp_path: Path, data: dict[str, bytes], source: Callable[[str], dict]) -> Path:
+    """A manifest of these files (`folder/filename` keys), sizes and sums pinned."""
+    return write_manifest(
+        tmp_path / "m.json",
+        [
+            {
+                "folder": rel.split("/")[0],
+                "filename": rel.split("/")[1],
+                "size": len(blob),
+                "sha256": sha(blob),
+                "sources": [source(rel)],
+            }
+            for rel, blob in data.items()
+        ],
+    )
 
 
 @dataclass
@@ -278,23 +304,13 @@ def test_five_workers_on_one_root_over_http_two_killed_mid_download(tmp_path):
     path_of = {rel: f"/{i}.bin" for i, rel in enumerate(SIZES)}
     with running(FlakyFileServer(cdn, Fault(rate=RATE))) as server:
         assert isinstance(server, FlakyFileServer)
-        manifest = write_manifest(
-            tmp_path / "m.json",
-            [
-                {
-                    "folder": rel.split("/")[0],
-                    "filename": rel.split("/")[1],
-                    "size": len(blob),
-                    "sha256": sha(blob),
-                    "sources": [{"type": "url", "url": f"{server.url}{path_of[rel]}"}],
-                }
-                for rel, blob in data.items()
-            ],
+        manifest = manifest_for(
+            tmp_path, data, lambda rel: {"type": "url", "url": f"{server.url}{path_of[rel]}"}
         )
         root = tmp_path / "models"
-        workers = start_workers(5, base_env(tmp_path, manifest), tmp_path / "logs")
         killed: list[Kill] = []
-        try:
+        env = base_env(tmp_path, manifest)
+        with workers_running(5, env, tmp_path / "logs") as workers:
             kill_mid_download(root, workers, server.requests, killed, least=MIB)
             assert all(w.proc.poll() is None for w in workers if w.proc.pid != killed[0].pid)
             kill_mid_download(root, workers, server.requests, killed, least=2 * MIB)
@@ -302,11 +318,6 @@ def test_five_workers_on_one_root_over_http_two_killed_mid_download(tmp_path):
                 root, data, workers, killed, server.requests, path_of,
                 lambda rel: f"{server.url}{path_of[rel]}",
             )  # fmt: skip
-        finally:
-            for worker in workers:
-                if worker.proc.poll() is None:
-                    worker.proc.kill()
-                    worker.proc.wait()
     # Each file's source was opened (HEAD) by its owners only: once, plus once per takeover.
     heads = [path for method, path, _ in server.requests if method == "HEAD"]
     for rel in data:
@@ -346,19 +357,7 @@ def test_four_workers_on_one_root_over_s3_one_killed_mid_download(tmp_path, s3_b
         data[rel] = make_blob(tmp_path / "src" / f"{i}.bin", size, seed=10 + i)
         s3.put_object(Bucket="wan-models", Key=rel, Body=data[rel])
     path_of = {rel: f"/wan-models/{rel}" for rel in SIZES}
-    manifest = write_manifest(
-        tmp_path / "m.json",
-        [
-            {
-                "folder": rel.split("/")[0],
-                "filename": rel.split("/")[1],
-                "size": len(blob),
-                "sha256": sha(blob),
-                "sources": [{"type": "r2", "key": rel}],
-            }
-            for rel, blob in data.items()
-        ],
-    )
+    manifest = manifest_for(tmp_path, data, lambda rel: {"type": "r2", "key": rel})
     env = base_env(
         tmp_path,
         manifest,
@@ -368,19 +367,13 @@ def test_four_workers_on_one_root_over_s3_one_killed_mid_download(tmp_path, s3_b
         R2_SECRET_KEY=secret,
     )
     root = tmp_path / "models"
-    workers = start_workers(4, env, tmp_path / "logs")
     killed: list[Kill] = []
-    try:
+    with workers_running(4, env, tmp_path / "logs") as workers:
         kill_mid_download(root, workers, proxy.requests, killed, least=MIB)
         check_run(
             root, data, workers, killed, proxy.requests, path_of,
             lambda rel: f"r2://wan-models/{rel}",
         )  # fmt: skip
-    finally:
-        for worker in workers:
-            if worker.proc.poll() is None:
-                worker.proc.kill()
-                worker.proc.wait()
     for worker in workers:
         assert secret not in worker.text()
 
