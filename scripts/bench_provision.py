@@ -288,6 +288,11 @@ def main() -> int:
         help="skip the memory primer between runs (see settle): each tool then starts from "
         "whatever the previous one left",
     )
+    parser.add_argument(
+        "--warm-only",
+        action="store_true",
+        help="time only the warm start (already verified models), no downloads",
+    )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-provision-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -296,19 +301,21 @@ def main() -> int:
     cdn.mkdir(exist_ok=True)
     nginx_work = work / "nginx"
     nginx_work.mkdir(exist_ok=True)
-    files = make_sources(cdn, args.files, args.mib)
-    port, conf = start_nginx(cdn, nginx_work)
-    outputs = (work / "aria2-out", work / "models")  # both deleted before every timed command
-    try:
-        bench_downloads(port, files, work, outputs, args)
-    finally:
-        settle(work, outputs, 0)
-        subprocess.run(["nginx", "-c", str(conf), "-p", str(nginx_work), "-s", "stop"], check=False)
+    if not args.warm_only:
+        files = make_sources(cdn, args.files, args.mib)
+        port, conf = start_nginx(cdn, nginx_work)
+        outputs = (work / "aria2-out", work / "models")  # deleted before every timed command
+        try:
+            bench_downloads(port, files, work, outputs, args)
+        finally:
+            settle(work, outputs, 0)
+            stop = ["nginx", "-c", str(conf), "-p", str(nginx_work), "-s", "stop"]
+            subprocess.run(stop, check=False)
     warm = bench_warm(work, args.runs)
     gb = sum(WARM_SIZES.values()) / 1e9
     print(
         f"warm start, {gb:.1f} GB of verified models (sparse), `python -m wan_worker.provision`:"
-        f" median {statistics.median(warm):.2f}s, max {max(warm):.2f}s over {args.runs} runs"
+        f" {spread(warm, '{:.3f}s')} over {args.runs} runs"
     )
     shutil.rmtree(work / "models", ignore_errors=True)
     shutil.rmtree(work / "warm-models", ignore_errors=True)

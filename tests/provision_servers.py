@@ -198,6 +198,18 @@ class Fault:
     ignore_range: bool = False  # every GET: the whole file with 200, whatever Range says
     hold_first_range: int = 0  # the GET for bytes=0-...: held until this many others are served
     stall_after: int | None = None  # first GET: send this many bytes, then hang until stop()
+    rate: int | None = None  # every GET: send at most this many bytes a second
+
+
+async def write_throttled(response: web.StreamResponse, body: bytes, rate: int | None) -> None:
+    """Send `body` in 64 KiB pieces, at most `rate` bytes a second (all at once if None)."""
+    if rate is None:
+        await response.write(body)
+        return
+    piece = 64 * 1024
+    for start in range(0, len(body), piece):
+        await response.write(body[start : start + piece])
+        await asyncio.sleep(min(piece, len(body) - start) / rate)
 
 
 class FlakyFileServer(_AioServer):
@@ -207,6 +219,7 @@ class FlakyFileServer(_AioServer):
         self.fault = fault or Fault()
         self.ranges: list[str | None] = []
         self.methods: list[str] = []
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range)
         self._truncated = False
         self._stalled = False
         self._served = 0  # complete GET bodies sent
@@ -226,6 +239,7 @@ class FlakyFileServer(_AioServer):
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         self.methods.append(request.method)
+        self.requests.append((request.method, request.path, request.headers.get("Range")))
         if self.fault.status is not None:
             return web.Response(status=self.fault.status)
         data = (self.root / request.match_info["path"]).read_bytes()
@@ -269,12 +283,63 @@ class FlakyFileServer(_AioServer):
             assert self._release is not None
             await self._release.wait()  # the client sees a live connection that sends nothing
             return response
-        await response.write(body)
+        await write_throttled(response, body, self.fault.rate)
         await response.write_eof()
         async with self._progress:
             self._served += 1
             self._progress.notify_all()
         return response
+
+
+class S3Proxy(_AioServer):
+    """A reverse proxy in front of an S3 API server (moto) that throttles every response body
+    and records each request, as (method, path, Range)."""
+
+    def __init__(self, upstream: str, rate: int | None = None) -> None:
+        super().__init__()
+        self.upstream = upstream.rstrip("/")
+        self.rate = rate
+        self.requests: list[tuple[str, str, str | None]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{path:.*}", self._forward)
+        return app
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        import aiohttp
+
+        self.requests.append((request.method, request.path, request.headers.get("Range")))
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        body = await request.read()
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as session,
+            session.request(
+                request.method,
+                self.upstream + request.path_qs,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+            ) as upstream,
+        ):
+            data = await upstream.read()
+            response = web.StreamResponse(status=upstream.status)
+            for key, value in upstream.headers.items():
+                if key.lower() not in {"content-length", "transfer-encoding", "connection"}:
+                    response.headers[key] = value
+            length = upstream.headers.get("Content-Length", "0")
+            response.content_length = int(length) if request.method == "HEAD" else len(data)
+            await response.prepare(request)
+            if request.method != "HEAD":
+                await write_throttled(response, data, self.rate)
+            await response.write_eof()
+            return response
+
+
+def partial_of(dest: Path) -> Path:
+    """The one partial download of `dest` (named by its owner's token) that a run left."""
+    [partial] = dest.parent.glob(f".{dest.name}.*.partial")
+    return partial
 
 
 def write_manifest(path: Path, models: list[dict]) -> Path:

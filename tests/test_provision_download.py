@@ -22,6 +22,7 @@ from tests.provision_servers import (
     closed_port,
     make_blob,
     nginx_server,
+    partial_of,
     running,
     write_manifest,
 )
@@ -208,7 +209,7 @@ def test_interrupted_download_resumes_from_where_it_stopped(tmp_path, cdn):
         with pytest.raises(ProvisionError) as failed:
             run(settings)
         assert "vae/big.safetensors" in failed.value.message
-        tmp = tmp_path / "models" / "vae" / ".big.safetensors.partial"
+        tmp = partial_of(tmp_path / "models" / "vae" / "big.safetensors")
         state = PartialState.load(tmp.with_name(tmp.name + STATE_SUFFIX))
         assert state is not None
         # What reached the disk before the drop (whole read blocks) is recorded as done.

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.provision_servers import Fault, FlakyFileServer, make_blob, running, write_manifest
+from tests.provision_servers import (
+    Fault,
+    FlakyFileServer,
+    make_blob,
+    partial_of,
+    running,
+    write_manifest,
+)
 from tests.test_provision_download import hashes as every_file_hashed
 from tests.test_provision_download import run, settings_for
 from wan_worker.provision import verify
@@ -93,7 +100,9 @@ def test_bytes_written_twice_are_hashed_from_the_file(tmp_path, hashes):
     assert asked[0] == f"bytes=0-{MIB - 1}" and asked[-1] == f"bytes=0-{SIZE - 1}"
     dest = tmp_path / "models" / "vae" / "a.safetensors"
     assert dest.read_bytes() == data
-    assert hashes == [dest.with_name(".a.safetensors.partial")] and report.hashed == 1
+    [hashed] = hashes  # the download's own partial, named by its owner's token
+    assert hashed.parent == dest.parent and hashed.name.startswith(".a.safetensors.")
+    assert hashed.name.endswith(".partial") and report.hashed == 1
     assert any("ignores Range" in line for line in lines)
     assert any("sha256 to be read from disk" in line for line in lines)
     marker = verify.read_marker(tmp_path / "models", "vae/a.safetensors")
@@ -105,8 +114,7 @@ def test_download_killed_mid_file_resumes_and_hashes_what_was_on_disk(tmp_path, 
     size = 9 * MIB + 17
     data = make_blob(cdn / "a.bin", size, seed=6)
     block = 4 * MIB  # the HTTP reader's block: whole blocks reach the disk
-    tmp = tmp_path / "models" / "vae" / ".a.safetensors.partial"
-    state_path = tmp.with_name(tmp.name + STATE_SUFFIX)
+    folder = tmp_path / "models" / "vae"
     # One connection, one range for the whole file; the server sends a block and a bit, then
     # hangs with the connection open. The worker is killed there (SIGKILL: no clean-up runs).
     with running(FlakyFileServer(cdn, Fault(stall_after=block + 1000))) as server:
@@ -130,7 +138,8 @@ def test_download_killed_mid_file_resumes_and_hashes_what_was_on_disk(tmp_path, 
             deadline = time.monotonic() + 60
             state = None
             while time.monotonic() < deadline and worker.poll() is None:
-                state = PartialState.load(state_path)
+                found = list(folder.glob(f".a.safetensors.*.partial{STATE_SUFFIX}"))
+                state = PartialState.load(found[0]) if found else None
                 if state is not None and state.done.total() >= block:
                     break
                 time.sleep(0.02)
@@ -143,6 +152,7 @@ def test_download_killed_mid_file_resumes_and_hashes_what_was_on_disk(tmp_path, 
             assert worker.stderr is not None
             worker.stderr.close()
     assert worker.returncode == -signal.SIGKILL
+    tmp = partial_of(folder / "a.safetensors")
     assert tmp.stat().st_size == size and tmp.read_bytes()[:block] == data[:block]
     assert not (tmp_path / "models" / "vae" / "a.safetensors").exists()
 
@@ -158,6 +168,8 @@ def test_download_killed_mid_file_resumes_and_hashes_what_was_on_disk(tmp_path, 
     assert dest.read_bytes() == data
     # The running hash read the 4 MiB already on disk, then followed the new bytes.
     assert hashes == []
+    # The killed worker's claim was taken over at once (its pid is gone), its partial adopted.
+    assert sorted(p.name for p in folder.iterdir()) == ["a.safetensors"]
     marker = verify.read_marker(tmp_path / "models", "vae/a.safetensors")
     assert marker is not None and marker.sha256 == hashlib.sha256(data).hexdigest()
     assert sorted(p.name for p in dest.parent.iterdir()) == ["a.safetensors"]

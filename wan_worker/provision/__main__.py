@@ -2,9 +2,10 @@
 `python -m wan_worker.provision bundle --repo owner/name [--private] [--revision BRANCH]
 [--models-root DIR] [--xet]`.
 
-Exit status: 0 all models ready; 2 bad configuration or manifest; 3 a model could not be had;
-4 not enough disk space; 5 (bundle) the upload to the Hub failed. Messages go to stderr,
-prefixed `[provision]` or `[bundle]`, secrets redacted.
+Exit status: 0 all models ready; 2 bad configuration or manifest; 3 a model could not be had
+(or another worker held it past PROVISION_WAIT_S); 4 not enough disk space; 5 (bundle) the
+upload to the Hub failed. Messages go to stderr, prefixed `[provision]` or `[bundle]`, secrets
+redacted.
 
 `--pin-manifest`, after a run, writes into the manifest the sizes, and the sha256 sums checked
 against a published value, that the verified markers recorded for entries that had none, so

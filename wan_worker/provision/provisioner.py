@@ -13,6 +13,11 @@ linked afresh before anything is read through it.
 
 Free space is checked before any download starts. A model that cannot be had fails the whole
 run with a message naming the file and every source tried, with the reason for each.
+
+Steps 2-4 change files, so they run under the file's claim (`wan_worker.provision.claims`):
+any number of processes, on any number of hosts, may provision one models root at once; each
+file is verified, linked or downloaded by one of them while the others wait for it (or take
+its claim over when its owner dies), and nobody waits longer than `PROVISION_WAIT_S`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,17 @@ from pathlib import Path
 
 from wan_worker.errors import DiskSpaceError, ProvisionError, redact
 from wan_worker.provision import bundle, verify
+from wan_worker.provision.claims import (
+    Claim,
+    ClaimLost,
+    ClaimWaitTimeout,
+    Heartbeat,
+    Owner,
+    Slot,
+    Timing,
+    claim_or_wait,
+    create,
+)
 from wan_worker.provision.hfcache import find_cached
 from wan_worker.provision.manifest import Manifest, ModelSpec, load_manifest
 from wan_worker.provision.settings import ProvisionSettings
@@ -52,7 +68,7 @@ def disk_free_bytes(path: Path) -> int:
 @dataclass
 class Outcome:
     relpath: str
-    action: str  # "marker", "verified", "linked", "downloaded"
+    action: str  # "marker", "verified", "linked", "downloaded", "shared" (by another worker)
     source: str = ""
     fetched: int = 0
 
@@ -73,15 +89,23 @@ class Report:
 class _Plan:
     model: ModelSpec
     dest: Path
-    tmp: Path
+    slot: Slot
+    claim: Claim | None = None  # held by this process while it works on the file
     tried: list[str] = field(default_factory=list)
     remote: Remote | None = None
     source_index: int = -1
     need: int = 0
 
+    def held(self) -> Claim:
+        """The claim this process holds on the file; ClaimLost if it holds none."""
+        if self.claim is None:
+            raise ClaimLost(f"{self.model.relpath}: not claimed by this process")
+        return self.claim
 
-def _tmp_path(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.partial")
+    @property
+    def tmp(self) -> Path:
+        """This process's partial download."""
+        return self.held().partial
 
 
 class Provisioner:
@@ -98,6 +122,13 @@ class Provisioner:
         self.root = settings.models_root
         self.report = Report(root=self.root)
         self._lock = threading.Lock()
+        self.me = Owner.this_process()
+        self.timing = Timing(
+            stale_s=settings.claim_stale_s,
+            wait_s=settings.wait_s,
+            log_s=settings.progress_interval_s,
+        )
+        self._heartbeat = Heartbeat(self.timing.heartbeat_s)
 
     # ---------------------------------------------------------------- internals
     def _say(self, text: str) -> None:
@@ -188,7 +219,7 @@ class Provisioner:
                 )
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp_link = dest.with_name(f".{dest.name}.link")
+            tmp_link = Slot(dest).own(self.me.token, "link")
             tmp_link.unlink(missing_ok=True)
             tmp_link.symlink_to(cached.path)
             os.replace(tmp_link, dest)
@@ -270,7 +301,11 @@ class Provisioner:
                     progress=progress,
                     name=model.relpath,
                     log=self._say,
+                    check=plan.claim.check if plan.claim is not None else None,
                 )
+            except ClaimLost:
+                progress.forget(model.relpath)
+                raise
             except SourceFailed as exc:
                 progress.forget(model.relpath)
                 plan.tried.append(f"{remote.label}: {exc}")
@@ -310,6 +345,7 @@ class Provisioner:
                 f"{model.relpath}: sha256 {actual} (no published value to compare; "
                 "add it to the manifest to pin it)"
             )
+        plan.held().confirm()  # only the claim's holder may put a file in place
         os.replace(tmp, plan.dest)
         verify.write_marker(
             self.root,
@@ -333,7 +369,7 @@ class Provisioner:
                 target = self._dest(model)
                 folder.mkdir(parents=True, exist_ok=True)
                 if link.is_symlink() or not link.exists():
-                    tmp_link = folder / f".{model.filename}.link"
+                    tmp_link = folder / f".{model.filename}.{self.me.token}.link"
                     tmp_link.unlink(missing_ok=True)
                     tmp_link.symlink_to(target)
                     os.replace(tmp_link, link)
@@ -371,9 +407,7 @@ class Provisioner:
             if self._check_marker(model, dest):
                 self._done(Outcome(model.relpath, "marker"))
                 continue
-            if dest.is_symlink() and not dest.exists():
-                dest.unlink()  # a link into a cache that is gone
-            pending.append(_Plan(model=model, dest=dest, tmp=_tmp_path(dest)))
+            pending.append(_Plan(model=model, dest=dest, slot=Slot(dest)))
         if pending:
             self._resolve(pending)
         self._make_links(manifest)
@@ -383,44 +417,142 @@ class Provisioner:
             f"({self.report.count('marker')} already verified, {self.report.count('verified')} "
             f"verified now, {self.report.count('linked')} from the RunPod cache, "
             f"{self.report.count('downloaded')} downloaded, "
+            f"{self.report.count('shared')} made ready by another worker, "
             f"{human_bytes(self.report.fetched_bytes)} fetched)"
         )
         return self.report
 
-    def _resolve(self, pending: list[_Plan]) -> None:
-        def local_or_open(plan: _Plan) -> _Plan | None:
-            link = plan.dest.is_symlink()  # into a cache: relink, never read 38 GB through it
-            if link and self._link_cached(plan.model, plan.dest):
-                return None
-            if plan.dest.exists() and self._verify_existing(plan.model, plan.dest, plan):
-                return None
-            if not link and self._link_cached(plan.model, plan.dest):
-                return None
-            if plan.remote is None and plan.source_index < 0:
-                self._open_first(plan)
-            return plan
+    # ---------------------------------------------------------------- claims
+    def _hold(self, plan: _Plan, claim: Claim) -> None:
+        plan.claim = claim
+        self._heartbeat.add(claim)
 
-        workers = max(self.settings.max_parallel_files, len(pending))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(local_or_open, pending))
-        downloads = [p for p in results if p is not None]
-        if not downloads:
+    def _let_go(self, plan: _Plan, *, ready: bool) -> None:
+        """Release the file's claim; once the file is in place, delete every temporary name of
+        it too (a partial download is kept otherwise, for the next owner to resume)."""
+        claim, plan.claim = plan.claim, None
+        if claim is None:
             return
-        unavailable = [p for p in downloads if p.remote is None]
+        self._heartbeat.discard(claim)
+        if ready:
+            claim.clean()
+        claim.release()
+
+    def _prepare(self, plan: _Plan) -> _Plan | None:
+        """Under the file's claim: None when it is ready (verified on disk, linked from the
+        cache, or made ready by another worker meanwhile), else the plan with a source opened."""
+        model, dest = plan.model, plan.dest
+        if self._check_marker(model, dest):
+            self._done(Outcome(model.relpath, "shared"))
+            return None
+        if dest.is_symlink() and not dest.exists():
+            dest.unlink()  # a link into a cache that is gone
+        plan.held().adopt_partial(self._say)
+        link = dest.is_symlink()  # into a cache: relink, never read 38 GB through it
+        if link and self._link_cached(model, dest):
+            return None
+        if dest.exists() and self._verify_existing(model, dest, plan):
+            return None
+        if not link and self._link_cached(model, dest):
+            return None
+        if plan.remote is None and plan.source_index < 0:
+            self._open_first(plan)
+        return plan
+
+    def _first_look(self, plan: _Plan) -> _Plan | None:
+        """Claim the file if nobody holds it and prepare it; a plan held by another worker is
+        returned without a claim, to wait for."""
+        plan.slot.dir.mkdir(parents=True, exist_ok=True)
+        if not create(plan.slot.claim, self.me):
+            return plan
+        self._hold(plan, Claim(plan.slot, self.me))
+        try:
+            result = self._prepare(plan)
+        except BaseException:
+            self._let_go(plan, ready=False)
+            raise
+        if result is None:
+            self._let_go(plan, ready=True)
+        return result
+
+    def _claim_later(self, plan: _Plan) -> bool:
+        """Wait for the file's claim; True once held and the file still needs a download."""
+        model = plan.model
+        try:
+            claim = claim_or_wait(
+                plan.slot,
+                model.relpath,
+                self.me,
+                self.timing,
+                ready=lambda: self._check_marker(model, plan.dest),
+                say=self._say,
+            )
+        except ClaimWaitTimeout as exc:
+            raise ProvisionError(str(exc)) from exc
+        if claim is None:
+            self._say(f"{model.relpath}: ready (made ready by another worker)")
+            self._done(Outcome(model.relpath, "shared"))
+            return False
+        self._hold(plan, claim)
+        plan.remote, plan.source_index = None, -1
+        if self._prepare(plan) is None:
+            self._let_go(plan, ready=True)
+            return False
+        if plan.remote is None:
+            raise ProvisionError(self._failure_text([plan]))
+        plan.need = plan.remote.size - self._partial_bytes(plan)
+        self._check_space([plan])
+        return True
+
+    def _provide(self, plan: _Plan, progress: Progress, downloads: threading.Semaphore) -> None:
+        """Download the file under its claim, waiting for it first if another worker holds
+        it; a claim lost mid-download (taken over) means waiting again."""
+        try:
+            while True:
+                if plan.claim is None and not self._claim_later(plan):
+                    return
+                try:
+                    with downloads:
+                        self._download(plan, progress)
+                except ClaimLost:
+                    self._say(f"{plan.model.relpath}: another worker took its download over")
+                    self._let_go(plan, ready=False)
+                    continue
+                self._let_go(plan, ready=True)
+                return
+        finally:
+            self._let_go(plan, ready=False)
+
+    def _resolve(self, pending: list[_Plan]) -> None:
+        try:
+            self._resolve_claimed(pending)
+        finally:
+            for plan in pending:
+                self._let_go(plan, ready=False)
+            self._heartbeat.stop()
+
+    def _resolve_claimed(self, pending: list[_Plan]) -> None:
+        with ThreadPoolExecutor(max_workers=len(pending)) as pool:
+            results = list(pool.map(self._first_look, pending))
+        todo = [p for p in results if p is not None]
+        if not todo:
+            return
+        owned = [p for p in todo if p.claim is not None]
+        unavailable = [p for p in owned if p.remote is None]
         if unavailable:
             raise ProvisionError(self._failure_text(unavailable))
-        for plan in downloads:
+        for plan in owned:
             if plan.remote is not None:  # each has one by now
                 plan.need = plan.remote.size - self._partial_bytes(plan)
-        self._check_space(downloads)
-        for plan in downloads:
-            plan.dest.parent.mkdir(parents=True, exist_ok=True)
+        if owned:
+            self._check_space(owned)
         progress = Progress(self._say, self.settings.progress_interval_s)
         progress.start()
+        downloads = threading.Semaphore(self.settings.max_parallel_files)
         errors: list[ProvisionError] = []
         try:
-            with ThreadPoolExecutor(max_workers=self.settings.max_parallel_files) as pool:
-                futures = [pool.submit(self._download, plan, progress) for plan in downloads]
+            with ThreadPoolExecutor(max_workers=len(todo)) as pool:
+                futures = [pool.submit(self._provide, plan, progress, downloads) for plan in todo]
                 for future in futures:
                     try:
                         future.result()
@@ -428,5 +560,7 @@ class Provisioner:
                         errors.append(exc)
         finally:
             progress.stop()
+        if len(errors) == 1:
+            raise errors[0]
         if errors:
             raise ProvisionError(" | ".join(e.message for e in errors))

@@ -74,6 +74,8 @@ class ProvisionSettings:
     timeout_s: float = 60.0
     min_free_bytes: int = 1024 * 1024 * 1024
     progress_interval_s: float = 10.0
+    claim_stale_s: float = 60.0  # a download claim whose heartbeat stopped this long is taken
+    wait_s: float = 1800.0  # the longest one file waits for another worker's download
     mode: str = "local"
 
     @classmethod
@@ -113,6 +115,10 @@ class ProvisionSettings:
             progress_interval_s=read.number(
                 env, "PROVISION_PROGRESS_S", d.progress_interval_s, 0.1
             ),
+            claim_stale_s=read.number(
+                env, "PROVISION_CLAIM_STALE_S", d.claim_stale_s, 0.5, "seconds"
+            ),
+            wait_s=read.number(env, "PROVISION_WAIT_S", d.wait_s, 1, "seconds"),
             mode=mode,
         )
 

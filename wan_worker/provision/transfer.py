@@ -1,7 +1,8 @@
 """Parallel, resumable transfer of one file into a temporary name.
 
 The temporary file is the final size from the start; bytes land at their offsets (pwrite), and
-the byte ranges already written are recorded in a small state file beside it. A transfer that
+the byte ranges already written are recorded in a small state file beside it (every 256 MiB,
+and at least every second). A transfer that
 stops (network error, killed process) resumes by fetching only the missing ranges. Each range
 is retried with exponential backoff; a source that keeps failing raises `SourceFailed` so the
 caller can try the next source. The file's sha256 is computed while the ranges arrive
@@ -24,6 +25,7 @@ from wan_worker.provision.verify import PrefixHasher
 
 STATE_SUFFIX = ".state.json"
 PERSIST_EVERY_BYTES = 256 * 1024 * 1024
+PERSIST_EVERY_S = 1.0  # and at least this often: what a takeover resumes from
 
 
 class SourceFailed(Exception):
@@ -241,8 +243,10 @@ class OffsetWriter:
         progress: Progress,
         name: str,
         hasher: PrefixHasher | None = None,
+        check: Callable[[], None] | None = None,
     ) -> None:
         self._fd = fd
+        self._check = check
         self._state = state
         self._state_path = state_path
         self._progress = progress
@@ -250,9 +254,12 @@ class OffsetWriter:
         self._hasher = hasher
         self._pos = 0
         self._since_persist = 0
+        self._persisted_at = time.monotonic()
         self._lock = threading.Lock()
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        if self._check is not None:
+            self._check()  # raises when this process may no longer write the file
         view = memoryview(data)
         pos = offset
         if self._hasher is not None:
@@ -267,9 +274,14 @@ class OffsetWriter:
         self._progress.add(self._name, len(data))
         with self._lock:
             self._since_persist += len(data)
-            persist = self._since_persist >= PERSIST_EVERY_BYTES
+            now = time.monotonic()
+            persist = (
+                self._since_persist >= PERSIST_EVERY_BYTES
+                or now - self._persisted_at >= PERSIST_EVERY_S
+            )
             if persist:
                 self._since_persist = 0
+                self._persisted_at = now
         if persist:
             self.persist()
 
@@ -366,8 +378,10 @@ def transfer(
     progress: Progress,
     name: str,
     log: Callable[[str], None],
+    check: Callable[[], None] | None = None,
 ) -> Transferred:
-    """Fill `tmp` with the remote file, resuming a compatible partial."""
+    """Fill `tmp` with the remote file, resuming a compatible partial. `check`, called before
+    each write, stops the transfer by raising (a download claim lost to another worker)."""
     state_file = state_path(tmp)
     state = resumable_state(tmp, remote)
     if state is None:
@@ -390,7 +404,7 @@ def transfer(
 
         # Hashes what a resumed partial already holds, then each range as the prefix grows.
         hasher = PrefixHasher(fd, remote.size, prefix)
-        writer = OffsetWriter(fd, state, state_file, progress, name, hasher)
+        writer = OffsetWriter(fd, state, state_file, progress, name, hasher, check)
         try:
             _transfer_into(
                 remote,

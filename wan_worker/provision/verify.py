@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -168,7 +169,7 @@ def write_marker(
     )
     path = marker_path(models_root, relpath)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")  # one per writer
     tmp.write_text(json.dumps(asdict(marker), indent=1), encoding="utf-8")
     os.replace(tmp, path)
     return marker
