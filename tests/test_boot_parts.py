@@ -89,7 +89,8 @@ def test_readahead_puts_the_files_in_the_page_cache_in_order(tmp_path):
     ).run()
     assert [f.outcome for f in report.files] == ["read", "read", "read"]
     assert report.read == 9_000_000 and report.stopped == "every file read"
-    assert all(resident_bytes(p) >= 3_000_000 for p in paths)
+    # All but a folio or two (see test_boot.py: some kernels leave one out, now and then).
+    assert all(resident_bytes(p) >= 3_000_000 - 2 * 16384 for p in paths)
     assert [kw["file"] for name, kw in events if name == "readahead_file"] == [
         u.relpath for u in USES
     ]
