@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from wan_worker import env as env_reader
+from wan_worker.boot.settings import BootSettings
 from wan_worker.job_input import parse_job_input
 from wan_worker.provision.settings import ProvisionSettings
 from wan_worker.settings import Settings
@@ -32,6 +33,7 @@ VERSIONS = json.loads((REPO / "docker" / "versions.json").read_text())
 # What a user sets on the Hub's form: the model sources, the output storage (its region
 # included: AWS S3 needs the bucket's), the attention choice, the job deadline, the self-test.
 INPUTS = {
+    "WARMUP",
     "HF_TOKEN",
     "R2_ENDPOINT",
     "R2_BUCKET",
@@ -118,6 +120,11 @@ def test_the_hub_forms_defaults_are_the_workers_own_defaults() -> None:
     form = hub_form_values()
     assert Settings.from_env(form) == Settings.from_env({})
     assert ProvisionSettings.from_env(form) == ProvisionSettings.from_env({})
+    serverless = {"RUNPOD_ENDPOINT_ID": "ep"}  # the Hub deploys serverless endpoints only
+    settings = Settings.from_env({})
+    assert BootSettings.from_env(settings, {**form, **serverless}) == BootSettings.from_env(
+        settings, serverless
+    )
     assert form["SELF_TEST"] == "0"
 
 
