@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from scripts.gpu_bench import BenchError  # noqa: E402
 from scripts.gpu_bench.jobs import PROMPTS, start_image_b64  # noqa: E402
+from scripts.gpu_bench.jobs import workflow_with_frames as gpu_bench_workflow  # noqa: E402
 from scripts.gpu_bench.memory import VramBallast  # noqa: E402
 from scripts.gpu_bench.weights import ensure_weights  # noqa: E402
 from tests.provision_servers import closed_port, free_port  # noqa: E402
@@ -124,16 +125,8 @@ def bench_manifest(models_root: Path, comfyui_dir: Path, out: Path) -> Path:
 
 
 def workflow_with_frames(out: Path, frames: int | None) -> Path | None:
-    if frames is None:
-        return None
-    from wan_worker.settings import DEFAULT_WORKFLOW
-    from wan_worker.workflow import FRAMES_NODE
-
-    graph = json.loads(DEFAULT_WORKFLOW.read_text(encoding="utf-8"))
-    graph[FRAMES_NODE]["inputs"]["value"] = frames
-    path = out / "workflow_frames.json"
-    path.write_text(json.dumps(graph), encoding="utf-8")
-    return path
+    """A copy of the workflow with another frame count; None: each boot's own workflow."""
+    return None if frames is None else gpu_bench_workflow(out, frames)
 
 
 def base_env(args: argparse.Namespace, manifest: Path, workflow: Path | None) -> dict[str, str]:
