@@ -213,6 +213,30 @@ def test_warmup_is_off_with_its_setting(tmp_path, volume, queue):
     assert not [n for n in run.names() if n.startswith("warmup")]
 
 
+def test_readahead_past_its_allowance_waits_for_comfyuis_answer(tmp_path, volume, queue):
+    env, _server = volume
+    # 1 MiB: the text encoder's stand-in (1.0 MB) is read while ComfyUI starts, the rest after.
+    env = serverless(
+        env,
+        queue,
+        WARMUP="0",
+        READAHEAD_BEFORE_ANSWER_MB="1",
+        COMFYUI_EXTRA_ARGS="--start-delay-s 3",
+    )
+    run = BootRun(env, tmp_path)
+    try:
+        run.wait_event("readahead_done")
+    finally:
+        run.stop()
+    names = run.names()
+    read = [e["file"] for e in run.events() if e["event"] == "readahead_file"]
+    assert read[0] == USES[0].relpath
+    assert names.index("readahead_held") < names.index("comfyui_answers")
+    assert names.index("comfyui_answers") <= names.index("readahead_resumed")
+    before = names[: names.index("readahead_held")]
+    assert before.count("readahead_file") == 1  # only the text encoder before the answer
+
+
 def test_a_worker_without_its_models_takes_no_job(tmp_path, volume, queue):
     env, server = volume
     server.fault.status = 404  # the VAE cannot be downloaded

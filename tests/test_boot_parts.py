@@ -96,6 +96,73 @@ def test_readahead_puts_the_files_in_the_page_cache_in_order(tmp_path):
     ]
 
 
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux fincore")
+def test_readahead_holds_past_its_allowance_until_comfyui_answers(tmp_path):
+    """READAHEAD_BEFORE_ANSWER_MB: the text encoder and the VAE are read while ComfyUI imports;
+    the expert only once ComfyUI has answered, so the imports do not queue behind it."""
+    paths = [out_of_cache(tmp_path / u.relpath, 1_000_000) for u in USES]
+    at_hold: list[int] = []
+    events: list[tuple[str, dict]] = []
+
+    def comfyui_answers() -> None:  # what was in the page cache when the readahead held
+        at_hold.extend(resident_bytes(p) for p in paths)
+
+    report = Readahead(
+        USES,
+        tmp_path,
+        budget=10**9,
+        started=lambda _stage: False,
+        mark=lambda name, **kw: events.append((name, kw)),
+        before_answer=2_500_000,
+        wait_for_answer=comfyui_answers,
+    ).run()
+    assert at_hold[0] >= 1_000_000 - 2 * 16384 and at_hold[1] >= 1_000_000 - 2 * 16384
+    assert at_hold[2] == 0  # the expert waited for ComfyUI's answer
+    assert [f.outcome for f in report.files] == ["read", "read", "read"]
+    names = [name for name, _ in events]
+    assert names.index("readahead_held") == names.index("readahead_resumed") - 1
+    held = names.index("readahead_held")
+    assert [kw["file"] for name, kw in events[:held] if name == "readahead_file"] == [
+        USES[0].relpath,
+        USES[1].relpath,
+    ]
+    assert events[held][1]["mb"] == round(2_000_000 / 2**20, 1)
+
+
+def test_a_file_whose_stage_began_while_the_readahead_held_is_left(tmp_path):
+    for use in USES:
+        out_of_cache(tmp_path / use.relpath, 1_000_000)
+    begun: set[str] = set()
+    report = Readahead(
+        USES,
+        tmp_path,
+        budget=10**9,
+        started=lambda stage: stage in begun,
+        before_answer=1_000_000,
+        # ComfyUI answered, and a job went straight to the VAE's stage meanwhile.
+        wait_for_answer=lambda: begun.add("image_encode"),
+    ).run()
+    assert [f.outcome for f in report.files] == [
+        "read",
+        "skipped: ComfyUI began image_encode",
+        "read",
+    ]
+
+
+def test_without_an_allowance_the_readahead_never_waits(tmp_path):
+    for use in USES:
+        out_of_cache(tmp_path / use.relpath, 1_000)
+    waited: list[bool] = []
+    report = Readahead(
+        USES,
+        tmp_path,
+        budget=10**9,
+        started=lambda _s: False,
+        wait_for_answer=lambda: waited.append(True),
+    ).run()
+    assert waited == [] and [f.outcome for f in report.files] == ["read"] * 3
+
+
 def test_readahead_stops_at_the_first_file_over_budget(tmp_path):
     for use, size in zip(USES, (1_000_000, 1_000_000, 5_000_000), strict=True):
         out_of_cache(tmp_path / use.relpath, size)
@@ -206,11 +273,21 @@ def test_boot_settings_defaults_and_overrides():
     assert local.comfyui_url == "http://127.0.0.1:8188"
     pod = BootSettings.from_env(settings, {"RUNPOD_POD_ID": "p", "WARMUP": "1"})
     assert pod.warmup is True
+    assert boot.readahead_before_answer_bytes is None  # no limit unless set
+    held = BootSettings.from_env(settings, {"READAHEAD_BEFORE_ANSWER_MB": "6800"})
+    assert held.readahead_before_answer_bytes == 6800 << 20
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("WARMUP_SIZE", "480"), ("WARMUP_SIZE", "8x8"), ("WARMUP", "maybe"), ("COMFYUI_ARGS", "'x")],
+    [
+        ("WARMUP_SIZE", "480"),
+        ("WARMUP_SIZE", "8x8"),
+        ("WARMUP", "maybe"),
+        ("COMFYUI_ARGS", "'x"),
+        ("READAHEAD_BEFORE_ANSWER_MB", "-1"),
+        ("READAHEAD_BEFORE_ANSWER_MB", "lots"),
+    ],
 )
 def test_bad_boot_settings_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):

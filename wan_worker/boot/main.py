@@ -215,6 +215,8 @@ class Boot:
             started=self.gate.started,
             skip=just_read,
             mark=self.timeline.mark,
+            before_answer=self.boot.readahead_before_answer_bytes,
+            wait_for_answer=self.gate.wait_comfyui,
         ).run()
 
     # -- ComfyUI: wait for its first answer, then warm it up --------------------------------------

@@ -146,6 +146,8 @@ class Readahead:
         stop: threading.Event | None = None,
         mark: Mark | None = None,
         chunk_bytes: int = CHUNK_BYTES,
+        before_answer: int | None = None,
+        wait_for_answer: Callable[[], object] | None = None,
     ) -> None:
         self.uses = list(uses)
         self.models_root = models_root
@@ -155,6 +157,11 @@ class Readahead:
         self.stop = stop or threading.Event()
         self.mark: Mark = mark or (lambda *_args, **_kwargs: None)
         self.chunk_bytes = chunk_bytes
+        #: At most this many bytes are read before ComfyUI first answers (None: no limit);
+        #: the first file past it waits for `wait_for_answer`, so ComfyUI's imports do not queue
+        #: behind the models on the same disk.
+        self.before_answer = before_answer
+        self.wait_for_answer = wait_for_answer
 
     def run(self) -> ReadaheadReport:
         report = ReadaheadReport(self.budget)
@@ -184,6 +191,11 @@ class Readahead:
             if self.started(use.stage):
                 entry.outcome = f"skipped: ComfyUI began {use.stage}"
                 continue
+            if self.before_answer is not None and report.read + size > self.before_answer:
+                self._hold(report.read)
+                if self.started(use.stage):
+                    entry.outcome = f"skipped: ComfyUI began {use.stage}"
+                    continue
             if size > left:
                 report.stopped = (
                     f"the budget is spent ({left >> 20} MiB left of {self.budget >> 20} MiB, "
@@ -209,6 +221,16 @@ class Readahead:
             stopped=report.stopped,
         )
         return report
+
+    def _hold(self, read: int) -> None:
+        """Wait once for ComfyUI's first answer before reading past `before_answer`."""
+        self.before_answer = None
+        if self.wait_for_answer is None:
+            return
+        self.mark("readahead_held", mb=_mb(read))
+        began = time.monotonic()
+        self.wait_for_answer()
+        self.mark("readahead_resumed", waited_s=round(time.monotonic() - began, 2))
 
     def _read(self, path: Path, entry: FileRead) -> None:
         began = time.monotonic()
