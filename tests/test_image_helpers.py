@@ -4,21 +4,19 @@ requirement files."""
 
 from __future__ import annotations
 
-import base64
-import csv
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.wheel_files import write_wheel
 
 REPO = Path(__file__).resolve().parent.parent
 FETCH = REPO / "docker" / "git-fetch-commit.sh"
@@ -130,16 +128,7 @@ def make_wheel(directory: Path, name: str, version: str, requires: tuple[str, ..
         f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
         b"Tag: py3-none-any\n",
     }
-    record = io.StringIO()
-    writer = csv.writer(record, lineterminator="\n")
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        writer.writerow([path, f"sha256={digest}", len(data)])
-    writer.writerow([f"{dist_info}/RECORD", "", ""])
-    files[f"{dist_info}/RECORD"] = record.getvalue().encode()
-    with zipfile.ZipFile(directory / f"{name}-{version}-py3-none-any.whl", "w") as wheel:
-        for path, data in files.items():
-            wheel.writestr(path, data)
+    write_wheel(directory / f"{name}-{version}-py3-none-any.whl", dist_info, files)
 
 
 def uv(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

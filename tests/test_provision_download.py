@@ -57,20 +57,6 @@ def hub(nginx: Nginx) -> Iterator[HubStub]:
         yield stub
 
 
-@pytest.fixture
-def hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Every file the provisioner hashes, in order."""
-    seen: list[Path] = []
-    real = verify.sha256_file
-
-    def counting(path: Path) -> str:
-        seen.append(path)
-        return real(path)
-
-    monkeypatch.setattr(verify, "sha256_file", counting)
-    return seen
-
-
 def settings_for(
     tmp_path: Path, manifest: Path, hub_url: str = "http://127.0.0.1:9", **overrides: object
 ) -> ProvisionSettings:

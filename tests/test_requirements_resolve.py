@@ -22,19 +22,14 @@ Needs PyPI (CI has it); docs/image.md records its run time.
 
 from __future__ import annotations
 
-import base64
-import csv
 import glob
-import hashlib
 import importlib.util
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -42,6 +37,7 @@ from types import ModuleType
 import pytest
 
 from tests.dockerfile import DOCKERFILE, Instruction, commands, env, parse_dockerfile, run_flags
+from tests.wheel_files import write_wheel
 
 REPO = Path(__file__).resolve().parent.parent
 VERSIONS = json.loads((REPO / "docker" / "versions.json").read_text())
@@ -170,16 +166,7 @@ def stub_wheel(directory: Path, filename: str, metadata: bytes) -> None:
             f"Tag: {'-'.join(tags)}\n"
         ).encode(),
     }
-    record = io.StringIO()
-    writer = csv.writer(record, lineterminator="\n")
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        writer.writerow([path, f"sha256={digest}", len(data)])
-    writer.writerow([f"{dist_info}/RECORD", "", ""])
-    files[f"{dist_info}/RECORD"] = record.getvalue().encode()
-    with zipfile.ZipFile(directory / filename, "w") as archive:
-        for path, data in files.items():
-            archive.writestr(path, data)
+    write_wheel(directory / filename, dist_info, files)
 
 
 def positional_pins(instructions: list[Instruction]) -> list[str]:
