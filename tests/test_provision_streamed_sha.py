@@ -22,13 +22,11 @@ from tests.provision_servers import (
     running,
     write_manifest,
 )
-from tests.test_provision_download import hashes as every_file_hashed
 from tests.test_provision_download import run, settings_for
 from wan_worker.provision import verify
 from wan_worker.provision.transfer import STATE_SUFFIX, PartialState
 
 ROOT = Path(__file__).resolve().parent.parent
-hashes = every_file_hashed  # the fixture: every file the provisioner reads to hash it
 MIB = 1024 * 1024
 SIZE = 5 * MIB + 999  # six 1 MiB ranges, the last one short
 
