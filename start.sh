@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Boot the worker: wait for CUDA, then hand this process over to the RunPod handler (exec, so
-# signals reach it). The handler's process then boots the rest in parallel (wan_worker/boot/):
-# it starts ComfyUI at once, verifies or downloads the models meanwhile and reads them into
-# the page cache, takes jobs once the models are verified, and warms ComfyUI up while no job
-# needs it. Every path and command can be overridden from the environment
-# (docs/provisioning.md lists them all), so the same script runs in tests outside the image.
+# Boot the worker: hand this process over to the RunPod handler (exec, so signals reach it).
+# The handler's process boots the rest in parallel (wan_worker/boot/): it starts ComfyUI at once
+# while a probe checks that CUDA works (SKIP_GPU_CHECK=1 skips it), verifies or downloads the
+# models meanwhile and reads them into the page cache, takes jobs once the models are verified,
+# and warms ComfyUI up while no job needs it. Every path and command can be overridden from the
+# environment (docs/provisioning.md lists them all), so the same script runs in tests outside
+# the image.
 # Secrets are never printed.
 set -euo pipefail
 
 APP_DIR="${APP_DIR:-/app}"
 PYTHON="${PYTHON:-/opt/venv/bin/python}"
 HANDLER="${HANDLER:-$APP_DIR/rp_handler.py}"
-SKIP_GPU_CHECK="${SKIP_GPU_CHECK:-0}"
 SELF_TEST="${SELF_TEST:-0}"
 SELF_TEST_SIZE="${SELF_TEST_SIZE:-tiny}"
 SELF_TEST_MODELS_ROOT="${SELF_TEST_MODELS_ROOT:-/tmp/wan-self-test/models}"
@@ -33,11 +33,6 @@ is_true() {
   esac
 }
 
-# The worker's own modules, importable without leaking APP_DIR into ComfyUI's sys.path.
-app_python() {
-  PYTHONPATH="$APP_DIR${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" "$@"
-}
-
 # RunPod's own variables tell the modes apart; serverless workers also carry RUNPOD_POD_ID.
 detect_mode() {
   if [[ -n "${RUNPOD_WEBHOOK_GET_JOB:-}" || -n "${RUNPOD_ENDPOINT_ID:-}" ]]; then
@@ -47,15 +42,6 @@ detect_mode() {
   else
     echo local
   fi
-}
-
-wait_for_gpu() {
-  if is_true "$SKIP_GPU_CHECK"; then
-    log "SKIP_GPU_CHECK is set: not waiting for CUDA"
-    return 0
-  fi
-  log "waiting for CUDA (bounded by GPU_READY_TIMEOUT_S, default 120s)"
-  app_python -m wan_worker.gpu_ready || die "no usable GPU; see the [gpu] lines above" 1
 }
 
 # SELF_TEST=1: random weights of the right shapes under the manifest's names, instead of the
@@ -82,12 +68,11 @@ main() {
   read -r -a handler_args <<<"${HANDLER_ARGS:-$default_handler_args}"
   log "mode: $mode (app $APP_DIR, python $PYTHON)"
 
-  wait_for_gpu
   if is_true "$SELF_TEST"; then
     make_synthetic_models
   fi
 
-  log "handing over to the handler, which boots ComfyUI and the models: $HANDLER"
+  log "handing over to the handler, which checks CUDA and boots ComfyUI and the models: $HANDLER"
   export WORKER_BOOT=1
   exec "$PYTHON" -u "$HANDLER" "${handler_args[@]}" "$@"
 }

@@ -2,7 +2,8 @@
 process (it boots ComfyUI and the models), the ComfyUI double standing in for ComfyUI's main.py,
 and the boot's own timeline (BOOT_EVENTS_FILE) to check the order things happened in.
 
-`COMFY_MAIN` records the command line, working directory and MODELS_ROOT ComfyUI was given,
+`COMFY_MAIN` records the command line, working directory and MODELS_ROOT ComfyUI was given
+(the last launch in FAKE_COMFY_RECORD, every launch as a line of FAKE_COMFY_RECORD.launches),
 then runs the double with the same command line (the double takes ComfyUI's flags). It dies
 at once when FAKE_COMFY_CRASH is set. `HANDLER` records the arguments and PID start.sh
 exec'd it with, then runs the real rp_handler.py in the same process.
@@ -32,6 +33,8 @@ record = {"argv": sys.argv[1:], "pid": os.getpid(), "cwd": os.getcwd(),
           "models_root": os.environ.get("MODELS_ROOT")}
 with open(os.environ["FAKE_COMFY_RECORD"], "w") as f:
     json.dump(record, f)
+with open(os.environ["FAKE_COMFY_RECORD"] + ".launches", "a") as f:
+    f.write(json.dumps(record) + "\n")
 print("stand-in ComfyUI starting", flush=True)
 if os.environ.get("FAKE_COMFY_CRASH"):
     print("Exception: stand-in crash on start-up", flush=True)

@@ -234,20 +234,108 @@ def test_comfyui_that_dies_on_start_fails_the_boot_with_its_log(tmp_path, boot):
     assert "completed successfully" not in done.stderr
 
 
-def test_missing_gpu_stops_the_boot(tmp_path, boot):
+#: A stand-in torch for the CUDA probe: `is_available()` is False for the first FAKE_GPU_LATE
+#: calls (counted in FAKE_GPU_CALLS, one line per call, across the probes' interpreters).
+FAKE_TORCH = """
+import os
+__version__ = "stand-in"
+class version:
+    cuda = "12.8"
+def _ready():
+    with open(os.environ["FAKE_GPU_CALLS"], "a+") as f:
+        f.seek(0)
+        calls = len(f.read().splitlines())
+        f.write("probe\\n")
+    return calls >= int(os.environ["FAKE_GPU_LATE"])
+class cuda:
+    is_available = staticmethod(_ready)
+    current_device = staticmethod(lambda: 0)
+    get_device_name = staticmethod(lambda index: "Stand-in GPU")
+    get_device_capability = staticmethod(lambda index: (12, 0))
+    device_count = staticmethod(lambda: 1)
+    synchronize = staticmethod(lambda: None)
+class _Tensor:
+    def add_(self, other):
+        return self
+def zeros(*shape, device=None):
+    return _Tensor()
+"""
+
+
+def fake_gpu(tmp_path: Path, boot: dict, late: int) -> Path:
+    """CUDA that works from the `late`-th probe on (a very large `late`: never)."""
     fake = tmp_path / "fake" / "torch"
     fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text(
-        "class cuda:\n    @staticmethod\n    def is_available():\n        return False\n"
-        "__version__ = 'test'\nclass version:\n    cuda = None\n"
+    (fake / "__init__.py").write_text(FAKE_TORCH)
+    calls = tmp_path / "gpu-calls"
+    boot.update(
+        {
+            "SKIP_GPU_CHECK": "0",
+            "PYTHONPATH": str(fake.parent),
+            "FAKE_GPU_CALLS": str(calls),
+            "FAKE_GPU_LATE": str(late),
+            "GPU_READY_INTERVAL_S": "0",
+        }
     )
-    boot.update({"SKIP_GPU_CHECK": "0", "PYTHONPATH": str(fake.parent), "GPU_READY_TIMEOUT_S": "0"})
-    done = start(boot, tmp_path)
+    return calls
+
+
+def launches(tmp_path: Path) -> list[dict]:
+    path = tmp_path / "comfy.json.launches"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_cuda_is_checked_while_comfyui_starts(tmp_path, boot):
+    calls = fake_gpu(tmp_path, boot, late=0)
+    boot.update({"SKIP_PROVISION": "1", "MODELS_ROOT": str(tmp_path / "m")})
+    done = start(boot, tmp_path, "--test_input", JOB)
+    assert done.proc.returncode == 0, done.stderr[-3000:]
+    # One probe, one ComfyUI: nothing waited for CUDA before ComfyUI was launched.
+    assert calls.read_text().splitlines() == ["probe"]
+    assert len(launches(tmp_path)) == 1
+    assert "[gpu] ready, checked while ComfyUI starts" in done.stderr
+    assert "Stand-in GPU (compute capability 12.0, 1 device(s))" in done.stderr
+    names = done.names()
+    assert names.index("comfyui_launched") < names.index("gpu_ready") < names.index("jobs_open")
+    assert "comfyui_stopped" not in names
+    assert "completed successfully" in done.output
+
+
+def test_cuda_late_at_launch_restarts_comfyui_once_it_works(tmp_path, boot):
+    calls = fake_gpu(tmp_path, boot, late=2)  # the probe beside the launch and one more fail
+    boot.update({"SKIP_PROVISION": "1", "MODELS_ROOT": str(tmp_path / "m")})
+    done = start(boot, tmp_path, "--test_input", JOB)
+    assert done.proc.returncode == 0, done.stderr[-3000:]
+    assert len(calls.read_text().splitlines()) == 3
+    assert "[gpu] not ready while ComfyUI started (torch.cuda.is_available() is False" in (
+        done.stderr
+    )
+    assert "[gpu] not ready yet (probe 1)" in done.stderr
+    assert "[gpu] ready after 2 probe(s)" in done.stderr
+    # The ComfyUI launched without CUDA was stopped; the job ran on the one started after.
+    first, second = launches(tmp_path)
+    assert first["pid"] != second["pid"] and not alive(first["pid"])
+    assert int(Path(boot["COMFYUI_PID_FILE"]).read_text()) == second["pid"]
+    names = done.names()
+    order = [n for n in names if n in ("comfyui_launched", "comfyui_stopped", "gpu_ready")]
+    assert order == ["comfyui_launched", "comfyui_stopped", "gpu_ready", "comfyui_launched"]
+    assert names.index("jobs_open") > names.index("gpu_ready")
+    assert "completed successfully" in done.output
+
+
+def test_missing_gpu_stops_the_boot(tmp_path, boot):
+    fake_gpu(tmp_path, boot, late=10**6)
+    boot["GPU_READY_TIMEOUT_S"] = "0"
+    done = start(boot, tmp_path, "--test_input", JOB)
     assert done.proc.returncode == 1
-    assert "[gpu] FAILED: CUDA did not become ready" in done.stderr
+    assert "[gpu] FAILED: CUDA did not become ready within 0s" in done.stderr
     assert "torch.cuda.is_available() is False" in done.stderr
-    assert "[start] FAILED: no usable GPU" in done.stderr
-    assert not (tmp_path / "comfy.json").exists() and not (tmp_path / "handler.json").exists()
+    assert "[boot] FAILED: no usable GPU" in done.stderr
+    # ComfyUI, launched beside the probe, was stopped; no job was taken or run.
+    (launched,) = launches(tmp_path)
+    assert not alive(launched["pid"])
+    assert "jobs_open" not in done.names() and "gpu_failed" in done.names()
+    assert "completed successfully" not in done.output
 
 
 def test_start_sh_is_shellcheck_clean():

@@ -3,7 +3,9 @@
 Under start.sh (WORKER_BOOT=1), in this order, each step as soon as it can run:
 
 1. the models root is resolved, once (`ProvisionSettings`), and logged with its reason;
-2. ComfyUI is started with that root, before anything slow is imported here;
+2. ComfyUI is started with that root, before anything slow is imported here, while a probe
+   checks that CUDA works (`gpu_check`; a failed probe stops ComfyUI, waits for CUDA as
+   GPU_READY_TIMEOUT_S allows, and starts it again);
 3. a thread verifies or downloads the models (`Provisioner`), then reads them ahead into the
    page cache (`readahead`) while ComfyUI is still importing;
 4. a thread waits for ComfyUI to answer (COMFYUI_READY_TIMEOUT_S), then runs the warm-up
@@ -12,7 +14,8 @@ Under start.sh (WORKER_BOOT=1), in this order, each step as soon as it can run:
    SDK starts taking jobs; a job waits in the handler for ComfyUI (`gate.BootGate`).
 
 A model that cannot be had ends the process before any job is taken (exit status 2, 3 or 4,
-as `python -m wan_worker.provision`); ComfyUI stopping or never answering ends it with status 1
+as `python -m wan_worker.provision`); CUDA never working, or ComfyUI stopping or never answering,
+ends it with status 1
 (a job in hand gets the error, which asks RunPod to replace the worker). Without WORKER_BOOT,
 the handler serves jobs on the ComfyUI at COMFYUI_URL (local runs, tests).
 """
@@ -25,10 +28,12 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wan_worker import logs
 from wan_worker.boot.gate import BootGate
+from wan_worker.boot.gpu_check import FirstProbe
 from wan_worker.boot.settings import BootSettings
 from wan_worker.boot.timeline import Timeline
 from wan_worker.comfy.launch import LaunchedComfy, launch
@@ -36,9 +41,11 @@ from wan_worker.errors import (
     ComfyUnavailable,
     ConfigError,
     DiskSpaceError,
+    GpuNotReady,
     ProvisionError,
     WorkerError,
 )
+from wan_worker.gpu_ready import GpuWaitSettings
 from wan_worker.node_packs import selection_for
 from wan_worker.provision.settings import ProvisionSettings
 from wan_worker.settings import Settings
@@ -125,25 +132,22 @@ class Boot:
             return 2
         root = provision.models_root
         mark("models_root", root=root, reason=provision.models_root_reason)
-        spec = self.boot.launch
         try:
             node_args = custom_node_args(self.settings, self.boot)
         except ConfigError as exc:
             log.error("[boot] FAILED: %s", exc.message)
             return 2
-        try:
-            self.comfy = launch(spec, root, node_args)
-        except OSError as exc:
-            log.error("[boot] FAILED: ComfyUI could not be started (%s): %s", spec.python, exc)
+        probe = FirstProbe(self.boot.gpu_check) if self.boot.gpu_check is not None else None
+        if not self._launch(root, node_args):
             return 1
-        self.launched_at = time.monotonic()
-        mark("comfyui_launched", pid=self.comfy.pid, argv=" ".join(spec.command()[1:]))
 
         from wan_worker.handler import Worker, job_handler  # slow imports, after the launch
 
         worker = Worker.from_settings(self.settings)
         worker.gate = self.gate
         threading.Thread(target=self._models, args=(provision,), name="models", daemon=True).start()
+        if probe is not None and not self._gpu_ready(probe, root, node_args):
+            return 1
         threading.Thread(target=self._comfyui, args=(worker,), name="comfyui", daemon=True).start()
 
         failure = self.gate.wait_settled()
@@ -151,11 +155,58 @@ class Boot:
             failure = self.gate.wait_comfyui()
         if failure is not None:
             log.error("[boot] FAILED: %s", failure.message)
-            self.comfy.stop()
+            if self.comfy is not None:
+                self.comfy.stop()
             return exit_status(failure)
         mark("jobs_open")
         serve(job_handler(lambda: worker))
         return 0
+
+    def _launch(self, root: Path, node_args: tuple[str, ...], **extra: object) -> bool:
+        spec = self.boot.launch
+        try:
+            self.comfy = launch(spec, root, node_args)
+        except OSError as exc:
+            log.error("[boot] FAILED: ComfyUI could not be started (%s): %s", spec.python, exc)
+            return False
+        self.launched_at = time.monotonic()
+        self.timeline.mark(
+            "comfyui_launched",
+            pid=self.comfy.pid,
+            argv=" ".join(spec.command()[1:]),
+            **extra,
+        )
+        return True
+
+    # -- CUDA: checked while ComfyUI starts (gpu_check) --------------------------------------------
+
+    def _gpu_ready(self, probe: FirstProbe, root: Path, node_args: tuple[str, ...]) -> bool:
+        from wan_worker.gpu_ready import wait_for_gpu
+
+        first = probe.result()
+        if first.ok:
+            log.info("[gpu] ready, checked while ComfyUI starts (%.1fs): %s", first.seconds,
+                     first.detail)  # fmt: skip
+            self.timeline.mark("gpu_ready", s=first.seconds, probes=1)
+            return True
+        log.warning(
+            "[gpu] not ready while ComfyUI started (%s): ComfyUI is stopped, and started again "
+            "once CUDA works",
+            first.detail,
+        )
+        if self.comfy is not None:
+            self.comfy.stop()
+        self.timeline.mark("comfyui_stopped", reason="gpu_not_ready", detail=first.detail)
+        settings = self.boot.gpu_check or GpuWaitSettings()
+        try:
+            detail = wait_for_gpu(settings, log=lambda line: log.info("%s", line))
+        except GpuNotReady as exc:
+            log.error("[gpu] FAILED: %s", exc.message)
+            log.error("[boot] FAILED: no usable GPU; see the [gpu] lines above")
+            self.timeline.mark("gpu_failed", error=exc.message)
+            return False
+        self.timeline.mark("gpu_ready", detail=detail, relaunch=True)
+        return self._launch(root, node_args, relaunch=True)
 
     # -- the models: verify or download, then read ahead ----------------------------------------
 

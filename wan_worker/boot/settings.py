@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import wan_worker.env as read
 from wan_worker.comfy.launch import LaunchSpec
 from wan_worker.errors import ConfigError
+from wan_worker.gpu_ready import GpuWaitSettings
 from wan_worker.node_packs import read_mode
 from wan_worker.provision.settings import runpod_mode
 from wan_worker.settings import PROJECT_ROOT, Settings
@@ -64,6 +65,8 @@ class BootSettings:
     warmup_frames: int = 9
     events_file: Path | None = None
     node_packs: str = "workflow"
+    #: None when SKIP_GPU_CHECK=1 (CPU-only local runs and tests).
+    gpu_check: GpuWaitSettings | None = None
 
     @classmethod
     def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> BootSettings:
@@ -102,4 +105,7 @@ class BootSettings:
             warmup_frames=read.integer(env, "WARMUP_FRAMES", 9, 1),
             events_file=Path(events) if events else None,
             node_packs=read_mode(env),
+            gpu_check=(
+                None if read.flag(env, "SKIP_GPU_CHECK", False) else GpuWaitSettings.from_env(env)
+            ),
         )
