@@ -273,9 +273,10 @@ def test_boot_settings_defaults_and_overrides():
     assert local.comfyui_url == "http://127.0.0.1:8188"
     pod = BootSettings.from_env(settings, {"RUNPOD_POD_ID": "p", "WARMUP": "1"})
     assert pod.warmup is True
-    assert boot.readahead_before_answer_bytes is None  # no limit unless set
-    held = BootSettings.from_env(settings, {"READAHEAD_BEFORE_ANSWER_MB": "6800"})
-    assert held.readahead_before_answer_bytes == 6800 << 20
+    # The text encoder and the VAE before ComfyUI answers, the experts after (measured best).
+    assert boot.readahead_before_answer_bytes == 6800 << 20
+    everything = BootSettings.from_env(settings, {"READAHEAD_BEFORE_ANSWER_MB": "100000"})
+    assert everything.readahead_before_answer_bytes == 100000 << 20
 
 
 @pytest.mark.parametrize(

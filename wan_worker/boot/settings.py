@@ -43,13 +43,6 @@ def _size(env: Mapping[str, str], name: str, default: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def _optional_mb(env: Mapping[str, str], name: str) -> int | None:
-    """A size in MiB, as bytes; unset or empty means None (no limit)."""
-    if not read.text(env, name, ""):
-        return None
-    return read.integer(env, name, 0, 0) << 20
-
-
 @dataclass(frozen=True)
 class BootSettings:
     enabled: bool
@@ -59,7 +52,8 @@ class BootSettings:
     wait_comfyui: bool = False
     readahead: bool = True
     readahead_reserve_bytes: int = 16 * 1024**3
-    readahead_before_answer_bytes: int | None = None
+    #: The text encoder and the VAE of the fixed workflow (6662 MB) fit; the experts wait.
+    readahead_before_answer_bytes: int = 6800 << 20
     warmup: bool = False
     warmup_size: tuple[int, int] = (480, 832)
     warmup_frames: int = 9
@@ -99,7 +93,8 @@ class BootSettings:
             wait_comfyui=read.flag(env, "COMFYUI_WAIT_READY", False),
             readahead=read.flag(env, "READAHEAD", True),
             readahead_reserve_bytes=read.integer(env, "READAHEAD_RESERVE_MB", 16384, 0) << 20,
-            readahead_before_answer_bytes=_optional_mb(env, "READAHEAD_BEFORE_ANSWER_MB"),
+            readahead_before_answer_bytes=read.integer(env, "READAHEAD_BEFORE_ANSWER_MB", 6800, 0)
+            << 20,
             warmup=read.flag(env, "WARMUP", runpod_mode(env) == "serverless"),
             warmup_size=_size(env, "WARMUP_SIZE", "480x832"),
             warmup_frames=read.integer(env, "WARMUP_FRAMES", 9, 1),
