@@ -31,6 +31,7 @@ class FirstProbe:
     """One CUDA probe, started now in a thread; `result()` waits for it."""
 
     def __init__(self, settings: GpuWaitSettings) -> None:
+        self.settings = settings
         self._timeout_s = settings.probe_timeout_s
         self._started = time.monotonic()
         self._result: ProbeResult | None = None

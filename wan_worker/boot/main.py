@@ -45,7 +45,7 @@ from wan_worker.errors import (
     ProvisionError,
     WorkerError,
 )
-from wan_worker.gpu_ready import GpuWaitSettings
+from wan_worker.gpu_ready import wait_for_gpu
 from wan_worker.node_packs import selection_for
 from wan_worker.provision.settings import ProvisionSettings
 from wan_worker.settings import Settings
@@ -181,8 +181,6 @@ class Boot:
     # -- CUDA: checked while ComfyUI starts (gpu_check) --------------------------------------------
 
     def _gpu_ready(self, probe: FirstProbe, root: Path, node_args: tuple[str, ...]) -> bool:
-        from wan_worker.gpu_ready import wait_for_gpu
-
         first = probe.result()
         if first.ok:
             log.info("[gpu] ready, checked while ComfyUI starts (%.1fs): %s", first.seconds,
@@ -197,9 +195,8 @@ class Boot:
         if self.comfy is not None:
             self.comfy.stop()
         self.timeline.mark("comfyui_stopped", reason="gpu_not_ready", detail=first.detail)
-        settings = self.boot.gpu_check or GpuWaitSettings()
         try:
-            detail = wait_for_gpu(settings, log=lambda line: log.info("%s", line))
+            detail = wait_for_gpu(probe.settings, log=lambda line: log.info("%s", line))
         except GpuNotReady as exc:
             log.error("[gpu] FAILED: %s", exc.message)
             log.error("[boot] FAILED: no usable GPU; see the [gpu] lines above")
