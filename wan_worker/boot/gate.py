@@ -73,6 +73,14 @@ class BootGate:
             self._cond.wait_for(lambda: self._comfyui_answers or self._failure is not None)
             return self._failure
 
+    def comfyui_answered(self, timeout_s: float | None = None) -> bool:
+        """Wait at most `timeout_s` (None: until it comes) for ComfyUI's first answer or the
+        boot's failure; whether one of them has come."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._comfyui_answers or self._failure is not None, timeout=timeout_s
+            )
+
     @property
     def failure(self) -> WorkerError | None:
         with self._cond:

@@ -248,7 +248,12 @@ class Boot:
         return None
 
     def _read_ahead(self, provision: ProvisionSettings, just_read: set[str]) -> None:
-        from wan_worker.boot.readahead import Readahead, first_use_order, mem_available_bytes
+        from wan_worker.boot.readahead import (
+            BeforeAnswer,
+            Readahead,
+            first_use_order,
+            mem_available_bytes,
+        )
         from wan_worker.workflow import load_template
 
         available = mem_available_bytes()
@@ -263,8 +268,11 @@ class Boot:
             started=self.gate.started,
             skip=just_read,
             mark=self.timeline.mark,
-            before_answer=self.boot.readahead_before_answer_bytes,
-            wait_for_answer=self.gate.wait_comfyui,
+            before_answer=BeforeAnswer(
+                full_bytes=self.boot.readahead_before_answer_bytes,
+                share=self.boot.readahead_share_before_answer,
+                wait_for_answer=self.gate.comfyui_answered,
+            ),
         ).run()
 
     # -- ComfyUI: wait for its first answer, then warm it up --------------------------------------

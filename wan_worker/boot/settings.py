@@ -43,6 +43,13 @@ def _size(env: Mapping[str, str], name: str, default: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    value = read.number(env, name, default, 0)
+    if value > 1:
+        raise ConfigError(f"{name}={env.get(name)!r} must be a share of the time, from 0 to 1")
+    return value
+
+
 @dataclass(frozen=True)
 class BootSettings:
     enabled: bool
@@ -54,6 +61,9 @@ class BootSettings:
     readahead_reserve_bytes: int = 16 * 1024**3
     #: The text encoder and the VAE of the fixed workflow (6662 MB) fit; the experts wait.
     readahead_before_answer_bytes: int = 6800 << 20
+    #: Past that, until ComfyUI answers, the readahead reads this share of the time (0: waits;
+    #: on an H200, reading half the time slowed ComfyUI's start more than it saved the job).
+    readahead_share_before_answer: float = 0.0
     warmup: bool = False
     warmup_size: tuple[int, int] = (480, 832)
     warmup_frames: int = 9
@@ -95,6 +105,7 @@ class BootSettings:
             readahead_reserve_bytes=read.integer(env, "READAHEAD_RESERVE_MB", 16384, 0) << 20,
             readahead_before_answer_bytes=read.integer(env, "READAHEAD_BEFORE_ANSWER_MB", 6800, 0)
             << 20,
+            readahead_share_before_answer=_share(env, "READAHEAD_SHARE_BEFORE_ANSWER", 0.0),
             warmup=read.flag(env, "WARMUP", runpod_mode(env) == "serverless"),
             warmup_size=_size(env, "WARMUP_SIZE", "480x832"),
             warmup_frames=read.integer(env, "WARMUP_FRAMES", 9, 1),
