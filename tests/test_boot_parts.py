@@ -18,8 +18,10 @@ from wan_worker.boot.readahead import (
     BeforeAnswer,
     ModelUse,
     Readahead,
+    cgroup_headroom_bytes,
     first_use_order,
     mem_available_bytes,
+    memory_for_readahead,
     pause_after,
 )
 from wan_worker.boot.settings import BootSettings
@@ -334,6 +336,67 @@ def test_mem_available_is_read_from_meminfo(tmp_path):
     meminfo.write_text("MemTotal:       24684084 kB\nMemAvailable:   23815392 kB\n")
     assert mem_available_bytes(meminfo) == 23815392 * 1024
     assert mem_available_bytes(tmp_path / "none") is None
+
+
+def write_files(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+MEMINFO = "MemTotal:       263000000 kB\nMemAvailable:   250000000 kB\n"  # a big host
+
+
+def test_in_a_container_with_a_memory_limit_the_budget_is_the_limits_headroom(tmp_path):
+    """/proc/meminfo shows the host; the container's cgroup may charge only up to its limit,
+    so past it the readahead would evict what it read itself."""
+    meminfo = write_files(tmp_path, {"meminfo": MEMINFO}) / "meminfo"
+    v2 = write_files(
+        tmp_path / "v2", {"memory.max": "49392123904\n", "memory.current": "3221225472\n"}
+    )
+    assert cgroup_headroom_bytes(v2) == 49392123904 - 3221225472
+    assert memory_for_readahead(meminfo, v2) == (
+        49392123904 - 3221225472,
+        "the container's memory limit",
+    )
+    v1 = write_files(
+        tmp_path / "v1",
+        {"memory/memory.limit_in_bytes": "32212254720\n", "memory/memory.usage_in_bytes": "1000\n"},
+    )
+    assert memory_for_readahead(meminfo, v1) == (32212254720 - 1000, "the container's memory limit")
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"memory.max": "max\n", "memory.current": "3221225472\n"},  # v2, no limit
+        {  # v1, no limit: the kernel's largest page-rounded value
+            "memory/memory.limit_in_bytes": "9223372036854771712\n",
+            "memory/memory.usage_in_bytes": "1000\n",
+        },
+        {},  # no memory controller to read
+        {"memory.max": "1000\n"},  # half of it
+    ],
+)
+def test_without_a_container_limit_the_budget_is_memavailable(tmp_path, files):
+    meminfo = write_files(tmp_path, {"meminfo": MEMINFO}) / "meminfo"
+    cgroup = write_files(tmp_path / "cg", files)
+    assert cgroup_headroom_bytes(cgroup) is None
+    assert memory_for_readahead(meminfo, cgroup) == (250000000 * 1024, "MemAvailable")
+
+
+def test_a_limit_above_memavailable_leaves_memavailable_the_budget(tmp_path):
+    meminfo = write_files(tmp_path, {"meminfo": MEMINFO}) / "meminfo"
+    cgroup = write_files(tmp_path / "cg", {"memory.max": str(1 << 40), "memory.current": "0"})
+    assert memory_for_readahead(meminfo, cgroup) == (250000000 * 1024, "MemAvailable")
+    # Neither readable: no readahead at all.
+    assert memory_for_readahead(tmp_path / "none", tmp_path / "none") is None
+    # Only the cgroup readable: its headroom.
+    assert memory_for_readahead(tmp_path / "none", cgroup) == (
+        1 << 40,
+        "the container's memory limit",
+    )
 
 
 # -- the gate ----------------------------------------------------------------------------------

@@ -252,19 +252,21 @@ class Boot:
             BeforeAnswer,
             Readahead,
             first_use_order,
-            mem_available_bytes,
+            memory_for_readahead,
         )
         from wan_worker.workflow import load_template
 
-        available = mem_available_bytes()
-        if available is None:
+        memory = memory_for_readahead()
+        if memory is None:
             log.info("[boot] no /proc/meminfo: the models are not read ahead")
             return
+        available, limited_by = memory
         graph = load_template(self.settings.workflow_path).graph
         Readahead(
             first_use_order(graph),
             provision.models_root,
             budget=max(0, available - self.boot.readahead_reserve_bytes),
+            budget_from=limited_by,
             started=self.gate.started,
             skip=just_read,
             mark=self.timeline.mark,

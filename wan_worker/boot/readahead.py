@@ -11,9 +11,10 @@ the workflow in.
 Each file is read in chunks with `sendfile` to /dev/null (into the page cache, no copy through
 user space), and the reading stops early when it cannot help:
 
-- the **budget** is spent: MemAvailable at the start minus READAHEAD_RESERVE_MB (left to
-  ComfyUI and the job); a file that does not fit in what is left ends the readahead, since
-  every later file is needed later still;
+- the **budget** is spent: MemAvailable at the start (or the container's memory-cgroup headroom,
+  where that is less) minus READAHEAD_RESERVE_MB (left to ComfyUI and the job); a file that
+  does not fit in what is left ends the readahead, since every later file is needed later
+  still;
 - ComfyUI has **begun the stage** that uses a file (a job or the warm-up got there first): it is
   loading the file itself, and its loader advises the kernel to drop the pages it has read,
   so reading behind it would read them twice. That file is left, and the next one tried;
@@ -116,6 +117,47 @@ def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     return None
 
 
+#: cgroup v1 writes a limit this large (page-rounded 2**63 - 1) for "no limit".
+_V1_NO_LIMIT = 1 << 62
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (cgroup v2): no limit
+
+
+def cgroup_headroom_bytes(cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """How much more this container's memory cgroup may charge before it reclaims: its limit
+    minus what it holds now, page cache included (None: no limit, or no cgroup). In a container
+    /proc/meminfo describes the host, so MemAvailable alone can promise memory the container's
+    limit does not give, and the page cache read past it would evict itself."""
+    for limit_file, usage_file in (
+        (cgroup / "memory.max", cgroup / "memory.current"),  # v2
+        (cgroup / "memory" / "memory.limit_in_bytes", cgroup / "memory" / "memory.usage_in_bytes"),
+    ):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < _V1_NO_LIMIT:
+            return max(0, limit - usage)
+    return None
+
+
+def memory_for_readahead(
+    meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")
+) -> tuple[int, str] | None:
+    """The memory the page cache can grow into: MemAvailable, or the container's cgroup
+    headroom where that is less; with what set it. None where neither can be read."""
+    available = mem_available_bytes(meminfo)
+    headroom = cgroup_headroom_bytes(cgroup)
+    if headroom is not None and (available is None or headroom < available):
+        return headroom, "the container's memory limit"
+    if available is None:
+        return None
+    return available, "MemAvailable"
+
+
 @dataclass
 class FileRead:
     relpath: str
@@ -171,10 +213,13 @@ class Readahead:
         mark: Mark | None = None,
         chunk_bytes: int = CHUNK_BYTES,
         before_answer: BeforeAnswer | None = None,
+        budget_from: str = "MemAvailable",
     ) -> None:
         self.uses = list(uses)
         self.models_root = models_root
         self.budget = budget
+        #: What set the budget (the log says it): MemAvailable, or the container's memory limit.
+        self.budget_from = budget_from
         self.started = started
         self.skip = set(skip)
         self.stop = stop or threading.Event()
@@ -191,7 +236,12 @@ class Readahead:
         report = ReadaheadReport(self.budget)
         began = time.monotonic()
         left = self.budget
-        self.mark("readahead_started", budget_mb=_mb(self.budget), files=len(self.uses))
+        self.mark(
+            "readahead_started",
+            budget_mb=_mb(self.budget),
+            budget_from=self.budget_from,
+            files=len(self.uses),
+        )
         for use in self.uses:
             path = self.models_root / use.folder / use.filename
             try:
