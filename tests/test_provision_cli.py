@@ -105,6 +105,28 @@ def test_models_root_follows_runpod_mounts(tmp_path):
     assert printed.stdout.strip() == str(volume / "models")
 
 
+def test_runpods_model_cache_alone_is_no_network_volume(tmp_path):
+    """Cached models without a network volume: RunPod mounts the cache at
+    /runpod-volume/huggingface-cache/hub, so /runpod-volume exists but is the container's own
+    folder. The models then go to the container disk, and the log says why."""
+    volume, comfy = tmp_path / "rv", tmp_path / "comfy"
+    (volume / "huggingface-cache" / "hub").mkdir(parents=True)
+    env = {"RUNPOD_VOLUME_DIR": str(volume), "WORKSPACE_DIR": str(tmp_path / "ws")}
+    root, reason = resolve_models_root(env, "serverless", comfy)
+    assert root == comfy / "models"
+    assert reason == (
+        f"container disk (no network volume mounted; {volume} holds only RunPod's model cache)"
+    )
+    printed = cli({**env, "RUNPOD_ENDPOINT_ID": "e1", "COMFYUI_DIR": str(comfy)}, "--print-root")
+    assert printed.stdout.strip() == str(comfy / "models")
+    # A network volume with the cache inside it holds more than the cache: a volume.
+    (volume / "models").mkdir()
+    assert resolve_models_root(env, "serverless", comfy) == (
+        volume / "models",
+        f"network volume at {volume}",
+    )
+
+
 def test_mode_comes_from_runpod_variables():
     assert runpod_mode({"RUNPOD_POD_ID": "p", "RUNPOD_ENDPOINT_ID": "e"}) == "serverless"
     assert runpod_mode({"RUNPOD_POD_ID": "p", "RUNPOD_WEBHOOK_GET_JOB": "u"}) == "serverless"

@@ -130,12 +130,36 @@ def resolve_models_root(env: Mapping[str, str], mode: str, comfyui_dir: Path) ->
     if explicit:
         return Path(explicit), "MODELS_ROOT"
     volume = Path(read.text(env, "RUNPOD_VOLUME_DIR", "/runpod-volume"))
-    if volume.is_dir():
+    if network_volume_at(volume):
         return volume / "models", f"network volume at {volume}"
     workspace = Path(read.text(env, "WORKSPACE_DIR", "/workspace"))
     if mode == "pod" and workspace.is_dir():
         return workspace / "models", f"pod volume at {workspace}"
+    if volume.is_dir():
+        return comfyui_dir / "models", (
+            f"container disk (no network volume mounted; {volume} holds only RunPod's model cache)"
+        )
     return comfyui_dir / "models", "container disk (no network volume mounted)"
+
+
+#: Where RunPod mounts its cached models, inside the network volume's folder.
+HF_CACHE_FOLDER = "huggingface-cache"
+
+
+def network_volume_at(volume: Path) -> bool:
+    """Whether a network volume is mounted at `volume`. RunPod's cached models alone also make
+    that folder: their Docker volume is mounted at `volume/huggingface-cache/hub`. So a folder
+    that is not a mount point and holds nothing but that cache is no network volume, and models
+    written there would land on the container disk under a misleading name."""
+    if not volume.is_dir():
+        return False
+    if os.path.ismount(volume):
+        return True
+    try:
+        entries = {entry.name for entry in volume.iterdir()}
+    except OSError:
+        return False
+    return entries != {HF_CACHE_FOLDER}
 
 
 def bundle_repo(raw: str, name: str = "MODELS_BUNDLE_REPO") -> str:
