@@ -228,8 +228,9 @@ def wait_for_object_info(
         assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
         try:
             reply = requests.get(f"{url}/object_info", timeout=30)
-        except requests.ConnectionError:
-            # Poll again in half a second, or at once if ComfyUI exits meanwhile.
+        except (requests.ConnectionError, requests.Timeout):
+            # Not listening yet, or listening but still busy starting (a read time-out):
+            # poll again in half a second, or at once if ComfyUI exits meanwhile.
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=0.5)
             continue
