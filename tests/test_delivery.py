@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import requests
 from tests.conftest import ComfyServer, make_png
 from tests.media import graph_tags, make_mp4, probe
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, make_bucket, moto_s3
-from wan_worker.delivery import deliver, make_store
+from wan_worker.delivery import deliver, make_store, reencode_limit
 from wan_worker.errors import ConfigError, OutputError, error_result
 from wan_worker.handler import handle
 from wan_worker.settings import Settings, StorageSettings
@@ -174,6 +175,33 @@ def test_without_storage_a_video_that_cannot_be_fitted_says_why_and_how_to_fix_i
     assert "Re-encoding it to fit failed: Reading ComfyUI's video failed (ffprobe: " in (
         caught.value.message
     )
+
+
+def test_the_fit_stops_at_the_jobs_deadline_when_that_comes_first(tmp_path: Path):
+    """A job near its JOB_TIMEOUT_S gets only what is left of it for the re-encode, not all of
+    REENCODE_TIMEOUT_S: the job never runs past its deadline, and the error says which limit."""
+    video = make_mp4(tmp_path)
+    settings = Settings(max_base64_bytes=len(video), job_timeout_s=900)
+    with pytest.raises(OutputError) as caught:
+        deliver(video, "x.mp4", settings, None, deadline=time.monotonic())
+    message = caught.value.message
+    assert (
+        "Re-encoding it to fit failed: Re-encoding the video took over 0 s (the rest of the "
+        "job's JOB_TIMEOUT_S=900) and was stopped." in message
+    )
+    assert message.endswith("to receive a video_url instead.")
+    # With time to spare the same video is fitted, within REENCODE_TIMEOUT_S as before.
+    fitted = deliver(video, "x.mp4", settings, None, deadline=time.monotonic() + 900)
+    assert fitted["reencoded"] is True and len(fitted["video"]) <= len(video)
+
+
+def test_the_reencode_limit_is_the_sooner_of_its_own_and_the_jobs():
+    settings = Settings(reencode_timeout_s=300, job_timeout_s=900)
+    assert reencode_limit(settings, None) == (300, "REENCODE_TIMEOUT_S")
+    assert reencode_limit(settings, time.monotonic() + 600) == (300, "REENCODE_TIMEOUT_S")
+    limit, why = reencode_limit(settings, time.monotonic() + 42)
+    assert 41 <= limit <= 42 and why == "the rest of the job's JOB_TIMEOUT_S=900"
+    assert reencode_limit(settings, time.monotonic() - 5)[0] == 0
 
 
 def test_with_reencoding_off_a_large_video_is_an_error_that_says_how_to_fix_it():

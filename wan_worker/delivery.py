@@ -19,6 +19,7 @@ RunPod refuses job results over its payload limits (10 MB through /run, 20 MB th
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 from wan_worker.errors import ConfigError, OutputError, StorageError, redact
@@ -42,9 +43,15 @@ def inline_budget(max_base64_bytes: int) -> int:
 
 
 def deliver(
-    video: bytes, name: str, settings: Settings, store: VideoStore | None
+    video: bytes,
+    name: str,
+    settings: Settings,
+    store: VideoStore | None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
-    """The output fields that carry the video; an error when it cannot be delivered."""
+    """The output fields that carry the video; an error when it cannot be delivered. A re-encode
+    to fit stops at the job's `deadline` (time.monotonic()) if that comes before
+    REENCODE_TIMEOUT_S."""
     if not video:
         raise OutputError("ComfyUI produced an empty video file. Retry the job.")
     fits = base64_size(len(video)) <= settings.max_base64_bytes
@@ -87,12 +94,14 @@ def deliver(
             "re-encoded to fit, or, if you only call /runsync, raise MAX_BASE64_BYTES up to "
             "19000000."
         )
+    timeout_s, limited_by = reencode_limit(settings, deadline)
     try:
         fitted = fit_video(
             video,
             inline_budget(settings.max_base64_bytes),
             preset=settings.reencode_preset,
-            timeout_s=settings.reencode_timeout_s,
+            timeout_s=timeout_s,
+            limited_by=limited_by,
         )
     except OutputError as exc:
         if upload_failed is not None:
@@ -110,6 +119,16 @@ def deliver(
     )
     result.update(fitted_fields(fitted, settings.max_base64_bytes, original))
     return result
+
+
+def reencode_limit(settings: Settings, deadline: float | None) -> tuple[float, str]:
+    """The re-encode's time limit, and the setting that set it: REENCODE_TIMEOUT_S, or what is
+    left of the job's JOB_TIMEOUT_S where that is less."""
+    if deadline is not None:
+        left = max(0.0, deadline - time.monotonic())
+        if left < settings.reencode_timeout_s:
+            return round(left, 1), f"the rest of the job's JOB_TIMEOUT_S={settings.job_timeout_s:g}"
+    return settings.reencode_timeout_s, "REENCODE_TIMEOUT_S"
 
 
 def fitted_fields(fitted: Fitted, max_base64_bytes: int, original: str) -> dict[str, Any]:

@@ -276,7 +276,9 @@ def handle(
                 worker, job, request, files, uploaded_as, deadline, timer, cancel
             )
         _stop_if_cancelled(cancel)
-        delivered = deliver(generation.video, f"{files.token}.mp4", settings, worker.store)
+        delivered = deliver(
+            generation.video, f"{files.token}.mp4", settings, worker.store, deadline
+        )
         timer.lap("deliver_s")
         params = request.params
         timings: dict[str, Any] = dict(timer.laps)

@@ -109,12 +109,18 @@ def planned_bitrate(shape: VideoShape, max_bytes: int) -> int:
 
 
 def fit_video(
-    video: bytes, max_bytes: int, *, preset: str = "veryfast", timeout_s: float = 300.0
+    video: bytes,
+    max_bytes: int,
+    *,
+    preset: str = "veryfast",
+    timeout_s: float = 300.0,
+    limited_by: str = "REENCODE_TIMEOUT_S",
 ) -> Fitted:
-    """`video` re-encoded to at most `max_bytes`; an OutputError saying why when it cannot be."""
+    """`video` re-encoded to at most `max_bytes`; an OutputError saying why when it cannot be.
+    Every ffmpeg and ffprobe call shares `timeout_s`; `limited_by` names what set it."""
     if preset not in PRESETS:
         raise ValueError(f"unknown x264 preset {preset!r}")
-    deadline = _Deadline(time.monotonic() + timeout_s, timeout_s)
+    deadline = _Deadline(time.monotonic() + timeout_s, timeout_s, limited_by)
     try:
         with tempfile.TemporaryDirectory(prefix="wan-fit-") as folder:
             source = Path(folder) / "in.mp4"
@@ -182,6 +188,7 @@ class _Deadline:
 
     at: float
     limit_s: float
+    limited_by: str = "REENCODE_TIMEOUT_S"
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
@@ -196,8 +203,8 @@ def _run(args: list[str], deadline: _Deadline, what: str) -> bytes:
         done = subprocess.run(args, capture_output=True, check=False, timeout=left)
     except subprocess.TimeoutExpired:
         raise OutputError(
-            f"Re-encoding the video took over {deadline.limit_s:g} s (REENCODE_TIMEOUT_S) and "
-            "was stopped."
+            f"Re-encoding the video took over {deadline.limit_s:g} s ({deadline.limited_by}) "
+            "and was stopped."
         ) from None
     if done.returncode != 0:
         text = done.stderr.decode(errors="replace")
