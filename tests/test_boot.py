@@ -213,21 +213,25 @@ def test_warmup_is_off_with_its_setting(tmp_path, volume, queue):
     assert not [n for n in run.names() if n.startswith("warmup")]
 
 
-def test_readahead_past_its_allowance_waits_for_comfyuis_answer(tmp_path, volume, queue):
-    env, _server = volume
-    # 1 MiB: the text encoder's stand-in (1.0 MB) is read while ComfyUI starts, the rest after.
-    env = serverless(
-        env,
-        queue,
-        WARMUP="0",
-        READAHEAD_BEFORE_ANSWER_MB="1",
-        COMFYUI_EXTRA_ARGS="--start-delay-s 3",
+def boot_with_allowance(
+    tmp_path: Path, volume: tuple[dict, FlakyFileServer], queue: RunPodQueue, until: str, **env
+) -> BootRun:
+    """A boot whose readahead may read 1 MiB (the text encoder's 1.0 MB stand-in) at full speed
+    before ComfyUI answers; stopped once `until` has happened."""
+    run = BootRun(
+        serverless(volume[0], queue, WARMUP="0", READAHEAD_BEFORE_ANSWER_MB="1", **env), tmp_path
     )
-    run = BootRun(env, tmp_path)
     try:
-        run.wait_event("readahead_done")
+        run.wait_event(until)
     finally:
         run.stop()
+    return run
+
+
+def test_readahead_past_its_allowance_waits_for_comfyuis_answer(tmp_path, volume, queue):
+    run = boot_with_allowance(
+        tmp_path, volume, queue, "readahead_done", COMFYUI_EXTRA_ARGS="--start-delay-s 3"
+    )
     names = run.names()
     read = [e["file"] for e in run.events() if e["event"] == "readahead_file"]
     assert read[0] == USES[0].relpath
@@ -243,20 +247,14 @@ def test_readahead_past_its_allowance_shares_the_disk_before_comfyuis_answer(
     """READAHEAD_SHARE_BEFORE_ANSWER: the files past the allowance are read while ComfyUI
     still starts, in paced chunks: here they are small enough to be read before ComfyUI (6 s
     late) answers."""
-    env, _server = volume
-    env = serverless(
-        env,
+    run = boot_with_allowance(
+        tmp_path,
+        volume,
         queue,
-        WARMUP="0",
-        READAHEAD_BEFORE_ANSWER_MB="1",
+        "comfyui_answers",
         READAHEAD_SHARE_BEFORE_ANSWER="0.5",
         COMFYUI_EXTRA_ARGS="--start-delay-s 6",
     )
-    run = BootRun(env, tmp_path)
-    try:
-        run.wait_event("comfyui_answers")
-    finally:
-        run.stop()
     names = run.names()
     events = run.events()
     shared = events[names.index("readahead_shared")]
