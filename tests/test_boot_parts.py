@@ -126,6 +126,7 @@ def test_readahead_holds_past_its_allowance_until_comfyui_answers(tmp_path):
         started=lambda _stage: False,
         mark=lambda name, **kw: events.append((name, kw)),
         before_answer=BeforeAnswer(2_500_000, share=0, wait_for_answer=comfyui_answers),
+        small_tensors_first=False,  # random bytes, no safetensors: see the tests below
     ).run()
     assert at_hold[0] >= 1_000_000 - 2 * 16384 and at_hold[1] >= 1_000_000 - 2 * 16384
     assert at_hold[2] == 0  # the expert waited for ComfyUI's answer
@@ -222,6 +223,7 @@ def sharing_run(tmp_path: Path, answer_after: int | None):
         started=lambda _s: False,
         mark=lambda name, **kw: events.append((name, kw)),
         before_answer=BeforeAnswer(2_000_000, 0.5, wait_for_answer),
+        small_tensors_first=False,
     ).run()
     return report, asked, events
 

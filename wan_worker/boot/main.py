@@ -267,6 +267,7 @@ class Boot:
             provision.models_root,
             budget=max(0, available - self.boot.readahead_reserve_bytes),
             budget_from=limited_by,
+            small_tensors_first=self.boot.readahead_small_tensors,
             started=self.gate.started,
             skip=just_read,
             mark=self.timeline.mark,

@@ -25,10 +25,12 @@ in the page cache already.
 
 **Before ComfyUI first answers**, its imports read thousands of small files from the same disk,
 and they queue behind a stream read at full speed. So only `before_answer` bytes (the text
-encoder and the VAE) are read at full speed before the answer. Past them the readahead waits
-for the answer (`share` 0, the default), or shares the disk with the imports until then: it
-reads small chunks and leaves the disk idle after each for `1 / share - 1` times the chunk
-took (`share` 0.5: idle half of the time, and longer when the imports slow the reads down).
+encoder and the VAE) are read at full speed before the answer. Past them the readahead first
+reads the small tensors of the files to come (`small_tensors`: what ComfyUI reads from the
+experts when it builds the models, a few MB in a few hundred places), then waits for the answer
+(`share` 0, the default), or shares the disk with the imports until then: it reads small chunks
+and leaves the disk idle after each for `1 / share - 1` times the chunk took (`share` 0.5: idle
+half of the time, and longer when the imports slow the reads down).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wan_worker.boot.small_tensors import read_ranges, small_tensors
 from wan_worker.workflow import MODEL_INPUTS, STAGES
 
 CHUNK_BYTES = 64 * 1024 * 1024
@@ -214,6 +217,7 @@ class Readahead:
         chunk_bytes: int = CHUNK_BYTES,
         before_answer: BeforeAnswer | None = None,
         budget_from: str = "MemAvailable",
+        small_tensors_first: bool = True,
     ) -> None:
         self.uses = list(uses)
         self.models_root = models_root
@@ -227,6 +231,8 @@ class Readahead:
         self.chunk_bytes = chunk_bytes
         #: None: read at full speed from the start.
         self.before_answer = before_answer
+        #: Past the allowance, read the small tensors of the files to come before waiting.
+        self.small_tensors_first = small_tensors_first
         #: Set past `before_answer.full_bytes` until ComfyUI answers: read `share` of the time.
         self._sharing: BeforeAnswer | None = None
         self._shared_bytes = 0
@@ -242,7 +248,7 @@ class Readahead:
             budget_from=self.budget_from,
             files=len(self.uses),
         )
-        for use in self.uses:
+        for index, use in enumerate(self.uses):
             path = self.models_root / use.folder / use.filename
             try:
                 size = path.stat().st_size
@@ -267,7 +273,7 @@ class Readahead:
                 continue
             ahead = self.before_answer
             if ahead is not None and report.read + size > ahead.full_bytes:
-                self._past_allowance(ahead, report.read)
+                self._past_allowance(ahead, report.read, self.uses[index:])
                 if self.started(use.stage):
                     entry.outcome = f"skipped: ComfyUI began {use.stage}"
                     continue
@@ -297,12 +303,15 @@ class Readahead:
         )
         return report
 
-    def _past_allowance(self, ahead: BeforeAnswer, read: int) -> None:
-        """The next file passes what may be read at full speed before ComfyUI answers: wait for
-        the answer (share 0), or share the disk with ComfyUI until then (once, either way)."""
+    def _past_allowance(self, ahead: BeforeAnswer, read: int, rest: list[ModelUse]) -> None:
+        """The next file passes what may be read at full speed before ComfyUI answers: read the
+        small tensors of the files to come, then wait for the answer (share 0), or share the
+        disk with ComfyUI until then (once, either way)."""
         self.before_answer = None
         if ahead.share >= 1:
             return
+        if self.small_tensors_first:
+            self._read_small_tensors(rest)
         if ahead.share <= 0:
             self.mark("readahead_held", mb=_mb(read))
             began = time.monotonic()
@@ -315,6 +324,36 @@ class Readahead:
         self._shared_bytes = 0
         self._shared_since = time.monotonic()
         self.mark("readahead_shared", mb=_mb(read), share=ahead.share)
+
+    def _read_small_tensors(self, rest: list[ModelUse]) -> None:
+        """The small tensors (`small_tensors`) of the safetensors files still to come, which
+        ComfyUI reads when it builds the models, before their stream queues in front of them."""
+        began = time.monotonic()
+        files, ranges, read = 0, 0, 0
+        for use in rest:
+            if (
+                not use.filename.endswith(".safetensors")
+                or use.relpath in self.skip
+                or self.started(use.stage)
+            ):
+                continue
+            path = self.models_root / use.folder / use.filename
+            try:
+                found = small_tensors(path)
+                read += read_ranges(path, found.ranges)
+            except (OSError, ValueError) as exc:
+                self.mark("readahead_small_tensors_skipped", file=use.relpath, why=str(exc))
+                continue
+            files += 1
+            ranges += len(found.ranges)
+        if files:
+            self.mark(
+                "readahead_small_tensors",
+                files=files,
+                ranges=ranges,
+                mb=_mb(read),
+                s=round(time.monotonic() - began, 2),
+            )
 
     def _share(self, sharing: BeforeAnswer, chunk_seconds: float, count: int) -> None:
         """After a chunk read while ComfyUI imports: leave the disk to it for a while."""

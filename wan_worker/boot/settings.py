@@ -64,6 +64,8 @@ class BootSettings:
     #: Past that, until ComfyUI answers, the readahead reads this share of the time (0: waits;
     #: on an H200, reading half the time slowed ComfyUI's start more than it saved the job).
     readahead_share_before_answer: float = 0.0
+    #: Before that wait, read the small tensors of the files to come (readahead.small_tensors).
+    readahead_small_tensors: bool = True
     warmup: bool = False
     warmup_size: tuple[int, int] = (480, 832)
     warmup_frames: int = 9
@@ -106,6 +108,7 @@ class BootSettings:
             readahead_before_answer_bytes=read.integer(env, "READAHEAD_BEFORE_ANSWER_MB", 6800, 0)
             << 20,
             readahead_share_before_answer=_share(env, "READAHEAD_SHARE_BEFORE_ANSWER", 0.0),
+            readahead_small_tensors=read.flag(env, "READAHEAD_SMALL_TENSORS", True),
             warmup=read.flag(env, "WARMUP", runpod_mode(env) == "serverless"),
             warmup_size=_size(env, "WARMUP_SIZE", "480x832"),
             warmup_frames=read.integer(env, "WARMUP_FRAMES", 9, 1),
