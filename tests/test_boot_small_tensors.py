@@ -186,6 +186,26 @@ def test_an_expert_whose_stage_began_is_not_read_for_its_small_tensors(tmp_path)
     assert "readahead_small_tensors_skipped" not in dict(events)  # the LoRA's stage had begun
 
 
+def test_once_comfyui_builds_the_models_the_pass_is_left_out(tmp_path):
+    """On a slow disk ComfyUI answers, and a job begins loading the models, before the text
+    encoder has been read: reading the small tensors then would only delay the stream."""
+    volume(tmp_path)
+    events: list[tuple[str, dict]] = []
+    report = Readahead(
+        USES,
+        tmp_path,
+        budget=10**9,
+        started=lambda stage: stage == "load_models",
+        mark=lambda name, **kw: events.append((name, kw)),
+        before_answer=BeforeAnswer(1_500_000, share=0, wait_for_answer=lambda _t: True),
+    ).run()
+    assert dict(events)["readahead_small_tensors"] == {
+        "files": 0,
+        "why": "ComfyUI began load_models",
+    }
+    assert [f.outcome for f in report.files] == ["read"] * 4
+
+
 @pytest.mark.parametrize("setting", [{"READAHEAD_SMALL_TENSORS": "0"}, {}])
 def test_the_small_tensors_pass_has_a_setting(tmp_path, setting):
     volume(tmp_path)

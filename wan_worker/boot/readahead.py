@@ -328,6 +328,10 @@ class Readahead:
     def _read_small_tensors(self, rest: list[ModelUse]) -> None:
         """The small tensors (`small_tensors`) of the safetensors files still to come, which
         ComfyUI reads when it builds the models, before their stream queues in front of them."""
+        if self.started("load_models"):
+            # Already building the models (a slow disk: ComfyUI answered first): too late.
+            self.mark("readahead_small_tensors", files=0, why="ComfyUI began load_models")
+            return
         began = time.monotonic()
         files, ranges, read = 0, 0, 0
         for use in rest:
