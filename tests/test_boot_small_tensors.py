@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.boot_harness import drop_from_cache, resident_bytes
-from wan_worker.boot.readahead import BeforeAnswer, ModelUse, Readahead
+from wan_worker.boot.readahead import BeforeAnswer, ModelUse, Readahead, ReadaheadReport
 from wan_worker.boot.settings import BootSettings
 from wan_worker.boot.small_tensors import read_ranges, small_tensors
 from wan_worker.settings import Settings
@@ -135,24 +135,36 @@ def volume(tmp_path: Path) -> list[Path]:
     return paths
 
 
+def held_run(
+    tmp_path: Path,
+    started=lambda _stage: False,
+    wait_for_answer=lambda _timeout: True,
+    small_tensors_first: bool = True,
+) -> tuple[ReadaheadReport, list[tuple[str, dict]]]:
+    """The readahead over `volume`: the text encoder within the allowance, then the hold."""
+    events: list[tuple[str, dict]] = []
+    report = Readahead(
+        USES,
+        tmp_path,
+        budget=10**9,
+        started=started,
+        mark=lambda name, **kw: events.append((name, kw)),
+        before_answer=BeforeAnswer(1_500_000, share=0, wait_for_answer=wait_for_answer),
+        small_tensors_first=small_tensors_first,
+    ).run()
+    return report, events
+
+
 @pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux fincore")
 def test_before_waiting_for_comfyui_the_readahead_reads_the_experts_small_tensors(tmp_path):
     paths = volume(tmp_path)
-    events: list[tuple[str, dict]] = []
     at_hold: list[int] = []
 
     def comfyui_answers(_timeout: float | None) -> bool:
         at_hold.extend(resident_bytes(p) for p in paths)
         return True
 
-    report = Readahead(
-        USES,
-        tmp_path,
-        budget=10**9,
-        started=lambda _stage: False,
-        mark=lambda name, **kw: events.append((name, kw)),
-        before_answer=BeforeAnswer(1_500_000, share=0, wait_for_answer=comfyui_answers),
-    ).run()
+    report, events = held_run(tmp_path, wait_for_answer=comfyui_answers)
     names = [name for name, _ in events]
     assert names[:5] == [
         "readahead_started", "readahead_file", "readahead_small_tensors_skipped",
@@ -172,15 +184,7 @@ def test_before_waiting_for_comfyui_the_readahead_reads_the_experts_small_tensor
 
 def test_an_expert_whose_stage_began_is_not_read_for_its_small_tensors(tmp_path):
     volume(tmp_path)
-    events: list[tuple[str, dict]] = []
-    Readahead(
-        USES,
-        tmp_path,
-        budget=10**9,
-        started=lambda stage: stage == "sample_high_noise",
-        mark=lambda name, **kw: events.append((name, kw)),
-        before_answer=BeforeAnswer(1_500_000, share=0, wait_for_answer=lambda _t: True),
-    ).run()
+    _report, events = held_run(tmp_path, started=lambda stage: stage == "sample_high_noise")
     done = dict(events)["readahead_small_tensors"]
     assert done["files"] == 1  # the low-noise expert only
     assert "readahead_small_tensors_skipped" not in dict(events)  # the LoRA's stage had begun
@@ -190,15 +194,7 @@ def test_once_comfyui_builds_the_models_the_pass_is_left_out(tmp_path):
     """On a slow disk ComfyUI answers, and a job begins loading the models, before the text
     encoder has been read: reading the small tensors then would only delay the stream."""
     volume(tmp_path)
-    events: list[tuple[str, dict]] = []
-    report = Readahead(
-        USES,
-        tmp_path,
-        budget=10**9,
-        started=lambda stage: stage == "load_models",
-        mark=lambda name, **kw: events.append((name, kw)),
-        before_answer=BeforeAnswer(1_500_000, share=0, wait_for_answer=lambda _t: True),
-    ).run()
+    report, events = held_run(tmp_path, started=lambda stage: stage == "load_models")
     assert dict(events)["readahead_small_tensors"] == {
         "files": 0,
         "why": "ComfyUI began load_models",
@@ -210,14 +206,5 @@ def test_once_comfyui_builds_the_models_the_pass_is_left_out(tmp_path):
 def test_the_small_tensors_pass_has_a_setting(tmp_path, setting):
     volume(tmp_path)
     boot = BootSettings.from_env(Settings(), setting)
-    events: list[str] = []
-    Readahead(
-        USES,
-        tmp_path,
-        budget=10**9,
-        started=lambda _stage: False,
-        mark=lambda name, **_kw: events.append(name),
-        before_answer=BeforeAnswer(1_500_000, share=0, wait_for_answer=lambda _t: True),
-        small_tensors_first=boot.readahead_small_tensors,
-    ).run()
-    assert ("readahead_small_tensors" in events) is (setting == {})
+    _report, events = held_run(tmp_path, small_tensors_first=boot.readahead_small_tensors)
+    assert ("readahead_small_tensors" in dict(events)) is (setting == {})
