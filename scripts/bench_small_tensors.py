@@ -33,7 +33,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from wan_worker.boot.small_tensors import read_ranges, small_tensors  # noqa: E402
+from wan_worker.boot.small_tensors import (  # noqa: E402
+    read_ranges,
+    small_tensors,
+    small_tensors_in_header_order,
+)
 
 STREAM = """
 import os, sys
@@ -65,21 +69,6 @@ def touch(path: Path, ranges: list[tuple[int, int]]) -> float:
     return time.monotonic() - began
 
 
-def header_order(path: Path) -> list[tuple[int, int]]:
-    """The small tensors one by one, in the order the header lists them (ComfyUI's order)."""
-    with path.open("rb") as handle:
-        length = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(length))
-    found = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        if 0 < end - start < 1 << 20:
-            found.append((8 + length + start, end - start))
-    return found
-
-
 def one_run(path: Path, small_first: bool) -> dict[str, float]:
     evict(path)
     result: dict[str, float] = {}
@@ -93,7 +82,7 @@ def one_run(path: Path, small_first: bool) -> dict[str, float]:
     try:
         if stream.stdout is not None:
             stream.stdout.readline()  # it has opened the file and starts reading
-        result["touch_s"] = round(touch(path, header_order(path)), 3)
+        result["touch_s"] = round(touch(path, small_tensors_in_header_order(path)), 3)
     finally:
         stream.kill()
         stream.wait()
@@ -116,8 +105,9 @@ def main() -> None:
         runs["stream first"].append(one_run(args.file, small_first=False))
         runs["small first"].append(one_run(args.file, small_first=True))
     size = args.file.stat().st_size
+    count = len(small_tensors_in_header_order(args.file))
     lines = [
-        f"{args.file.name}: {size / 1e9:.1f} GB, {len(header_order(args.file))} small tensors "
+        f"{args.file.name}: {size / 1e9:.1f} GB, {count} small tensors "
         f"in {len(found.ranges)} ranges, {found.bytes / 2**20:.1f} MiB; {args.runs} runs each; "
         "seconds, min / median / max",
     ]

@@ -69,9 +69,8 @@ class BootGate:
 
     def wait_comfyui(self) -> WorkerError | None:
         """Block until ComfyUI has answered once (None) or the boot failed (its error)."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._comfyui_answers or self._failure is not None)
-            return self._failure
+        self.comfyui_answered(None)
+        return self.failure
 
     def comfyui_answered(self, timeout_s: float | None = None) -> bool:
         """Wait at most `timeout_s` (None: until it comes) for ComfyUI's first answer or the

@@ -39,10 +39,11 @@ class SmallTensors:
         return sum(length for _offset, length in self.ranges)
 
 
-def small_tensors(
-    path: Path, max_bytes: int = SMALL_TENSOR_BYTES, gap: int = GAP_BYTES
-) -> SmallTensors:
-    """The small tensors of the safetensors file at `path`; ValueError when it is not one."""
+def small_tensors_in_header_order(
+    path: Path, max_bytes: int = SMALL_TENSOR_BYTES
+) -> list[tuple[int, int]]:
+    """Each small tensor of the safetensors file at `path` as (offset, length), in the order
+    its header lists them (the order a loader walks them); ValueError when it is not one."""
     with path.open("rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
@@ -67,8 +68,16 @@ def small_tensors(
         start, end = int(offsets[0]), int(offsets[1])
         if 0 < end - start < max_bytes:
             found.append((data_start + start, end - start))
+    return found
+
+
+def small_tensors(
+    path: Path, max_bytes: int = SMALL_TENSOR_BYTES, gap: int = GAP_BYTES
+) -> SmallTensors:
+    """The small tensors of the safetensors file at `path`, merged into ranges in file order;
+    ValueError when it is not one."""
     merged: list[tuple[int, int]] = []
-    for offset, size in sorted(found):
+    for offset, size in sorted(small_tensors_in_header_order(path, max_bytes)):
         if merged and offset - sum(merged[-1]) <= gap:
             last_offset, _ = merged[-1]
             merged[-1] = (last_offset, max(sum(merged[-1]), offset + size) - last_offset)
