@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from wan_worker.boot.readahead import (
     BeforeAnswer,
     ModelUse,
     Readahead,
+    ReadaheadReport,
     cgroup_headroom_bytes,
     first_use_order,
     mem_available_bytes,
@@ -84,19 +86,29 @@ USES = [
 ]
 
 
+def recorded_run(
+    root: Path, uses: list[ModelUse] = USES, **options: object
+) -> tuple[ReadaheadReport, list[tuple[str, dict]]]:
+    """One readahead over `uses` under `root` (nothing begun by ComfyUI, budget to spare, the
+    random-byte files not read for small tensors), with the events it marked."""
+    events: list[tuple[str, dict]] = []
+    settings: dict[str, Any] = {
+        "budget": 10**9,
+        "started": lambda _stage: False,
+        "small_tensors_first": False,
+        **options,
+    }
+    report = Readahead(
+        uses, root, mark=lambda name, **kw: events.append((name, kw)), **settings
+    ).run()
+    return report, events
+
+
 @pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux fincore")
 def test_readahead_puts_the_files_in_the_page_cache_in_order(tmp_path):
     paths = [out_of_cache(tmp_path / u.relpath, 3_000_000) for u in USES]
     assert [resident_bytes(p) for p in paths] == [0, 0, 0]
-    events: list[tuple[str, dict]] = []
-    report = Readahead(
-        USES,
-        tmp_path,
-        budget=10**9,
-        started=lambda _stage: False,
-        mark=lambda name, **kw: events.append((name, kw)),
-        chunk_bytes=1 << 20,
-    ).run()
+    report, events = recorded_run(tmp_path, chunk_bytes=1 << 20)
     assert [f.outcome for f in report.files] == ["read", "read", "read"]
     assert report.read == 9_000_000 and report.stopped == "every file read"
     # All but a folio or two (see test_boot.py: some kernels leave one out, now and then).
@@ -112,22 +124,15 @@ def test_readahead_holds_past_its_allowance_until_comfyui_answers(tmp_path):
     the expert only once ComfyUI has answered, so the imports do not queue behind it."""
     paths = [out_of_cache(tmp_path / u.relpath, 1_000_000) for u in USES]
     at_hold: list[int] = []
-    events: list[tuple[str, dict]] = []
 
     def comfyui_answers(timeout_s: float | None) -> bool:  # the page cache at the hold
         assert timeout_s is None  # it waits for the answer, however long it takes
         at_hold.extend(resident_bytes(p) for p in paths)
         return True
 
-    report = Readahead(
-        USES,
-        tmp_path,
-        budget=10**9,
-        started=lambda _stage: False,
-        mark=lambda name, **kw: events.append((name, kw)),
-        before_answer=BeforeAnswer(2_500_000, share=0, wait_for_answer=comfyui_answers),
-        small_tensors_first=False,  # random bytes, no safetensors: see the tests below
-    ).run()
+    report, events = recorded_run(
+        tmp_path, before_answer=BeforeAnswer(2_500_000, share=0, wait_for_answer=comfyui_answers)
+    )
     assert at_hold[0] >= 1_000_000 - 2 * 16384 and at_hold[1] >= 1_000_000 - 2 * 16384
     assert at_hold[2] == 0  # the expert waited for ComfyUI's answer
     assert [f.outcome for f in report.files] == ["read", "read", "read"]
@@ -210,21 +215,14 @@ def sharing_run(tmp_path: Path, answer_after: int | None):
     out_of_cache(tmp_path / uses[0].relpath, 1_000_000)
     out_of_cache(tmp_path / uses[1].relpath, 40 << 20)
     asked: list[float | None] = []
-    events: list[tuple[str, dict]] = []
 
     def wait_for_answer(timeout_s: float | None) -> bool:
         asked.append(timeout_s)
         return answer_after is not None and len(asked) > answer_after
 
-    report = Readahead(
-        uses,
-        tmp_path,
-        budget=10**9,
-        started=lambda _s: False,
-        mark=lambda name, **kw: events.append((name, kw)),
-        before_answer=BeforeAnswer(2_000_000, 0.5, wait_for_answer),
-        small_tensors_first=False,
-    ).run()
+    report, events = recorded_run(
+        tmp_path, uses, before_answer=BeforeAnswer(2_000_000, 0.5, wait_for_answer)
+    )
     return report, asked, events
 
 
