@@ -27,6 +27,7 @@ from wan_worker.client.api import (
     make_session,
     runpod_from_env,
 )
+from wan_worker.client.interrupt import InterruptLatch
 from wan_worker.client.outcome import ResultError, failure, save_video, summary
 from wan_worker.client.progress_bar import JobBar
 
@@ -202,6 +203,7 @@ class Session:
         self.started = time.monotonic()
         self.deadline = self.started + args.timeout if args.timeout > 0 else math.inf
         self.job_id: str | None = None
+        self.latch = InterruptLatch()
 
     def say(self, text: str) -> None:
         print(text, file=self.err, flush=True)
@@ -210,6 +212,10 @@ class Session:
         return self.deadline - time.monotonic()
 
     def run(self, fields: dict[str, Any]) -> ExitCode:
+        with self.latch:
+            return self._guarded(fields)
+
+    def _guarded(self, fields: dict[str, Any]) -> ExitCode:
         try:
             return self._run(fields)
         except ApiHttpError as exc:
@@ -266,9 +272,11 @@ class Session:
                     if self.remaining() <= 0:
                         return None
                     raise
+                self.latch.check()
                 status = str(answer.get("status", ""))
                 if status not in FINAL_STATES:
                     time.sleep(max(0.0, min(self.args.poll_interval, self.remaining())))
+                    self.latch.check()
             return answer
         finally:
             bar.close(done=status == "COMPLETED")
