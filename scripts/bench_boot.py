@@ -13,13 +13,16 @@ serverless mode through the runpod SDK) and a real ComfyUI, for every size and s
   at most 1.1 x the warm one.
 
 `--drop-caches` drops the page cache before each boot (`sync; echo 3 > /proc/sys/vm/drop_caches`,
-as root), so the models come from disk as on a fresh host. The models are full-size synthetic
-weights (`--weights full`, written by scripts/make_synthetic_weights.py when missing) under
-`--models-root`, listed in a manifest of their real sizes, so both boots verify them by marker
-as on a warm network volume. Every time is read on this process's clock; the new boot's own
-events (BOOT_EVENTS_FILE) give its stages. Results: `--out`/bench_boot.json and bench_boot.md,
-with each boot's log. Run from the project root with the project's virtualenv (the handlers of
-both boots run with `--python`, ComfyUI with `--comfyui-python`):
+as root), so the models come from disk as on a fresh host. Before the first boot the host is primed
+once, untimed (`--no-prime` skips it): ComfyUI's and each checkout's bytecode is compiled, as the
+image compiles them at build, and the GPU is initialised once, so a fresh host's first boot pays
+neither inside its timed start. The models are full-size synthetic weights (`--weights full`,
+written by scripts/make_synthetic_weights.py when missing) under `--models-root`, listed in a
+manifest of their real sizes, so both boots verify them by marker as on a warm network volume.
+Every time is read on this process's clock; the new boot's own events (BOOT_EVENTS_FILE) give its
+stages. Results: `--out`/bench_boot.json and bench_boot.md, with each boot's log. Run from the
+project root with the project's virtualenv (the handlers of both boots run with `--python`, ComfyUI
+with `--comfyui-python`):
 
     python scripts/bench_boot.py --boot old=/path/to/old --boot new=. \\
         --comfyui-dir /opt/ComfyUI --comfyui-python /opt/venv/bin/python \\
@@ -164,6 +167,50 @@ def base_env(args: argparse.Namespace, manifest: Path, workflow: Path | None) ->
         key, _, value = item.partition("=")
         env[key] = value
     return env
+
+
+# What the image compiles at build (Dockerfile: `compileall` of /opt/ComfyUI, of rp_handler.py
+# and of wan_worker); the rest of a checkout (tests, scripts) is never imported by a boot.
+CHECKOUT_SOURCES = ("rp_handler.py", "wan_worker")
+CUDA_INIT = "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"
+
+
+def prime_host(
+    comfyui_python: str,
+    python: str,
+    comfyui_dir: Path,
+    checkouts: list[Path],
+    *,
+    gpu: bool,
+    log: Path,
+) -> dict[str, float]:
+    """Do once, untimed, what a worker's host and image have done before any boot, so that the
+    first timed boot on a fresh host costs what the later ones do: ComfyUI's and each checkout's
+    bytecode compiled (the image compiles them at build; a first boot would compile them inside
+    its ComfyUI start), and, with `gpu`, the GPU initialised once by a process of its own.
+    Returns the seconds each took."""
+    sources = [(comfyui_python, comfyui_dir)] + [
+        (python, checkout / name) for checkout in checkouts for name in CHECKOUT_SOURCES
+    ]
+    steps: list[tuple[str, list[str]]] = [
+        ("bytecode_s", [py, "-m", "compileall", "-q", "-j", "0", str(path)])
+        for py, path in sources
+        if path.exists()
+    ]
+    if gpu:
+        steps.append(("cuda_init_s", [comfyui_python, "-c", CUDA_INIT]))
+    took: dict[str, float] = {}
+    with log.open("ab") as out:
+        for key, command in steps:
+            started = time.monotonic()
+            done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False)
+            took[key] = round(took.get(key, 0.0) + time.monotonic() - started, 2)
+            if done.returncode != 0:
+                raise BenchError(
+                    f"priming the host failed: `{shlex.join(command)}` exited "
+                    f"{done.returncode}; see {log} (or pass --no-prime)"
+                )
+    return took
 
 
 def evict_models(models_root: Path) -> None:
@@ -562,6 +609,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--drop-caches", action="store_true", help="before each boot (root)")
     parser.add_argument(
+        "--no-prime",
+        dest="prime",
+        action="store_false",
+        help="skip compiling ComfyUI's and the boots' bytecode and the first GPU use before the "
+        "boots (prime_host); a fresh host's first boot then pays them",
+    )
+    parser.add_argument(
         "--evict-models",
         action="store_true",
         help="before each boot, drop only the model files from the page cache (no root needed)",
@@ -609,6 +663,15 @@ def run(args: argparse.Namespace) -> str:
     meta["env"] = {k: v for k, v in env.items() if k not in ("PATH", "HOME")}
     for _name, checkout in args.boot:
         prepare_markers(checkout, env, args.out / "prepare.log")
+    if args.prime:
+        meta["prime"] = prime_host(
+            args.comfyui_python,
+            args.python,
+            args.comfyui_dir,
+            [checkout for _name, checkout in args.boot],
+            gpu=not args.skip_gpu_check,
+            log=args.out / "prime.log",
+        )
     ballast = (
         VramBallast(args.comfyui_python, args.vram_budget_mib) if args.vram_budget_mib else None
     )
