@@ -10,7 +10,12 @@ serverless mode through the runpod SDK) and a real ComfyUI, for every size and s
   to its result, then one more job on the same worker (warm), as a busy worker sees it;
 - `warmup`: no job at boot. Once the worker is idle (the new boot: its warm-up has ended; the
   old one: its queue is open) one job comes, then a warm one. The target: the first job takes
-  at most 1.1 x the warm one.
+  at most 1.1 x the warm one;
+- `answer`: as `first-job` until ComfyUI first answers, then the boot is stopped: time from
+  start.sh's first line to ComfyUI's answer, the one thing a job that arrives at boot should wait
+  for. Cheap (no job runs), so it takes many runs to compare what a boot does beside ComfyUI's
+  start; `--boot-env` gives one boot name its own settings (the same checkout may be booted
+  under several names).
 
 `--drop-caches` drops the page cache before each boot (`sync; echo 3 > /proc/sys/vm/drop_caches`,
 as root), so the models come from disk as on a fresh host. Before the first boot the host is primed
@@ -59,7 +64,7 @@ from tests.provision_servers import closed_port, free_port  # noqa: E402
 from tests.runpod_queue import QueuedJob, RunPodQueue  # noqa: E402
 
 MANIFEST = REPO_ROOT / "workflows" / "models.json"
-SCENARIOS = ("first-job", "warmup")
+SCENARIOS = ("first-job", "warmup", "answer")
 WARMUP_ENDS = ("warmup_done", "warmup_preempted", "warmup_skipped", "warmup_failed")
 FIRST_JOB_TARGET = 1.1  # the first job at most 1.1 x a warm one (after ComfyUI's own start)
 
@@ -86,6 +91,7 @@ class Run:
     error: str = ""
     to_first_video_s: float | None = None
     comfyui_start_s: float | None = None  # ComfyUI's launch to its first answer
+    answer_s: float | None = None  # start.sh's first line to ComfyUI's first answer (answer)
     marks: dict[str, float] = field(default_factory=dict)  # since start.sh's first line
     first: JobTime | None = None
     warm: JobTime | None = None
@@ -296,6 +302,13 @@ def old_comfyui_start(log: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+def answered(events: Path, log: Path) -> bool:
+    """Whether ComfyUI has answered: the new boot's event, or the old boot's log line."""
+    if events.exists() and '"comfyui_answers"' in events.read_text(encoding="utf-8"):
+        return True
+    return log.exists() and old_comfyui_start(log.read_text(errors="replace")) is not None
+
+
 def idle(queue: RunPodQueue, marks: dict[str, float], env: dict[str, str]) -> bool:
     """Whether a booted worker has nothing left to do: its warm-up has ended (a boot with a
     warm-up), ComfyUI answers (a boot without), or its queue is open (the old boot, which opens
@@ -344,6 +357,32 @@ def stop_boot(proc: subprocess.Popen[bytes], pid_file: Path) -> None:
             time.sleep(0.1)
 
 
+def time_jobs(
+    args: argparse.Namespace,
+    run: Run,
+    queue: RunPodQueue,
+    first_id: str,
+    scenario: str,
+    size: tuple[int, int],
+    t0: float,
+) -> None:
+    """Wait for the first job's result, then time a warm job (unless --no-warm-job)."""
+    first = queue.wait(first_id, timeout_s=args.timeout)
+    since = first.submitted_at if scenario == "warmup" else t0
+    run.first = job_time(first, since)
+    run.to_first_video_s = round((first.ended_at or time.monotonic()) - t0, 2)
+    if args.warm_job:
+        warm = queue.wait(queue.submit(job_input(size, 2)), timeout_s=args.timeout)
+        run.warm = job_time(warm, warm.submitted_at)
+    if first.taken_at is not None:
+        run.marks["first_job_taken"] = round(first.taken_at - t0, 2)
+
+
+def boot_env(items: list[tuple[str, str, str]], name: str) -> dict[str, str]:
+    """The settings `--boot-env` gives this boot name alone."""
+    return {key: value for boot, key, value in items if boot == name}
+
+
 def run_boot(
     args: argparse.Namespace,
     name: str,
@@ -364,6 +403,7 @@ def run_boot(
     with RunPodQueue(max_result_bytes=1 << 31) as queue, log_path.open("wb") as log:
         env = {
             **env,
+            **boot_env(args.boot_env, name),
             **queue.env(),
             "APP_DIR": str(checkout),
             "COMFYUI_PORT": str(port),
@@ -372,7 +412,7 @@ def run_boot(
             "COMFYUI_LOG": str(args.out / f"comfyui-{tag}.log"),
             "BOOT_EVENTS_FILE": str(events),
         }
-        first_id = queue.submit(job_input(size, 1)) if scenario == "first-job" else None
+        first_id = queue.submit(job_input(size, 1)) if scenario != "warmup" else None
         if args.drop_caches:
             drop_caches()
         elif args.evict_models:
@@ -382,7 +422,16 @@ def run_boot(
             ["bash", str(checkout / "start.sh")], cwd=checkout, env=env, stdout=log, stderr=log
         )
         try:
-            if first_id is None:
+            if scenario == "answer":
+                wait_for(
+                    lambda: answered(events, log_path),
+                    args.timeout,
+                    "ComfyUI answered",
+                    proc,
+                )
+                run.answer_s = round(time.monotonic() - t0, 2)
+                first_id = None  # the job that woke the worker is left to the boot's end
+            elif first_id is None:
                 wait_for(
                     lambda: idle(queue, read_events(events, t0_wall), env),
                     args.timeout,
@@ -391,17 +440,10 @@ def run_boot(
                 )
                 run.marks["idle"] = round(time.monotonic() - t0, 2)
                 first_id = queue.submit(job_input(size, 1))
-            first = queue.wait(first_id, timeout_s=args.timeout)
-            since = first.submitted_at if scenario == "warmup" else t0
-            run.first = job_time(first, since)
-            run.to_first_video_s = round((first.ended_at or time.monotonic()) - t0, 2)
-            if args.warm_job:
-                warm = queue.wait(queue.submit(job_input(size, 2)), timeout_s=args.timeout)
-                run.warm = job_time(warm, warm.submitted_at)
+            if first_id is not None:
+                time_jobs(args, run, queue, first_id, scenario, size, t0)
             if queue.first_poll_at is not None:
                 run.marks["queue_open"] = round(queue.first_poll_at - t0, 2)
-            if first.taken_at is not None:
-                run.marks["first_job_taken"] = round(first.taken_at - t0, 2)
         except (BenchError, TimeoutError) as exc:
             run.error = str(exc)
         finally:
@@ -410,6 +452,11 @@ def run_boot(
     run.comfyui_start_s = run.marks.pop("comfyui_start_s", None) or old_comfyui_start(
         log_path.read_text(errors="replace")
     )
+    if scenario == "answer":
+        run.ok = not run.error and run.comfyui_start_s is not None
+        if not run.ok and not run.error:
+            run.error = "ComfyUI answered, but its start (launch to answer) was not logged"
+        return run
     warm_ok = (run.warm is not None and run.warm.ok) if args.warm_job else True
     run.ok = not run.error and bool(run.first and run.first.ok and warm_ok)
     if not run.ok and not run.error:
@@ -473,7 +520,39 @@ def every_run(runs: list[Run]) -> list[str]:
     return lines
 
 
+def answers(runs: list[Run]) -> list[str]:
+    """The `answer` runs: when ComfyUI first answered, and what of that was ComfyUI's own start
+    (its launch to its answer, on its own clock) and what came before its launch."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        if run.scenario == "answer":
+            groups.setdefault((run.boot, run.size), []).append(run)
+    if not groups:
+        return []
+    lines = [
+        "",
+        "ComfyUI's first answer (answer runs), seconds, min / median / max: from start.sh's first "
+        "line; ComfyUI's start, its launch to its answer; and before its launch, the difference.",
+        "",
+        "| boot | size | runs ok | ComfyUI answers | ComfyUI start | before its launch "
+        "| GPU ready |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (boot, size), group in groups.items():
+        ok = [r for r in group if r.ok and r.answer_s is not None]
+        at = [r.answer_s for r in ok if r.answer_s is not None]
+        starts = [r.comfyui_start_s for r in ok if r.comfyui_start_s is not None]
+        before = [a - s for a, s in zip(at, starts, strict=True)]
+        gpu = [r.marks["gpu_ready"] for r in ok if "gpu_ready" in r.marks]
+        lines.append(
+            f"| {boot} | {size} | {len(ok)}/{len(group)} | {spread(at)} | {spread(starts)} "
+            f"| {spread(before)} | {spread(gpu)} |"
+        )
+    return lines
+
+
 def report(runs: list[Run]) -> str:
+    timed = [r for r in runs if r.scenario != "answer"]
     lines = [
         "Seconds; with several runs, min / median / max. `first` is start.sh's first line to "
         "the first job's result (first-job), or the job's submission to its result (warmup).",
@@ -484,7 +563,7 @@ def report(runs: list[Run]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, str, str], list[Run]] = {}
-    for run in runs:
+    for run in timed:
         groups.setdefault((run.boot, run.scenario, run.size), []).append(run)
     for (boot, scenario, size), group in groups.items():
         ok = [r for r in group if r.ok and r.first]  # a run with --no-warm-job has no warm
@@ -528,7 +607,7 @@ def report(runs: list[Run]) -> str:
             f"| {mark('queue_open')} | {mark('models_verified')} "
             f"| {readahead}, {mark('readahead_done')} | {waits} |"
         )
-    lines += every_run(runs)
+    lines += every_run(timed)
     lines += ["", "Stages of the first and the warm job (medians, seconds):", ""]
     for (boot, scenario, size), group in groups.items():
         ok = [r for r in group if r.ok and r.first]
@@ -539,11 +618,26 @@ def report(runs: list[Run]) -> str:
                 f"{n} {statistics.median(j.stages.get(n, 0.0) for j in jobs):.1f}" for n in names
             )
             lines.append(f"- {boot} {scenario} {size} {kind}: {text or '-'}")
+    if not timed:  # answer runs only
+        lines = answers(runs)[1:]
+    else:
+        lines += answers(runs)
     failed = [r for r in runs if not r.ok]
     if failed:
         lines += ["", "Failed runs:", ""]
         lines += [f"- {r.boot} {r.scenario} {r.size} #{r.index}: {r.error[:300]}" for r in failed]
     return "\n".join(lines) + "\n"
+
+
+def progress_line(run: Run) -> str:
+    """One boot's outcome, printed as soon as it ends."""
+    status = "ok" if run.ok else f"FAILED: {run.error[:200]}"
+    timed = (
+        f"ComfyUI answered at {run.answer_s} s (its start {run.comfyui_start_s} s)"
+        if run.scenario == "answer"
+        else f"first {run.to_first_video_s} s"
+    )
+    return f"{run.boot} {run.scenario} {run.size} #{run.index}: {timed}, {status}"
 
 
 def save(out: Path, meta: dict[str, Any], runs: list[Run]) -> str:
@@ -563,6 +657,16 @@ def parse_boot(text: str) -> tuple[str, Path]:
     if not name or not (checkout / "start.sh").is_file():
         raise argparse.ArgumentTypeError(f"--boot {text!r}: want NAME=PATH to a checkout")
     return name, checkout
+
+
+def parse_boot_env(text: str) -> tuple[str, str, str]:
+    name, _, setting = text.partition(":")
+    key, equals, value = setting.partition("=")
+    if not name or not key or not equals:
+        raise argparse.ArgumentTypeError(
+            f"--boot-env {text!r}: want NAME:KEY=VALUE, e.g. new0:READAHEAD_BEFORE_ANSWER_MB=0"
+        )
+    return name, key, value
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -630,6 +734,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="more environment for every boot (repeatable)",
     )
+    parser.add_argument(
+        "--boot-env",
+        type=parse_boot_env,
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="more environment for the boot NAME alone, over --env (repeatable)",
+    )
     parser.add_argument("--skip-gpu-check", action="store_true", help="SKIP_GPU_CHECK=1 (CPU)")
     parser.add_argument(
         "--vram-budget-mib",
@@ -643,6 +755,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"--scenarios: unknown {unknown}; use {', '.join(SCENARIOS)}")
+    names = [name for name, _path in args.boot]
+    if len(set(names)) != len(names):
+        parser.error(f"--boot: each boot needs a name of its own (got {', '.join(names)})")
+    strangers = sorted({name for name, _k, _v in args.boot_env if name not in names})
+    if strangers:
+        parser.error(f"--boot-env: no --boot is named {', '.join(strangers)}")
     if not (args.comfyui_dir / "main.py").is_file():
         parser.error(f"--comfyui-dir {args.comfyui_dir} has no main.py")
     args.out = args.out.resolve()
@@ -685,12 +803,7 @@ def run(args: argparse.Namespace) -> str:
                     for name, checkout in args.boot:  # interleaved: the same conditions
                         run_ = run_boot(args, name, checkout, scenario, size, index, env)
                         runs.append(run_)
-                        status = "ok" if run_.ok else f"FAILED: {run_.error[:200]}"
-                        print(
-                            f"{name} {scenario} {run_.size} #{index}: first "
-                            f"{run_.to_first_video_s} s, {status}",
-                            flush=True,
-                        )
+                        print(progress_line(run_), flush=True)
                         save(args.out, meta, runs)
     finally:
         if ballast is not None:

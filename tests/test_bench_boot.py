@@ -1,15 +1,26 @@
-"""scripts/bench_boot.py: the verdicts it prints from the runs it timed, and the host's priming
-before them."""
+"""scripts/bench_boot.py: the verdicts it prints from the runs it timed, the host's priming
+before them, and the `answer` runs that stop a boot once ComfyUI answers."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from scripts.bench_boot import BenchError, JobTime, Run, parse_args, prime_host, report
+from scripts.bench_boot import (
+    BenchError,
+    JobTime,
+    Run,
+    base_env,
+    parse_args,
+    prime_host,
+    progress_line,
+    report,
+    run_boot,
+)
 
 
 def run(boot: str, first_s: float, start_s: float, warm_s: float | None) -> Run:
@@ -139,3 +150,129 @@ def test_priming_is_on_unless_turned_off(tmp_path):
     common += ["--models-root", str(tmp_path), "--out", str(tmp_path / "out")]
     assert parse_args(common).prime is True
     assert parse_args([*common, "--no-prime"]).prime is False
+
+
+# -- answer runs: real boots of a stand-in start.sh, stopped once ComfyUI answers ------------
+
+# The new boot writes its events (BOOT_EVENTS_FILE); the old one logs the answer. Each shows the
+# setting that --env and --boot-env give, records its pid, then waits to be stopped.
+NEW_START = """#!/usr/bin/env bash
+set -euo pipefail
+echo "$$" > "$APP_DIR/pid"
+echo "READAHEAD=${READAHEAD_BEFORE_ANSWER_MB:-unset} PROBE=${SKIP_GPU_CHECK:-unset}"
+printf '{"event": "comfyui_launched", "t": %s}\\n' "$(date +%s.%N)" >> "$BOOT_EVENTS_FILE"
+printf '{"event": "gpu_ready", "t": %s}\\n' "$(date +%s.%N)" >> "$BOOT_EVENTS_FILE"
+printf '{"event": "comfyui_answers", "t": %s, "s_since_launch": 2.5}\\n' "$(date +%s.%N)" \\
+  >> "$BOOT_EVENTS_FILE"
+exec sleep 600
+"""
+OLD_START = """#!/usr/bin/env bash
+set -euo pipefail
+echo "$$" > "$APP_DIR/pid"
+echo "[start] ComfyUI answers at $COMFYUI_URL after 3.1s"
+exec sleep 600
+"""
+
+
+def checkout(path: Path, start: str) -> Path:
+    write(path / "start.sh", start)
+    return path
+
+
+def answer_args(tmp_path: Path, *extra: str) -> Any:
+    write(tmp_path / "ComfyUI/main.py")
+    new = checkout(tmp_path / "new", NEW_START)
+    old = checkout(tmp_path / "old", OLD_START)
+    args = parse_args(
+        [
+            *("--boot", f"old={old}", "--boot", f"new={new}", "--boot", f"new0={new}"),
+            *("--comfyui-dir", str(tmp_path / "ComfyUI"), "--models-root", str(tmp_path)),
+            *("--out", str(tmp_path / "out"), "--scenarios", "answer", "--timeout", "60"),
+            *extra,
+        ]
+    )
+    args.out.mkdir()
+    return args
+
+
+def boot(args: Any, name: str, tmp_path: Path) -> Run:
+    path = dict(args.boot)[name]
+    env = base_env(args, tmp_path / "manifest.json", None)
+    return run_boot(args, name, path, "answer", (480, 832), 1, env)
+
+
+def gone(pid_file: Path) -> bool:
+    return not Path(f"/proc/{pid_file.read_text(encoding='utf-8').strip()}").exists()
+
+
+def test_an_answer_run_stops_the_boot_once_comfyui_answers(tmp_path):
+    args = answer_args(
+        tmp_path,
+        *("--env", "SKIP_GPU_CHECK=1", "--boot-env", "new0:READAHEAD_BEFORE_ANSWER_MB=0"),
+    )
+
+    new, new0, old = (boot(args, name, tmp_path) for name in ("new", "new0", "old"))
+
+    assert (new.ok, new0.ok, old.ok) == (True, True, True)
+    assert new.comfyui_start_s == 2.5  # the new boot's event
+    assert old.comfyui_start_s == 3.1  # the old boot's log line
+    for run_ in (new, new0, old):
+        assert run_.answer_s is not None and 0 < run_.answer_s < 60
+        assert run_.first is None and run_.to_first_video_s is None  # no job ran
+    assert "gpu_ready" in new.marks and "gpu_ready" not in old.marks
+    assert gone(tmp_path / "new/pid") and gone(tmp_path / "old/pid")
+    logs = {n: (args.out / f"boot-{n}-answer-480x832-1.log").read_text() for n in ("new", "new0")}
+    assert "READAHEAD=unset PROBE=1" in logs["new"]  # --env reaches every boot
+    assert "READAHEAD=0 PROBE=1" in logs["new0"]  # --boot-env only its own
+    assert progress_line(old) == (
+        f"old answer 480x832 #1: ComfyUI answered at {old.answer_s} s (its start 3.1 s), ok"
+    )
+
+
+def test_a_boot_that_exits_before_comfyui_answers_fails_its_run_with_why(tmp_path):
+    args = answer_args(tmp_path)
+    write(tmp_path / "new/start.sh", "#!/usr/bin/env bash\necho 'CUDA is not ready'\nexit 4\n")
+
+    failed = boot(args, "new", tmp_path)
+
+    assert not failed.ok
+    assert failed.error == "the boot exited (4) before ComfyUI answered"
+    assert "- new answer 480x832 #1: the boot exited (4)" in report([failed])
+
+
+def answered(boot_name: str, at: float, start: float) -> Run:
+    timed = Run(boot_name, "answer", "480x832", 1, ok=True, answer_s=at, comfyui_start_s=start)
+    return timed
+
+
+def test_answer_runs_report_when_comfyui_answered_and_what_came_before_its_launch():
+    runs = [answered("old", 20.0, 12.0), answered("old", 22.0, 13.0), answered("old", 30.0, 14.0)]
+    runs += [answered("new", 16.0, 15.5), answered("new", 17.0, 16.5)]
+
+    text = report(runs)
+
+    assert row(text, "old") == [
+        "old",
+        "480x832",
+        "3/3",
+        "20.0 / 22.0 / 30.0",
+        "12.0 / 13.0 / 14.0",
+        "8.0 / 9.0 / 16.0",
+        "-",
+    ]
+    assert row(text, "new")[3:6] == ["16.0 / 16.5 / 17.0", "15.5 / 16.0 / 16.5", "0.5 / 0.5 / 0.5"]
+    assert "first / warm" not in text  # no job ran, so no job table
+
+
+@pytest.mark.parametrize(
+    ("extra", "complaint"),
+    [
+        (["--boot-env", "newer:KEY=1"], "no --boot is named newer"),
+        (["--boot-env", "new0=KEY"], "want NAME:KEY=VALUE"),
+        (["--boot", "new=."], "each boot needs a name of its own"),
+    ],
+)
+def test_boot_settings_that_cannot_apply_are_refused(tmp_path, capsys, extra, complaint):
+    with pytest.raises(SystemExit):
+        answer_args(tmp_path, *extra)
+    assert complaint in capsys.readouterr().err
