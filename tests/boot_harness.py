@@ -188,24 +188,3 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def resident_bytes(path: Path) -> int:
-    """How much of `path` is in the page cache, in whole pages (util-linux `fincore`)."""
-    done = subprocess.run(
-        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(done.stdout.split()[0])
-
-
-def drop_from_cache(path: Path) -> None:
-    """Write `path` out and drop it from the page cache, as after a reboot."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)

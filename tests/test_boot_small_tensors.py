@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.boot_harness import drop_from_cache, resident_bytes
+from tests.page_cache import cached_since_drop, drop_from_cache
 from wan_worker.boot.readahead import BeforeAnswer, ModelUse, Readahead, ReadaheadReport
 from wan_worker.boot.settings import BootSettings
 from wan_worker.boot.small_tensors import read_ranges, small_tensors
@@ -105,12 +105,12 @@ def test_only_the_small_tensors_are_read_into_the_page_cache(tmp_path):
     write_safetensors(path, expert_layout(3))
     drop_from_cache(path)
     found = small_tensors(path)  # reads the header's first page or two
-    header_pages = resident_bytes(path)
+    header_pages = cached_since_drop(path)
     assert read_ranges(path, found.ranges) == found.bytes
-    resident = resident_bytes(path) - header_pages
+    brought_in = cached_since_drop(path) - header_pages
     # Each range brings in its own pages (a folio of up to 64 KiB on some kernels), no more:
     # the 24 MiB of weights stay on disk.
-    assert found.bytes <= resident <= len(found.ranges) * 2 * (64 << 10)
+    assert found.bytes <= brought_in <= len(found.ranges) * 2 * (64 << 10)
     assert path.stat().st_size > 24 << 20
 
 
@@ -161,7 +161,7 @@ def test_before_waiting_for_comfyui_the_readahead_reads_the_experts_small_tensor
     at_hold: list[int] = []
 
     def comfyui_answers(_timeout: float | None) -> bool:
-        at_hold.extend(resident_bytes(p) for p in paths)
+        at_hold.extend(cached_since_drop(p) for p in paths)
         return True
 
     report, events = held_run(tmp_path, wait_for_answer=comfyui_answers)
