@@ -530,7 +530,6 @@ def answers(runs: list[Run]) -> list[str]:
     if not groups:
         return []
     lines = [
-        "",
         "ComfyUI's first answer (answer runs), seconds, min / median / max: from start.sh's first "
         "line; ComfyUI's start, its launch to its answer; and before its launch, the difference.",
         "",
@@ -551,8 +550,11 @@ def answers(runs: list[Run]) -> list[str]:
     return lines
 
 
-def report(runs: list[Run]) -> str:
-    timed = [r for r in runs if r.scenario != "answer"]
+def job_tables(timed: list[Run]) -> list[str]:
+    """The runs that timed jobs (first-job, warmup): each group's spreads and verdict, every
+    first-job run's line, and the jobs' stages."""
+    if not timed:
+        return []
     lines = [
         "Seconds; with several runs, min / median / max. `first` is start.sh's first line to "
         "the first job's result (first-job), or the job's submission to its result (warmup).",
@@ -618,10 +620,13 @@ def report(runs: list[Run]) -> str:
                 f"{n} {statistics.median(j.stages.get(n, 0.0) for j in jobs):.1f}" for n in names
             )
             lines.append(f"- {boot} {scenario} {size} {kind}: {text or '-'}")
-    if not timed:  # answer runs only
-        lines = answers(runs)[1:]
-    else:
-        lines += answers(runs)
+    return lines
+
+
+def report(runs: list[Run]) -> str:
+    lines = job_tables([r for r in runs if r.scenario != "answer"])
+    if answered_runs := answers(runs):
+        lines += ([""] if lines else []) + answered_runs
     failed = [r for r in runs if not r.ok]
     if failed:
         lines += ["", "Failed runs:", ""]

@@ -262,6 +262,10 @@ def test_answer_runs_report_when_comfyui_answered_and_what_came_before_its_launc
     ]
     assert row(text, "new")[3:6] == ["16.0 / 16.5 / 17.0", "15.5 / 16.0 / 16.5", "0.5 / 0.5 / 0.5"]
     assert "first / warm" not in text  # no job ran, so no job table
+    assert text.startswith("ComfyUI's first answer")
+    both = report([run("new", 59.0, 20.0, 36.0), *runs])
+    assert "| new | first-job | 480x832 | 1/1 | 59.0 |" in both  # each table has its own runs
+    assert row(both.split("ComfyUI's first answer")[1], "new")[2] == "2/2"
 
 
 @pytest.mark.parametrize(
