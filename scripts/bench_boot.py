@@ -302,9 +302,9 @@ def old_comfyui_start(log: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def answered(events: Path, log: Path) -> bool:
+def answered(marks: dict[str, float], log: Path) -> bool:
     """Whether ComfyUI has answered: the new boot's event, or the old boot's log line."""
-    if events.exists() and '"comfyui_answers"' in events.read_text(encoding="utf-8"):
+    if "comfyui_answers" in marks:
         return True
     return log.exists() and old_comfyui_start(log.read_text(errors="replace")) is not None
 
@@ -424,7 +424,7 @@ def run_boot(
         try:
             if scenario == "answer":
                 wait_for(
-                    lambda: answered(events, log_path),
+                    lambda: answered(read_events(events, t0_wall), log_path),
                     args.timeout,
                     "ComfyUI answered",
                     proc,
