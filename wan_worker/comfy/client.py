@@ -76,8 +76,14 @@ def output_root(ref: OutputFile) -> Path | None:
     return Path(*full.parts[: -len(tail)])
 
 
+# How often `wait_ready` asks while ComfyUI starts. Until ComfyUI listens, each try is a refused
+# connection (microseconds on loopback); each pause between tries is time a job that arrived
+# at boot, the readahead's held experts and the warm-up may wait past ComfyUI's first answer.
+READY_POLL_S = 0.1
+
+
 def backoff(attempt: int) -> float:
-    """Seconds to wait before retry `attempt` (0, 1, ...) while ComfyUI boots or reconnects."""
+    """Seconds to wait before retry `attempt` (0, 1, ...) while the websocket reconnects."""
     return min(0.05 * 2.0**attempt, 1.0)
 
 
@@ -124,7 +130,6 @@ class ComfyClient:
             self.check_process()
             return
         deadline = self.clock() + timeout_s
-        attempt = 0
         last: BaseException | None = None
         while True:
             self.check_process()
@@ -140,8 +145,7 @@ class ComfyClient:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise failures.not_ready(self.base_url, timeout_s, last)
-            time.sleep(min(backoff(attempt), remaining))
-            attempt += 1
+            time.sleep(min(READY_POLL_S, remaining))
 
     # -- ComfyUI's folders ------------------------------------------------------------------
 
