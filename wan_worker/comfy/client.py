@@ -77,7 +77,7 @@ def output_root(ref: OutputFile) -> Path | None:
 
 
 # How often `wait_ready` asks while ComfyUI starts. Until ComfyUI listens, each try is a refused
-# connection (microseconds on loopback); each pause between tries is time a job that arrived
+# connection (about 0.4 ms of CPU on loopback); each pause between tries is time a job that arrived
 # at boot, the readahead's held experts and the warm-up may wait past ComfyUI's first answer.
 READY_POLL_S = 0.1
 
