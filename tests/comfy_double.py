@@ -9,7 +9,8 @@ and "runs" a prompt by sending the websocket messages ComfyUI sends, in ComfyUI'
 written after `execution_success` and before the final `executing` with `node: null`, as in
 ComfyUI. The output node writes a real H.264 MP4 with ffmpeg, from the uploaded start image,
 with the frame count the workflow implies, and with `save_metadata` on writes the prompt into
-its tags as VideoHelperSuite does.
+its tags as VideoHelperSuite does; with no ffmpeg on PATH that node fails with
+VideoHelperSuite's own error, as in ComfyUI.
 
 Faults for tests are set with `POST /__double__/fault` (or `--fault` JSON at start):
   {"crash_at": node}          the process dies when that node starts (`"oom": true` logs a
@@ -45,6 +46,7 @@ import json
 import logging
 import mimetypes
 import os
+import shutil
 import struct
 import sys
 import time
@@ -68,6 +70,15 @@ log = logging.getLogger("comfy_double")
 
 def _ms() -> int:
     return int(time.time() * 1000)
+
+
+VHS_NO_FFMPEG = (
+    "ffmpeg is required for video outputs and could not be found.\n"
+    "In order to use video outputs, you must either:\n"
+    "- Install imageio-ffmpeg with pip,\n"
+    "- Place a ffmpeg executable in {cwd}, or\n"
+    "- Install ffmpeg and add it to the system path."
+)
 
 
 class Interrupted(Exception):
@@ -466,6 +477,9 @@ class Double:
                 f"scale={width}:{height}:force_original_aspect_ratio=increase,"
                 f"crop={width}:{height},hue=H=2*PI*t/3"
             )
+        if shutil.which("ffmpeg") is None:
+            # VideoHelperSuite (videohelpersuite/nodes.py) when it found no ffmpeg at import.
+            raise NodeFailure("ProcessLookupError", VHS_NO_FFMPEG.format(cwd=os.path.abspath("")))
         meta_in, meta_out = self.metadata_args(prompt, node_id, extra_data or {}, stem)
         args = [
             "ffmpeg", "-v", "error", "-n", *meta_in, *source, "-vf", filters,

@@ -135,7 +135,12 @@ class ComfyServer:
         }
 
 
-def start_double(tmp: Path, fault: dict[str, Any] | None = None, port: int = 0) -> ComfyServer:
+def start_double(
+    tmp: Path,
+    fault: dict[str, Any] | None = None,
+    port: int = 0,
+    env: dict[str, str] | None = None,
+) -> ComfyServer:
     root = tmp / "comfyui"
     root.mkdir(parents=True, exist_ok=True)
     pid_file, log_file = tmp / "comfyui.pid", tmp / "comfyui.log"
@@ -146,6 +151,7 @@ def start_double(tmp: Path, fault: dict[str, Any] | None = None, port: int = 0) 
             "--pid-file", str(pid_file), "--fault", json.dumps(fault or {}),
         ],
         cwd=PROJECT,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=log_handle,
     )  # fmt: skip

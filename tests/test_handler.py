@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import time
+from pathlib import Path
 
-from tests.conftest import ComfyServer, make_png
+from tests.conftest import ComfyServer, make_png, start_double, stop
 from tests.media import probe
 from wan_worker.handler import handle
 from wan_worker.workflow import load_template
@@ -118,6 +120,25 @@ def test_an_execution_error_names_the_node(comfy_double: ComfyServer):
     assert comfy_double.job_files() == []
     comfy_double.set_fault()
     assert "error" not in handle(job(), worker)
+
+
+def test_a_comfyui_without_ffmpeg_names_it_instead_of_waiting_out_the_deadline(tmp_path: Path):
+    """VideoHelperSuite fails its node when it found no ffmpeg; the job says so at once."""
+    no_ffmpeg = tmp_path / "bin"
+    no_ffmpeg.mkdir()
+    server = start_double(tmp_path, env={**os.environ, "PATH": str(no_ffmpeg)})
+    try:
+        result = handle(job(), server.worker(job_timeout_s=120))
+        files = server.job_files()
+    finally:
+        stop(server)
+    assert result["error_code"] == "execution_error", result
+    assert result["node_id"] == "906"
+    assert result["error"].startswith(
+        "execution_error: ComfyUI node 906 (VHS_VideoCombine) failed: ProcessLookupError: "
+        "ffmpeg is required for video outputs and could not be found."
+    )
+    assert files == []
 
 
 def test_out_of_memory_during_execution_says_what_to_lower(comfy_double: ComfyServer):
