@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,22 @@ def double_command(root: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "tests.comfy_double", "--root", str(root), "--port", str(port)]
 
 
+def record_pauses(
+    monkeypatch: pytest.MonkeyPatch, on_pause: Callable[[int], None] = lambda _n: None
+) -> list[float]:
+    """Every pause the client takes (it still sleeps); `on_pause` hears how many so far."""
+    pauses: list[float] = []
+    real_sleep = time.sleep
+
+    def recording_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        on_pause(len(pauses))
+        real_sleep(seconds)
+
+    monkeypatch.setattr(comfy_client.time, "sleep", recording_sleep)
+    return pauses
+
+
 @pytest.fixture
 def late_double(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -37,13 +53,10 @@ def late_double(
     """A URL whose ComfyUI double is launched on the client's REFUSED_TRIES-th pause, and the
     list of every pause the client took."""
     port = free_port()
-    pauses: list[float] = []
     started: list[subprocess.Popen[bytes]] = []
-    real_sleep = time.sleep
 
-    def recording_sleep(seconds: float) -> None:
-        pauses.append(seconds)
-        if len(pauses) == REFUSED_TRIES:
+    def launch_at_the_last_refusal(count: int) -> None:
+        if count == REFUSED_TRIES:
             started.append(
                 subprocess.Popen(
                     double_command(tmp_path, port),
@@ -52,9 +65,8 @@ def late_double(
                     stderr=subprocess.DEVNULL,
                 )
             )
-        real_sleep(seconds)
 
-    monkeypatch.setattr(comfy_client.time, "sleep", recording_sleep)
+    pauses = record_pauses(monkeypatch, launch_at_the_last_refusal)
     try:
         yield f"http://127.0.0.1:{port}", pauses
     finally:
@@ -84,14 +96,7 @@ def test_a_comfyui_that_never_listens_is_still_an_error_at_the_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     port = free_port()
-    pauses: list[float] = []
-    real_sleep = time.sleep
-
-    def recording_sleep(seconds: float) -> None:
-        pauses.append(seconds)
-        real_sleep(seconds)
-
-    monkeypatch.setattr(comfy_client.time, "sleep", recording_sleep)
+    pauses = record_pauses(monkeypatch)
 
     with pytest.raises(ComfyUnavailable) as caught:
         ComfyClient(f"http://127.0.0.1:{port}").wait_ready(0.5)
