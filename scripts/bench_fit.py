@@ -37,8 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from wan_worker.delivery import base64_size, inline_budget
-from wan_worker.settings import DEFAULT_WORKFLOW, Settings
-from wan_worker.video_fit import PRESETS, fit_video
+from wan_worker.settings.worker import DEFAULT_WORKFLOW, X264_PRESETS, WorkerSettings
+from wan_worker.video_fit import fit_video
 from wan_worker.workflow import OUTPUT_NODE
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -237,17 +237,17 @@ def main() -> None:
     parser.add_argument("--sizes", default="720x1280,480x832")
     parser.add_argument("--frames", type=int, default=161)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--budget", type=int, default=Settings().max_base64_bytes)
+    parser.add_argument("--budget", type=int, default=WorkerSettings().max_base64_bytes)
     parser.add_argument(
-        "--presets", default=Settings().reencode_preset, help="x264 presets, comma-separated"
+        "--presets", default=WorkerSettings().reencode_preset, help="x264 presets, comma-separated"
     )
     parser.add_argument("--quality", action="store_true", help="also SSIM against the frames")
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
     args.presets = args.presets.split(",")
     for preset in args.presets:
-        if preset not in PRESETS:
-            raise SystemExit(f"unknown preset {preset}; one of {', '.join(PRESETS)}")
+        if preset not in X264_PRESETS:
+            raise SystemExit(f"unknown preset {preset}; one of {', '.join(X264_PRESETS)}")
     sources = [tuple(c.split("=", 1)) for c in args.clip]
     if args.noise:
         sources.append(("noise", "noise"))

@@ -27,7 +27,7 @@ from wan_worker.comfy.client import ComfyClient
 from wan_worker.comfy.process import ComfyProcess
 from wan_worker.handler import Worker
 from wan_worker.provision import verify
-from wan_worker.settings import Settings
+from wan_worker.settings.worker import WorkerSettings
 from wan_worker.workflow import load_template
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -102,7 +102,7 @@ class ComfyServer:
             pytest.skip("restarting a real ComfyUI needs COMFYUI_RESTART (a command)")
         subprocess.run(["bash", "-c", command], check=True, timeout=600)
 
-    def settings(self, **overrides: Any) -> Settings:
+    def settings(self, **overrides: Any) -> WorkerSettings:
         values: dict[str, Any] = {
             "comfyui_url": self.url,
             "comfyui_dir": self.root,
@@ -113,7 +113,7 @@ class ComfyServer:
             "job_timeout_s": 60.0 if self.is_double else 900.0,
         }
         values.update(overrides)
-        return Settings(**values)
+        return WorkerSettings(**values)
 
     def worker(self, **overrides: Any) -> Worker:
         settings = self.settings(**overrides)

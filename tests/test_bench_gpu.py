@@ -219,7 +219,7 @@ def test_the_old_global_fp16_mode_takes_the_per_model_nodes_out():
     from scripts.gpu_bench import jobs
     from tests.comfy_double import load_models
     from tests.comfy_graph_validation import model_file_choices, validate_prompt
-    from wan_worker.settings import DEFAULT_WORKFLOW
+    from wan_worker.settings.worker import DEFAULT_WORKFLOW
     from wan_worker.workflow import JobParameters, load_template
 
     template = load_template(DEFAULT_WORKFLOW)

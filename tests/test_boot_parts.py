@@ -26,9 +26,9 @@ from wan_worker.boot.readahead import (
     memory_for_readahead,
     pause_after,
 )
-from wan_worker.boot.settings import BootSettings
 from wan_worker.errors import ConfigError, JobTimeout, ProvisionError
-from wan_worker.settings import Settings
+from wan_worker.settings.boot import BootSettings
+from wan_worker.settings.worker import WorkerSettings
 from wan_worker.workflow import STAGES, load_template
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -453,7 +453,7 @@ def test_no_warmup_after_the_boot_failed():
 
 
 def test_boot_settings_defaults_and_overrides():
-    settings = Settings()
+    settings = WorkerSettings()
     boot = BootSettings.from_env(settings, {"RUNPOD_ENDPOINT_ID": "e1", "COMFYUI_PORT": "9999"})
     assert boot.comfyui_url == "http://127.0.0.1:9999" and boot.launch.port == 9999
     assert boot.warmup is True and (boot.warmup_size, boot.warmup_frames) == ((480, 832), 9)
@@ -489,4 +489,4 @@ def test_boot_settings_defaults_and_overrides():
 )
 def test_bad_boot_settings_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
-        BootSettings.from_env(Settings(), {name: value})
+        BootSettings.from_env(WorkerSettings(), {name: value})

@@ -14,9 +14,9 @@ import pytest
 
 from tests.page_cache import cached_since_drop, drop_from_cache
 from wan_worker.boot.readahead import BeforeAnswer, ModelUse, Readahead, ReadaheadReport
-from wan_worker.boot.settings import BootSettings
 from wan_worker.boot.small_tensors import read_ranges, small_tensors
-from wan_worker.settings import Settings
+from wan_worker.settings.boot import BootSettings
+from wan_worker.settings.worker import WorkerSettings
 
 BIG = 4 << 20  # an fp8 weight's stand-in: larger than SMALL_TENSOR_BYTES
 
@@ -205,6 +205,6 @@ def test_once_comfyui_builds_the_models_the_pass_is_left_out(tmp_path):
 @pytest.mark.parametrize("setting", [{"READAHEAD_SMALL_TENSORS": "0"}, {}])
 def test_the_small_tensors_pass_has_a_setting(tmp_path, setting):
     volume(tmp_path)
-    boot = BootSettings.from_env(Settings(), setting)
+    boot = BootSettings.from_env(WorkerSettings(), setting)
     _report, events = held_run(tmp_path, small_tensors_first=boot.readahead_small_tensors)
     assert ("readahead_small_tensors" in dict(events)) is (setting == {})

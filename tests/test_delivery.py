@@ -17,7 +17,7 @@ from tests.s3_server import ACCESS_KEY, SECRET_KEY, make_bucket, moto_s3
 from wan_worker.delivery import deliver, make_store, reencode_limit
 from wan_worker.errors import ConfigError, OutputError, error_result
 from wan_worker.handler import handle
-from wan_worker.settings import Settings, StorageSettings
+from wan_worker.settings.worker import StorageSettings, WorkerSettings
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
 
@@ -44,7 +44,7 @@ def storage(endpoint: str, **overrides) -> StorageSettings:
 
 
 def test_upload_returns_a_presigned_url_to_the_exact_bytes(s3):
-    settings = Settings(storage=storage(s3))
+    settings = WorkerSettings(storage=storage(s3))
     result = deliver(VIDEO, "job-1.mp4", settings, make_store(settings))
     assert result["video_key"] == "outputs/wan/job-1.mp4"
     assert result["url_expires_in_s"] == 600
@@ -60,7 +60,7 @@ def test_upload_returns_a_presigned_url_to_the_exact_bytes(s3):
 
 
 def test_large_videos_go_by_url_only(s3):
-    settings = Settings(storage=storage(s3), max_base64_bytes=1000)
+    settings = WorkerSettings(storage=storage(s3), max_base64_bytes=1000)
     result = deliver(VIDEO, "job-2.mp4", settings, make_store(settings))
     assert "video" not in result
     assert "reencoded" not in result  # with storage the original is never re-encoded
@@ -70,13 +70,13 @@ def test_large_videos_go_by_url_only(s3):
 
 def test_a_multipart_upload_arrives_whole(s3):
     big = bytes(range(256)) * (20 * 1024 * 1024 // 256 + 7)  # above the 16 MiB threshold
-    settings = Settings(storage=storage(s3), include_base64=False)
+    settings = WorkerSettings(storage=storage(s3), include_base64=False)
     result = deliver(big, "big.mp4", settings, make_store(settings))
     assert requests.get(result["video_url"], timeout=30).content == big
 
 
 def test_a_failed_upload_says_why_and_falls_back_to_inline(s3):
-    settings = Settings(storage=storage(s3, bucket="no-such-bucket"))
+    settings = WorkerSettings(storage=storage(s3, bucket="no-such-bucket"))
     result = deliver(VIDEO, "job-3.mp4", settings, make_store(settings))
     assert base64.b64decode(result["video"]) == VIDEO
     assert "NoSuchBucket" in result["upload_error"]
@@ -86,7 +86,7 @@ def test_a_failed_upload_of_a_large_video_returns_it_fitted_inline(s3, tmp_path:
     """The video was made: a smaller copy and the upload's error beat a failed job."""
     video = make_mp4(tmp_path)
     budget = len(video) // 2
-    settings = Settings(storage=storage(s3, bucket="no-such-bucket"), max_base64_bytes=budget)
+    settings = WorkerSettings(storage=storage(s3, bucket="no-such-bucket"), max_base64_bytes=budget)
     result = deliver(video, "job-4.mp4", settings, make_store(settings))
     assert "NoSuchBucket" in result["upload_error"]
     assert "video_url" not in result
@@ -100,7 +100,7 @@ def test_a_failed_upload_of_a_large_video_returns_it_fitted_inline(s3, tmp_path:
 
 
 def test_a_failed_upload_of_a_video_that_cannot_be_fitted_is_a_storage_error(s3):
-    settings = Settings(storage=storage(s3, bucket="no-such-bucket"), max_base64_bytes=100)
+    settings = WorkerSettings(storage=storage(s3, bucket="no-such-bucket"), max_base64_bytes=100)
     with pytest.raises(Exception) as caught:
         deliver(VIDEO, "job-5.mp4", settings, make_store(settings))
     error = error_result(caught.value)
@@ -120,7 +120,7 @@ def test_a_failed_upload_of_a_video_that_cannot_be_fitted_is_a_storage_error(s3)
 def test_without_storage_a_large_video_is_fitted_and_says_so(tmp_path: Path):
     video = make_mp4(tmp_path, metadata=True)
     budget = len(video) // 3
-    result = deliver(video, "x.mp4", Settings(max_base64_bytes=budget), None)
+    result = deliver(video, "x.mp4", WorkerSettings(max_base64_bytes=budget), None)
     fitted = base64.b64decode(result["video"])
     assert len(result["video"]) <= budget
     info = probe(fitted)
@@ -144,7 +144,7 @@ def test_without_storage_a_large_video_is_fitted_and_says_so(tmp_path: Path):
 
 def test_a_video_that_fits_is_returned_as_it_is(tmp_path: Path):
     video = make_mp4(tmp_path)
-    result = deliver(video, "x.mp4", Settings(), None)
+    result = deliver(video, "x.mp4", WorkerSettings(), None)
     assert base64.b64decode(result["video"]) == video
     assert result["bytes"] == len(video)
     assert "reencoded" not in result and "original_bytes" not in result
@@ -155,7 +155,7 @@ def test_without_storage_a_video_that_cannot_be_fitted_says_why_and_how_to_fix_i
 ):
     video = make_mp4(tmp_path)
     with pytest.raises(OutputError) as caught:
-        deliver(video, "x.mp4", Settings(max_base64_bytes=4000), None)
+        deliver(video, "x.mp4", WorkerSettings(max_base64_bytes=4000), None)
     message = caught.value.message
     assert message.startswith(
         f"The video is {len(video)} bytes ({(len(video) + 2) // 3 * 4} as base64), above this "
@@ -171,7 +171,7 @@ def test_without_storage_a_video_that_cannot_be_fitted_says_why_and_how_to_fix_i
         "instead."
     )
     with pytest.raises(OutputError) as caught:
-        deliver(b"not an mp4" * 100, "x.mp4", Settings(max_base64_bytes=1000), None)
+        deliver(b"not an mp4" * 100, "x.mp4", WorkerSettings(max_base64_bytes=1000), None)
     assert "Re-encoding it to fit failed: Reading ComfyUI's video failed (ffprobe: " in (
         caught.value.message
     )
@@ -181,7 +181,7 @@ def test_the_fit_stops_at_the_jobs_deadline_when_that_comes_first(tmp_path: Path
     """A job near its JOB_TIMEOUT_S gets only what is left of it for the re-encode, not all of
     REENCODE_TIMEOUT_S: the job never runs past its deadline, and the error says which limit."""
     video = make_mp4(tmp_path)
-    settings = Settings(max_base64_bytes=len(video), job_timeout_s=900)
+    settings = WorkerSettings(max_base64_bytes=len(video), job_timeout_s=900)
     with pytest.raises(OutputError) as caught:
         deliver(video, "x.mp4", settings, None, deadline=time.monotonic())
     message = caught.value.message
@@ -196,7 +196,7 @@ def test_the_fit_stops_at_the_jobs_deadline_when_that_comes_first(tmp_path: Path
 
 
 def test_the_reencode_limit_is_the_sooner_of_its_own_and_the_jobs():
-    settings = Settings(reencode_timeout_s=300, job_timeout_s=900)
+    settings = WorkerSettings(reencode_timeout_s=300, job_timeout_s=900)
     assert reencode_limit(settings, None) == (300, "REENCODE_TIMEOUT_S")
     assert reencode_limit(settings, time.monotonic() + 600) == (300, "REENCODE_TIMEOUT_S")
     limit, why = reencode_limit(settings, time.monotonic() + 42)
@@ -206,7 +206,7 @@ def test_the_reencode_limit_is_the_sooner_of_its_own_and_the_jobs():
 
 def test_with_reencoding_off_a_large_video_is_an_error_that_says_how_to_fix_it():
     with pytest.raises(OutputError) as caught:
-        deliver(VIDEO, "x.mp4", Settings(max_base64_bytes=1000, reencode_to_fit=False), None)
+        deliver(VIDEO, "x.mp4", WorkerSettings(max_base64_bytes=1000, reencode_to_fit=False), None)
     message = caught.value.message
     assert "above this worker's inline limit of 1000 bytes of base64" in message
     assert "BUCKET_NAME, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY" in message
@@ -216,16 +216,16 @@ def test_with_reencoding_off_a_large_video_is_an_error_that_says_how_to_fix_it()
 
 def test_base64_off_without_storage_is_a_config_error():
     with pytest.raises(ConfigError, match="INCLUDE_BASE64 is off and no output storage"):
-        deliver(VIDEO, "x.mp4", Settings(include_base64=False), None)
+        deliver(VIDEO, "x.mp4", WorkerSettings(include_base64=False), None)
 
 
 def test_partial_storage_configuration_is_refused():
     with pytest.raises(ConfigError, match="BUCKET_SECRET_ACCESS_KEY missing"):
-        make_store(Settings(storage=StorageSettings(bucket="b", access_key_id="k")))
-    assert make_store(Settings()) is None
+        make_store(WorkerSettings(storage=StorageSettings(bucket="b", access_key_id="k")))
+    assert make_store(WorkerSettings()) is None
     assert (
         make_store(
-            Settings(
+            WorkerSettings(
                 storage=StorageSettings(
                     bucket="b", access_key_id="k", secret_access_key="s", upload=False
                 )
@@ -236,7 +236,7 @@ def test_partial_storage_configuration_is_refused():
 
 
 def test_storage_settings_come_from_the_environment():
-    settings = Settings.from_env(
+    settings = WorkerSettings.from_env(
         {
             "BUCKET_ENDPOINT_URL": "https://acct.r2.cloudflarestorage.com",
             "BUCKET_NAME": "out",
@@ -256,13 +256,13 @@ def test_storage_settings_come_from_the_environment():
 
 
 def test_reencode_settings_come_from_the_environment():
-    defaults = Settings.from_env({})
+    defaults = WorkerSettings.from_env({})
     assert (defaults.reencode_to_fit, defaults.reencode_preset, defaults.reencode_timeout_s) == (
         True,
         "veryfast",
         300.0,
     )
-    settings = Settings.from_env(
+    settings = WorkerSettings.from_env(
         {"REENCODE_TO_FIT": "0", "REENCODE_PRESET": "Medium", "REENCODE_TIMEOUT_S": "60"}
     )
     assert (settings.reencode_to_fit, settings.reencode_preset, settings.reencode_timeout_s) == (
@@ -271,9 +271,9 @@ def test_reencode_settings_come_from_the_environment():
         60.0,
     )
     with pytest.raises(ConfigError, match="REENCODE_PRESET='warp' must be one of: ultrafast"):
-        Settings.from_env({"REENCODE_PRESET": "warp"})
+        WorkerSettings.from_env({"REENCODE_PRESET": "warp"})
     with pytest.raises(ConfigError, match="REENCODE_TIMEOUT_S='0' must be at least 1"):
-        Settings.from_env({"REENCODE_TIMEOUT_S": "0"})
+        WorkerSettings.from_env({"REENCODE_TIMEOUT_S": "0"})
 
 
 def test_a_job_uploads_its_video_end_to_end(comfy: ComfyServer, s3):

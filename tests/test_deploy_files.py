@@ -18,11 +18,11 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from wan_worker import env as env_reader
-from wan_worker.boot.settings import BootSettings
 from wan_worker.job_input import parse_job_input
-from wan_worker.provision.settings import ProvisionSettings
-from wan_worker.settings import Settings
+from wan_worker.settings.boot import BootSettings
+from wan_worker.settings.env import EnvVars
+from wan_worker.settings.provisioning import ProvisionSettings
+from wan_worker.settings.worker import WorkerSettings
 from wan_worker.workflow import load_template
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,10 +118,10 @@ def test_every_hub_setting_is_documented() -> None:
 def test_the_hub_forms_defaults_are_the_workers_own_defaults() -> None:
     """A deploy that leaves the form alone behaves as one that sets nothing."""
     form = hub_form_values()
-    assert Settings.from_env(form) == Settings.from_env({})
+    assert WorkerSettings.from_env(form) == WorkerSettings.from_env({})
     assert ProvisionSettings.from_env(form) == ProvisionSettings.from_env({})
     serverless = {"RUNPOD_ENDPOINT_ID": "ep"}  # the Hub deploys serverless endpoints only
-    settings = Settings.from_env({})
+    settings = WorkerSettings.from_env({})
     assert BootSettings.from_env(settings, {**form, **serverless}) == BootSettings.from_env(
         settings, serverless
     )
@@ -131,17 +131,17 @@ def test_the_hub_forms_defaults_are_the_workers_own_defaults() -> None:
 def test_every_value_the_hub_form_can_send_is_accepted() -> None:
     for state in ("on", "off"):
         form = hub_form_values(state)
-        Settings.from_env(form)
+        WorkerSettings.from_env(form)
         ProvisionSettings.from_env(form)
         for key, item in HUB_ENV.items():
             if item["input"]["type"] == "boolean":
-                assert env_reader.flag(form, key, state == "off") is (state == "on")
+                assert EnvVars(form).flag(key, state == "off") is (state == "on")
     for option in HUB_ENV["ATTENTION"]["input"]["options"]:
-        assert Settings.from_env({"ATTENTION": option["value"]}).attention == option["value"]
+        assert WorkerSettings.from_env({"ATTENTION": option["value"]}).attention == option["value"]
     for key in ("BUCKET_URL_EXPIRY_S", "JOB_TIMEOUT_S"):
         spec = HUB_ENV[key]["input"]
         for value in (spec["min"], spec["max"]):
-            Settings.from_env({key: str(value)})
+            WorkerSettings.from_env({key: str(value)})
     # start.sh reads SELF_TEST itself: is_true accepts 1/true/yes/on.
     assert "1 | true | yes | on) return 0" in (REPO / "start.sh").read_text()
 
@@ -162,7 +162,7 @@ def test_hub_test_runs_the_self_test_on_an_rtx_5090() -> None:
 
 def test_the_hub_tests_input_is_valid_and_small() -> None:
     (case,) = HUB_TESTS["tests"]
-    settings = Settings.from_env({})
+    settings = WorkerSettings.from_env({})
     request = parse_job_input(case["input"], load_template(REPO / settings.workflow_path), settings)
     params = request.params
     assert (params.width, params.height) == (case["input"]["width"], case["input"]["height"])
@@ -174,7 +174,7 @@ def test_the_hub_tests_video_fits_inline_even_if_it_is_pure_noise(tmp_path: Path
     back as base64 within MAX_BASE64_BYTES. Pure random noise is the least compressible video:
     encode it at the test's size, frame count, rate and the workflow's own encoder settings."""
     (case,) = HUB_TESTS["tests"]
-    settings = Settings.from_env({})
+    settings = WorkerSettings.from_env({})
     template = load_template(REPO / settings.workflow_path)
     combine = json.loads((REPO / settings.workflow_path).read_text())["906"]["inputs"]
     assert combine["format"] == "video/h264-mp4"

@@ -10,13 +10,13 @@ import pytest
 from tests.conftest import make_png
 from wan_worker.errors import InputError, error_result
 from wan_worker.job_input import RANDOM_SEED_MAX, parse_job_input, read_job_input, snap
-from wan_worker.settings import Settings
+from wan_worker.settings.worker import WorkerSettings
 from wan_worker.workflow import load_template
 
 TEMPLATE = load_template(
     Path(__file__).resolve().parent.parent / "workflows" / "wan_flf_i2v_api.json"
 )
-SETTINGS = Settings()
+SETTINGS = WorkerSettings()
 GOOD = {"start_image": "https://example.com/a.png", "prompt": "a cat walks"}
 
 

@@ -27,7 +27,7 @@ from wan_worker.errors import ConfigError, PublishError
 from wan_worker.provision import verify
 from wan_worker.provision.provisioner import Provisioner, Report
 from wan_worker.provision.publish import build_bundle
-from wan_worker.provision.settings import ProvisionSettings
+from wan_worker.settings.provisioning import ProvisionSettings
 
 TOKEN = "hf_planted_bundle_token_7c1e"
 MIB = 1024 * 1024

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.provision_servers import FlakyFileServer, make_blob, running, write_manifest
-from wan_worker.provision.settings import ProvisionSettings, resolve_models_root, runpod_mode
+from wan_worker.settings.provisioning import ProvisionSettings, resolve_models_root, runpod_mode
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -560,7 +560,7 @@ def test_a_claim_taken_over_stops_its_old_owner_from_publishing(tmp_path):
 
 
 def test_settings_read_the_claim_timings(tmp_path):
-    from wan_worker.provision.settings import ProvisionSettings
+    from wan_worker.settings.provisioning import ProvisionSettings
 
     default = ProvisionSettings.from_env({"MODELS_ROOT": str(tmp_path)})
     assert (default.claim_stale_s, default.wait_s) == (60.0, 1800.0)

@@ -30,8 +30,8 @@ from wan_worker.errors import DiskSpaceError, ProvisionError
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import load_manifest
 from wan_worker.provision.provisioner import Provisioner
-from wan_worker.provision.settings import ProvisionSettings, R2Settings
 from wan_worker.provision.transfer import STATE_SUFFIX, PartialState
+from wan_worker.settings.provisioning import ProvisionSettings, R2Settings
 
 MIB = 1024 * 1024
 SIZE = 3 * MIB + 12_345

@@ -13,10 +13,12 @@ from PIL import Image
 from tests.conftest import make_png
 from tests.http_server import serve
 from wan_worker.errors import InputError
-from wan_worker.settings import Settings
+from wan_worker.settings.worker import WorkerSettings
 from wan_worker.start_image import load_start_image
 
-SETTINGS = Settings(max_image_bytes=200_000, max_image_pixels=1_000_000, image_fetch_timeout_s=2)
+SETTINGS = WorkerSettings(
+    max_image_bytes=200_000, max_image_pixels=1_000_000, image_fetch_timeout_s=2
+)
 PNG = make_png(160, 128)
 
 
@@ -30,7 +32,7 @@ def jpeg(width=64, height=48, **save) -> bytes:
     return buffer.getvalue()
 
 
-def failure(value: str, settings: Settings = SETTINGS) -> str:
+def failure(value: str, settings: WorkerSettings = SETTINGS) -> str:
     with pytest.raises(InputError) as caught:
         load_start_image(value, settings)
     assert [p.field for p in caught.value.problems] == ["start_image"]
@@ -121,7 +123,9 @@ def test_decompression_bomb_is_refused():
     )
     png += chunk(b"IDAT", raw) + chunk(b"IEND", b"")
     assert len(png) < 200_000
-    message = failure(encode(png), Settings(max_image_bytes=200_000, max_image_pixels=10_000_000))
+    message = failure(
+        encode(png), WorkerSettings(max_image_bytes=200_000, max_image_pixels=10_000_000)
+    )
     assert "is 12000x12000 = 144000000 pixels, above the limit of 10000000" in message
 
 

@@ -20,7 +20,7 @@ from tests.s3_server import ACCESS_KEY, SECRET_KEY, moto_s3
 from wan_worker.delivery import deliver, make_store
 from wan_worker.errors import ConfigError, StorageError
 from wan_worker.s3 import s3_client
-from wan_worker.settings import Settings
+from wan_worker.settings.worker import WorkerSettings
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 16
 BUCKETS = {"videos-eu": "eu-west-2", "videos-us": "us-east-1"}
@@ -65,7 +65,7 @@ def signed_for(url: str) -> str:
 
 
 def test_aws_by_default_uploads_to_the_buckets_region_and_signs_the_url_for_it(aws):
-    settings = Settings.from_env({"BUCKET_NAME": "videos-eu", **KEYS})
+    settings = WorkerSettings.from_env({"BUCKET_NAME": "videos-eu", **KEYS})
     assert (settings.storage.endpoint_url, settings.storage.region) == ("", "")
     result = deliver(VIDEO, "job-1.mp4", settings, make_store(settings))
     url = result["video_url"]
@@ -81,7 +81,7 @@ def test_aws_by_default_uploads_to_the_buckets_region_and_signs_the_url_for_it(a
 
 
 def test_the_region_is_asked_once_per_worker(aws):
-    settings = Settings.from_env({"BUCKET_NAME": "videos-eu", **KEYS})
+    settings = WorkerSettings.from_env({"BUCKET_NAME": "videos-eu", **KEYS})
     store = make_store(settings)
     for name in ("a.mp4", "b.mp4"):
         deliver(VIDEO, name, settings, store)
@@ -92,14 +92,16 @@ def test_the_region_is_asked_once_per_worker(aws):
 
 
 def test_a_bucket_in_us_east_1_works_by_default_too(aws):
-    settings = Settings.from_env({"BUCKET_NAME": "videos-us", **KEYS})
+    settings = WorkerSettings.from_env({"BUCKET_NAME": "videos-us", **KEYS})
     url = deliver(VIDEO, "us.mp4", settings, make_store(settings))["video_url"]
     assert signed_for(url) == "us-east-1"
     assert fetch(url, aws).content == VIDEO
 
 
 def test_a_given_region_is_used_without_asking(aws):
-    settings = Settings.from_env({"BUCKET_NAME": "videos-eu", "BUCKET_REGION": "eu-west-2", **KEYS})
+    settings = WorkerSettings.from_env(
+        {"BUCKET_NAME": "videos-eu", "BUCKET_REGION": "eu-west-2", **KEYS}
+    )
     url = deliver(VIDEO, "given.mp4", settings, make_store(settings))["video_url"]
     assert fetch(url, aws).content == VIDEO
     assert [a.method for a in aws.arrivals if a.method != "GET"] == ["PUT"]
@@ -113,19 +115,25 @@ def test_region_auto_on_aws_is_refused_at_start_because_aws_has_no_such_host(aws
             region="auto", retries=1, connect_timeout_s=5, read_timeout_s=5,
         ).put_object(Bucket="videos-eu", Key="x", Body=b"x")  # fmt: skip
     assert set(aws.refused_hosts) == {"videos-eu.s3.auto.amazonaws.com"}
-    settings = Settings.from_env({"BUCKET_NAME": "videos-eu", "BUCKET_REGION": "auto", **KEYS})
+    settings = WorkerSettings.from_env(
+        {"BUCKET_NAME": "videos-eu", "BUCKET_REGION": "auto", **KEYS}
+    )
     with pytest.raises(ConfigError, match="BUCKET_REGION=auto is for Cloudflare R2"):
         make_store(settings)
 
 
 def test_a_missing_aws_bucket_is_a_storage_error_naming_it(aws):
-    settings = Settings.from_env({"BUCKET_NAME": "no-such-videos", "MAX_BASE64_BYTES": "0", **KEYS})
+    settings = WorkerSettings.from_env(
+        {"BUCKET_NAME": "no-such-videos", "MAX_BASE64_BYTES": "0", **KEYS}
+    )
     with pytest.raises(StorageError, match="Bucket 'no-such-videos' does not exist on AWS S3"):
         deliver(VIDEO, "x.mp4", settings, make_store(settings))
 
 
 def test_r2_style_signs_for_auto_at_the_endpoint_given(moto: str):
-    settings = Settings.from_env({"BUCKET_ENDPOINT_URL": moto, "BUCKET_NAME": "videos-eu", **KEYS})
+    settings = WorkerSettings.from_env(
+        {"BUCKET_ENDPOINT_URL": moto, "BUCKET_NAME": "videos-eu", **KEYS}
+    )
     assert settings.storage.region == "auto"
     url = deliver(VIDEO, "r2.mp4", settings, make_store(settings))["video_url"]
     assert url.startswith(moto + "/")

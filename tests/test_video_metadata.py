@@ -15,7 +15,7 @@ from tests.conftest import ComfyServer
 from tests.media import graph_tags, probe, tags
 from tests.test_handler import job
 from wan_worker.handler import handle
-from wan_worker.settings import DEFAULT_WORKFLOW
+from wan_worker.settings.worker import DEFAULT_WORKFLOW
 from wan_worker.workflow import OUTPUT_NODE, WorkflowTemplate, load_template
 
 

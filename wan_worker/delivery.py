@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from wan_worker.errors import ConfigError, OutputError, StorageError, redact
-from wan_worker.settings import Settings
+from wan_worker.settings.worker import WorkerSettings
 from wan_worker.storage import VideoStore
 from wan_worker.video_fit import Fitted, fit_video
 
@@ -45,7 +45,7 @@ def inline_budget(max_base64_bytes: int) -> int:
 def deliver(
     video: bytes,
     name: str,
-    settings: Settings,
+    settings: WorkerSettings,
     store: VideoStore | None,
     deadline: float | None = None,
 ) -> dict[str, Any]:
@@ -121,7 +121,7 @@ def deliver(
     return result
 
 
-def reencode_limit(settings: Settings, deadline: float | None) -> tuple[float, str]:
+def reencode_limit(settings: WorkerSettings, deadline: float | None) -> tuple[float, str]:
     """The re-encode's time limit, and the setting that set it: REENCODE_TIMEOUT_S, or what is
     left of the job's JOB_TIMEOUT_S where that is less."""
     if deadline is not None:
@@ -153,7 +153,7 @@ def _base64(video: bytes) -> str:
     return base64.b64encode(video).decode("ascii")
 
 
-def make_store(settings: Settings) -> VideoStore | None:
+def make_store(settings: WorkerSettings) -> VideoStore | None:
     """The bucket client when storage is configured and uploads are on; else None."""
     storage = settings.storage
     if not settings.storage.upload:

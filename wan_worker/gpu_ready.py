@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 
-import wan_worker.env as read
 from wan_worker import logs
 from wan_worker.errors import ConfigError, GpuNotReady, redact
+from wan_worker.settings.cuda import CudaWaitSettings
 
 PROBE = """
 import json, sys
@@ -45,25 +43,6 @@ print(json.dumps({"device": name, "capability": f"{major}.{minor}",
                   "count": torch.cuda.device_count(), "torch": torch.__version__,
                   "cuda": torch.version.cuda}))
 """
-
-
-@dataclass(frozen=True)
-class GpuWaitSettings:
-    timeout_s: float = 120.0
-    interval_s: float = 2.0
-    probe_timeout_s: float = 60.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> GpuWaitSettings:
-        env = os.environ if env is None else env
-        d = cls()
-        return cls(
-            timeout_s=read.number(env, "GPU_READY_TIMEOUT_S", d.timeout_s, 0, "seconds"),
-            interval_s=read.number(env, "GPU_READY_INTERVAL_S", d.interval_s, 0, "seconds"),
-            probe_timeout_s=read.number(
-                env, "GPU_PROBE_TIMEOUT_S", d.probe_timeout_s, 0, "seconds"
-            ),
-        )
 
 
 def probe_once(probe_timeout_s: float) -> tuple[bool, bool, str]:
@@ -97,7 +76,7 @@ def probe_once(probe_timeout_s: float) -> tuple[bool, bool, str]:
     return False, False, f"the CUDA probe exited with status {done.returncode}: {tail}"
 
 
-def wait_for_gpu(settings: GpuWaitSettings, log: Callable[[str], None] = print) -> str:
+def wait_for_gpu(settings: CudaWaitSettings, log: Callable[[str], None] = print) -> str:
     started = time.monotonic()
     attempts = 0
     while True:
@@ -127,7 +106,7 @@ def wait_for_gpu(settings: GpuWaitSettings, log: Callable[[str], None] = print) 
 def main() -> int:
     logs.configure(logging.WARNING)
     try:
-        wait_for_gpu(GpuWaitSettings.from_env(), log=lambda s: print(redact(s), flush=True))
+        wait_for_gpu(CudaWaitSettings.from_env(), log=lambda s: print(redact(s), flush=True))
     except (GpuNotReady, ConfigError) as exc:
         print(redact(f"[gpu] FAILED: {exc}"), file=sys.stderr, flush=True)
         return 1

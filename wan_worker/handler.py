@@ -41,7 +41,7 @@ from wan_worker.errors import (
 from wan_worker.job_files import JobFiles
 from wan_worker.job_input import JobRequest, read_job_input
 from wan_worker.progress import JobProgress, Sender, runpod_sender
-from wan_worker.settings import Settings
+from wan_worker.settings.worker import WorkerSettings
 from wan_worker.storage import VideoStore
 from wan_worker.video_check import FrameReport
 from wan_worker.video_check import inspect as inspect_frames
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 class Worker:
     """What a job needs that outlives it: settings, the workflow, ComfyUI, the bucket."""
 
-    settings: Settings
+    settings: WorkerSettings
     template: WorkflowTemplate
     client: ComfyClient
     store: VideoStore | None = None
@@ -71,7 +71,7 @@ class Worker:
     gate: BootGate = field(default_factory=BootGate)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Worker:
+    def from_settings(cls, settings: WorkerSettings) -> Worker:
         process = ComfyProcess(settings.comfyui_pid_file, settings.comfyui_log)
         return cls(
             settings=settings,
@@ -351,7 +351,7 @@ def _sweep_abandoned(worker: Worker) -> None:
 
 @lru_cache(maxsize=1)
 def default_worker() -> Worker:
-    return Worker.from_settings(Settings.from_env())
+    return Worker.from_settings(WorkerSettings.from_env())
 
 
 #: How long a stopped job's thread may take to interrupt ComfyUI and remove its files before

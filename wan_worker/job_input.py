@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wan_worker.errors import FieldProblem, InputError
-from wan_worker.settings import Settings
+from wan_worker.settings.worker import WorkerSettings
 from wan_worker.start_image import StartImage, load_start_image
 from wan_worker.workflow import JobParameters, WorkflowTemplate
 
@@ -111,7 +111,7 @@ def snap(value: int) -> int:
     return max(SIZE_STEP, (value + SIZE_STEP // 2) // SIZE_STEP * SIZE_STEP)
 
 
-def parse_job_input(raw: Any, template: WorkflowTemplate, settings: Settings) -> JobRequest:
+def parse_job_input(raw: Any, template: WorkflowTemplate, settings: WorkerSettings) -> JobRequest:
     """Validate `job["input"]`; raise InputError naming every bad field."""
     if not isinstance(raw, dict):
         raise InputError.single(
@@ -226,7 +226,7 @@ def parse_job_input(raw: Any, template: WorkflowTemplate, settings: Settings) ->
 
 
 def read_job_input(
-    raw: Any, template: WorkflowTemplate, settings: Settings
+    raw: Any, template: WorkflowTemplate, settings: WorkerSettings
 ) -> tuple[JobRequest, StartImage]:
     """The validated request and its decoded start image; InputError naming every bad field,
     the start image's included when other fields are bad too."""

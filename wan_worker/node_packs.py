@@ -31,15 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wan_worker import env as read
 from wan_worker.errors import ConfigError
+from wan_worker.settings.boot import NODE_PACK_MODES
+from wan_worker.settings.env import EnvVars
+from wan_worker.settings.worker import DEFAULT_WORKFLOW, PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLASS_MAP_PATH = PROJECT_ROOT / "workflows" / "node_classes.json"
-DEFAULT_WORKFLOW = PROJECT_ROOT / "workflows" / "wan_flf_i2v_api.json"
 
 SETTING = "COMFYUI_NODE_PACKS"
-MODES = ("workflow", "all")
 CUSTOM_NODES_PREFIX = "custom_nodes."
 API_NODES_PREFIX = "comfy_api_nodes."
 
@@ -109,8 +108,8 @@ def select(
     graph: Mapping[str, Any], class_map: Mapping[str, str], mode: str = "workflow"
 ) -> PackSelection:
     """The packs to load for `graph`: the workflow's own (default), or all of them."""
-    if mode not in MODES:
-        raise ConfigError(f"{SETTING}={mode!r} must be one of: {', '.join(MODES)}")
+    if mode not in NODE_PACK_MODES:
+        raise ConfigError(f"{SETTING}={mode!r} must be one of: {', '.join(NODE_PACK_MODES)}")
     if mode == "all":
         return PackSelection(None, False, f"{SETTING}=all: loading every custom node pack")
     classes = workflow_classes(graph)
@@ -182,17 +181,14 @@ def selection_for(
     return selection
 
 
-def read_mode(environ: Mapping[str, str]) -> str:
-    """COMFYUI_NODE_PACKS: `workflow` (default) or `all`."""
-    return read.choice(environ, SETTING, "workflow", MODES)
-
-
 def selection_from_env(
     environ: Mapping[str, str], comfyui_dir: Path | None = None
 ) -> PackSelection:
     """The selection for this boot: the workflow at WORKFLOW_PATH, COMFYUI_NODE_PACKS."""
-    workflow = Path(read.text(environ, "WORKFLOW_PATH", str(DEFAULT_WORKFLOW)))
-    return selection_for(workflow, read_mode(environ), comfyui_dir)
+    var = EnvVars(environ)
+    workflow = var.path("WORKFLOW_PATH", DEFAULT_WORKFLOW)
+    mode = var.choice(SETTING, "workflow", NODE_PACK_MODES)
+    return selection_for(workflow, mode, comfyui_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

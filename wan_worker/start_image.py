@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from runpod.serverless.utils import rp_ssrf
 
 from wan_worker.errors import InputError
-from wan_worker.settings import Settings
+from wan_worker.settings.worker import WorkerSettings
 
 FIELD = "start_image"
 MIN_IMAGE_SIDE = 16
@@ -67,7 +67,7 @@ def _describe_url(url: str, limit: int = MAX_SHOWN_URL) -> str:
     return shown + (f"{mark}..." if mark else "")
 
 
-def fetch_url(url: str, settings: Settings) -> bytes:
+def fetch_url(url: str, settings: WorkerSettings) -> bytes:
     """Download an image URL with SSRF protection, time-outs and a streaming byte cap."""
     shown = _describe_url(url)
     cap = settings.max_image_bytes
@@ -139,7 +139,7 @@ def decode_base64(text: str, cap: int, what: str = "base64") -> bytes:
     return data
 
 
-def read_source(value: str, settings: Settings) -> bytes:
+def read_source(value: str, settings: WorkerSettings) -> bytes:
     """The raw bytes behind `start_image`, whatever form it came in."""
     data_uri = _DATA_URI.match(value)
     if data_uri:
@@ -160,7 +160,7 @@ def read_source(value: str, settings: Settings) -> bytes:
     return decode_base64(value, settings.max_image_bytes)
 
 
-def verify_image(data: bytes, settings: Settings) -> StartImage:
+def verify_image(data: bytes, settings: WorkerSettings) -> StartImage:
     """Check that `data` is a real, complete image within the pixel cap; re-encode it as PNG."""
     try:
         with warnings.catch_warnings():
@@ -214,7 +214,7 @@ def verify_image(data: bytes, settings: Settings) -> StartImage:
     )
 
 
-def load_start_image(value: str, settings: Settings) -> StartImage:
+def load_start_image(value: str, settings: WorkerSettings) -> StartImage:
     data = read_source(value, settings)
     if len(data) > settings.max_image_bytes:
         raise _error(

@@ -23,7 +23,7 @@ from typing import Any
 
 from wan_worker.errors import ConfigError, StorageError
 from wan_worker.s3 import s3_client
-from wan_worker.settings import StorageSettings
+from wan_worker.settings.worker import StorageSettings
 
 MIB = 1024 * 1024
 #: Where S3 answers a bucket's region question when no region is known yet.

@@ -28,19 +28,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from wan_worker.errors import OutputError
+from wan_worker.settings.worker import X264_PRESETS
 
-#: x264 presets, fastest first (ffmpeg's names).
-PRESETS = (
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
-)
 #: The VBV buffer, in seconds of the target rate: room for a keyframe without a burst.
 BUFFER_S = 1.0
 #: x264 starts with its buffer this full (its default vbv-init), so the first frames may
@@ -118,7 +107,7 @@ def fit_video(
 ) -> Fitted:
     """`video` re-encoded to at most `max_bytes`; an OutputError saying why when it cannot be.
     Every ffmpeg and ffprobe call shares `timeout_s`; `limited_by` names what set it."""
-    if preset not in PRESETS:
+    if preset not in X264_PRESETS:
         raise ValueError(f"unknown x264 preset {preset!r}")
     deadline = _Deadline(time.monotonic() + timeout_s, timeout_s, limited_by)
     try:

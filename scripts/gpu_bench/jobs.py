@@ -126,7 +126,7 @@ def make_worker(
     from wan_worker.comfy.client import ComfyClient
     from wan_worker.comfy.process import ComfyProcess
     from wan_worker.handler import Worker
-    from wan_worker.settings import Settings
+    from wan_worker.settings.worker import WorkerSettings
     from wan_worker.workflow import WorkflowTemplate, load_template
 
     class GlobalFp16Template(WorkflowTemplate):
@@ -137,7 +137,7 @@ def make_worker(
     if fp16_mode == "global":
         template = GlobalFp16Template(template.graph)
 
-    settings = Settings(
+    settings = WorkerSettings(
         comfyui_url=server.url,
         comfyui_dir=server.comfyui_dir,
         comfyui_pid_file=server.pid_file,
@@ -159,7 +159,7 @@ def make_worker(
 
 def workflow_with_frames(out: Path, frames: int | None) -> Path:
     """The project's workflow, or a copy with another frame count (for quick dry runs)."""
-    from wan_worker.settings import DEFAULT_WORKFLOW
+    from wan_worker.settings.worker import DEFAULT_WORKFLOW
     from wan_worker.workflow import FRAMES_NODE
 
     if frames is None:

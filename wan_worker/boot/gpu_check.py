@@ -17,7 +17,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from wan_worker.gpu_ready import GpuWaitSettings, probe_once
+from wan_worker.gpu_ready import probe_once
+from wan_worker.settings.cuda import CudaWaitSettings
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class ProbeResult:
 class FirstProbe:
     """One CUDA probe, started now in a thread; `result()` waits for it."""
 
-    def __init__(self, settings: GpuWaitSettings) -> None:
+    def __init__(self, settings: CudaWaitSettings) -> None:
         self.settings = settings
         self._timeout_s = settings.probe_timeout_s
         self._started = time.monotonic()

@@ -34,9 +34,8 @@ from typing import TYPE_CHECKING
 from wan_worker import logs
 from wan_worker.boot.gate import BootGate
 from wan_worker.boot.gpu_check import FirstProbe
-from wan_worker.boot.settings import BootSettings
 from wan_worker.boot.timeline import Timeline
-from wan_worker.comfy.launch import LaunchedComfy, launch
+from wan_worker.comfy.launch import LaunchedComfy, comfyui_command, launch
 from wan_worker.errors import (
     ComfyUnavailable,
     ConfigError,
@@ -47,8 +46,10 @@ from wan_worker.errors import (
 )
 from wan_worker.gpu_ready import wait_for_gpu
 from wan_worker.node_packs import selection_for
-from wan_worker.provision.settings import ProvisionSettings
-from wan_worker.settings import Settings
+from wan_worker.settings.boot import BootSettings
+from wan_worker.settings.env import removed_still_set
+from wan_worker.settings.provisioning import ProvisionSettings
+from wan_worker.settings.worker import WorkerSettings
 
 if TYPE_CHECKING:
     from wan_worker.handler import JobHandler, Worker
@@ -69,7 +70,7 @@ def exit_status(error: WorkerError) -> int:
     return 1
 
 
-def custom_node_args(settings: Settings, boot: BootSettings) -> tuple[str, ...]:
+def custom_node_args(settings: WorkerSettings, boot: BootSettings) -> tuple[str, ...]:
     """ComfyUI's arguments that choose the custom node packs it loads (`wan_worker.node_packs`).
 
     Only the packs whose classes the fixed workflow uses, derived from it; COMFYUI_NODE_PACKS=all
@@ -90,8 +91,10 @@ def serve(handler: JobHandler) -> None:
 def run() -> None:
     """rp_handler.py's entry."""
     logs.configure()
+    for warning in removed_still_set():
+        log.warning("[boot] %s", warning)
     try:
-        settings = Settings.from_env()
+        settings = WorkerSettings.from_env()
         boot = BootSettings.from_env(settings)
     except ConfigError as exc:
         from wan_worker.handler import job_handler
@@ -114,7 +117,7 @@ def run() -> None:
 
 
 class Boot:
-    def __init__(self, settings: Settings, boot: BootSettings) -> None:
+    def __init__(self, settings: WorkerSettings, boot: BootSettings) -> None:
         self.settings = replace(settings, comfyui_url=boot.comfyui_url)
         self.boot = boot
         self.timeline = Timeline(boot.events_file)
@@ -173,7 +176,7 @@ class Boot:
         self.timeline.mark(
             "comfyui_launched",
             pid=self.comfy.pid,
-            argv=" ".join(spec.command()[1:]),
+            argv=" ".join(comfyui_command(spec)[1:]),
             **extra,
         )
         return True

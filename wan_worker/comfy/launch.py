@@ -14,29 +14,19 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
+from wan_worker.settings.boot import ComfyLaunchSettings
 
-@dataclass(frozen=True)
-class LaunchSpec:
-    python: str
-    main: Path
-    comfyui_dir: Path
-    listen: str
-    port: int
-    extra_model_paths: Path
-    args: tuple[str, ...]
-    extra_args: tuple[str, ...]
-    pid_file: Path
-    log_file: Path
 
-    def command(self, node_args: tuple[str, ...] = ()) -> list[str]:
-        return [
-            self.python, "-u", str(self.main), "--listen", self.listen, "--port", str(self.port),
-            "--extra-model-paths-config", str(self.extra_model_paths),
-            *self.args, *node_args, *self.extra_args,
-        ]  # fmt: skip
+def comfyui_command(spec: ComfyLaunchSettings, node_args: tuple[str, ...] = ()) -> list[str]:
+    """ComfyUI's command line: the launch settings' arguments, then `node_args`, then the
+    operator's COMFYUI_EXTRA_ARGS (last, so they win)."""
+    return [
+        spec.python, "-u", str(spec.main), "--listen", spec.listen, "--port", str(spec.port),
+        "--extra-model-paths-config", str(spec.extra_model_paths),
+        *spec.args, *node_args, *spec.extra_args,
+    ]  # fmt: skip
 
 
 class LaunchedComfy:
@@ -63,7 +53,9 @@ class LaunchedComfy:
                 proc.wait()
 
 
-def launch(spec: LaunchSpec, models_root: Path, node_args: tuple[str, ...] = ()) -> LaunchedComfy:
+def launch(
+    spec: ComfyLaunchSettings, models_root: Path, node_args: tuple[str, ...] = ()
+) -> LaunchedComfy:
     """Start ComfyUI now; return without waiting for it to answer."""
     for path in (spec.log_file, spec.pid_file):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +66,7 @@ def launch(spec: LaunchSpec, models_root: Path, node_args: tuple[str, ...] = ())
     env = {**os.environ, "MODELS_ROOT": str(models_root)}
     try:
         proc = subprocess.Popen(
-            spec.command(node_args),
+            comfyui_command(spec, node_args),
             cwd=spec.comfyui_dir,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -31,7 +31,7 @@ from wan_worker.errors import ConfigError, DiskSpaceError, ProvisionError, Publi
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import load_manifest
 from wan_worker.provision.provisioner import Provisioner
-from wan_worker.provision.settings import ProvisionSettings
+from wan_worker.settings.provisioning import ProvisionSettings
 
 
 def _log(text: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from wan_worker.provision.hfcache import repo_dir, why_not_cached
 from wan_worker.provision.manifest import Manifest, ModelSpec, SourceSpec
-from wan_worker.provision.settings import ProvisionSettings
+from wan_worker.settings.provisioning import ProvisionSettings
 
 
 def bundle_source(settings: ProvisionSettings, model: ModelSpec) -> SourceSpec:

@@ -46,7 +46,6 @@ from wan_worker.provision.claims import (
 )
 from wan_worker.provision.hfcache import find_cached
 from wan_worker.provision.manifest import Manifest, ModelSpec, load_manifest
-from wan_worker.provision.settings import ProvisionSettings
 from wan_worker.provision.transfer import (
     Progress,
     Remote,
@@ -56,6 +55,7 @@ from wan_worker.provision.transfer import (
     resumable_state,
     transfer,
 )
+from wan_worker.settings.provisioning import ProvisionSettings
 
 Log = Callable[[str], None]
 FreeBytes = Callable[[Path], int]

@@ -30,7 +30,7 @@ from wan_worker.errors import ConfigError, PublishError, redact
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import Manifest, ModelSpec, load_manifest
 from wan_worker.provision.provisioner import Provisioner
-from wan_worker.provision.settings import ProvisionSettings, bundle_repo
+from wan_worker.settings.provisioning import ProvisionSettings, bundle_repo
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi

@@ -16,7 +16,6 @@ from urllib.parse import urljoin, urlparse
 
 from wan_worker.errors import redact
 from wan_worker.provision.manifest import SHA256_RE, SourceSpec
-from wan_worker.provision.settings import ProvisionSettings
 from wan_worker.provision.transfer import (
     NoRangeSupport,
     OffsetWriter,
@@ -25,6 +24,7 @@ from wan_worker.provision.transfer import (
     SourceFailed,
 )
 from wan_worker.s3 import s3_client
+from wan_worker.settings.provisioning import ProvisionSettings
 
 if TYPE_CHECKING:
     import requests

@@ -1,7 +1,8 @@
-"""Provisioning configuration: read once from the environment into a typed, frozen object.
+"""Provisioning's settings: where the models live, where they come from, how they download.
 
-Every variable is documented in docs/provisioning.md. A bad value fails before anything is
-downloaded, with a message naming the variable and the fix.
+Read once from the environment into a typed, frozen object; every variable is documented in
+docs/provisioning.md. A bad value fails before anything is downloaded, with a message naming
+the variable and the fix.
 """
 
 from __future__ import annotations
@@ -12,21 +13,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import wan_worker.env as read
 from wan_worker.errors import ConfigError
-from wan_worker.settings import PROJECT_ROOT
+from wan_worker.settings.env import EnvVars
+from wan_worker.settings.worker import PROJECT_ROOT
 
 DEFAULT_MANIFEST = PROJECT_ROOT / "workflows" / "models.json"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
-def runpod_mode(env: Mapping[str, str]) -> str:
+def runpod_mode(env: Mapping[str, str] | EnvVars) -> str:
     """`serverless`, `pod` or `local`, from RunPod's own variables (serverless workers also
     carry RUNPOD_POD_ID, so the serverless ones are checked first)."""
-    if env.get("RUNPOD_WEBHOOK_GET_JOB") or env.get("RUNPOD_ENDPOINT_ID"):
+    var = EnvVars.of(env)
+    if var.is_set("RUNPOD_WEBHOOK_GET_JOB") or var.is_set("RUNPOD_ENDPOINT_ID"):
         return "serverless"
-    if env.get("RUNPOD_POD_ID"):
+    if var.is_set("RUNPOD_POD_ID"):
         return "pod"
     return "local"
 
@@ -79,60 +81,56 @@ class ProvisionSettings:
     mode: str = "local"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ProvisionSettings:
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str] | EnvVars | None = None) -> ProvisionSettings:
+        var = EnvVars.of(env)
         d = cls()
-        mode = runpod_mode(env)
-        comfyui_dir = Path(read.text(env, "COMFYUI_DIR", str(d.comfyui_dir)))
-        root, reason = resolve_models_root(env, mode, comfyui_dir)
+        mode = runpod_mode(var)
+        comfyui_dir = var.path("COMFYUI_DIR", d.comfyui_dir)
+        root, reason = resolve_models_root(var, mode, comfyui_dir)
         return cls(
-            manifest_path=Path(read.text(env, "MODELS_MANIFEST", str(d.manifest_path))),
+            manifest_path=var.path("MODELS_MANIFEST", d.manifest_path),
             models_root=root,
             models_root_reason=reason,
             comfyui_dir=comfyui_dir,
-            hf_cache_dir=Path(read.text(env, "RUNPOD_HF_CACHE", str(d.hf_cache_dir))),
-            hf_endpoint=read.text(env, "HF_ENDPOINT", d.hf_endpoint).rstrip("/"),
-            hf_token=read.text(env, "HF_TOKEN", "") or read.text(env, "HUGGING_FACE_HUB_TOKEN", ""),
-            hf_offline=read.flag(env, "HF_HUB_OFFLINE", False),
-            bundle_repo=bundle_repo(read.text(env, "MODELS_BUNDLE_REPO", "")),
-            bundle_revision=bundle_revision(read.text(env, "MODELS_BUNDLE_REVISION", "")),
+            hf_cache_dir=var.path("RUNPOD_HF_CACHE", d.hf_cache_dir),
+            hf_endpoint=var.text("HF_ENDPOINT", d.hf_endpoint).rstrip("/"),
+            hf_token=var.text("HF_TOKEN", "") or var.text("HUGGING_FACE_HUB_TOKEN", ""),
+            hf_offline=var.flag("HF_HUB_OFFLINE", False),
+            bundle_repo=bundle_repo(var.text("MODELS_BUNDLE_REPO", "")),
+            bundle_revision=bundle_revision(var.text("MODELS_BUNDLE_REVISION", "")),
             r2=R2Settings(
-                endpoint=read.text(env, "R2_ENDPOINT", ""),
-                bucket=read.text(env, "R2_BUCKET", R2Settings.bucket),
-                access_key=read.text(env, "R2_ACCESS_KEY", ""),
-                secret_key=read.text(env, "R2_SECRET_KEY", ""),
+                endpoint=var.text("R2_ENDPOINT", ""),
+                bucket=var.text("R2_BUCKET", R2Settings.bucket),
+                access_key=var.text("R2_ACCESS_KEY", ""),
+                secret_key=var.text("R2_SECRET_KEY", ""),
             ),
-            max_parallel_files=read.integer(
-                env, "PROVISION_PARALLEL_FILES", d.max_parallel_files, 1
-            ),
-            connections=read.integer(env, "PROVISION_CONNECTIONS", d.connections, 1),
-            chunk_bytes=read.integer(env, "PROVISION_CHUNK_MB", d.chunk_bytes >> 20, 1) << 20,
-            retries=read.integer(env, "PROVISION_RETRIES", d.retries, 1),
-            backoff_s=read.number(env, "PROVISION_BACKOFF_S", d.backoff_s, 0),
-            timeout_s=read.number(env, "PROVISION_TIMEOUT_S", d.timeout_s, 1),
-            min_free_bytes=read.integer(env, "PROVISION_MIN_FREE_MB", d.min_free_bytes >> 20, 0)
-            << 20,
-            progress_interval_s=read.number(
-                env, "PROVISION_PROGRESS_S", d.progress_interval_s, 0.1
-            ),
-            claim_stale_s=read.number(
-                env, "PROVISION_CLAIM_STALE_S", d.claim_stale_s, 0.5, "seconds"
-            ),
-            wait_s=read.number(env, "PROVISION_WAIT_S", d.wait_s, 1, "seconds"),
+            max_parallel_files=var.integer("PROVISION_PARALLEL_FILES", d.max_parallel_files, 1),
+            connections=var.integer("PROVISION_CONNECTIONS", d.connections, 1),
+            chunk_bytes=var.integer("PROVISION_CHUNK_MB", d.chunk_bytes >> 20, 1) << 20,
+            retries=var.integer("PROVISION_RETRIES", d.retries, 1),
+            backoff_s=var.number("PROVISION_BACKOFF_S", d.backoff_s, 0),
+            timeout_s=var.number("PROVISION_TIMEOUT_S", d.timeout_s, 1),
+            min_free_bytes=var.integer("PROVISION_MIN_FREE_MB", d.min_free_bytes >> 20, 0) << 20,
+            progress_interval_s=var.number("PROVISION_PROGRESS_S", d.progress_interval_s, 0.1),
+            claim_stale_s=var.number("PROVISION_CLAIM_STALE_S", d.claim_stale_s, 0.5, "seconds"),
+            wait_s=var.number("PROVISION_WAIT_S", d.wait_s, 1, "seconds"),
             mode=mode,
         )
 
 
-def resolve_models_root(env: Mapping[str, str], mode: str, comfyui_dir: Path) -> tuple[Path, str]:
+def resolve_models_root(
+    env: Mapping[str, str] | EnvVars, mode: str, comfyui_dir: Path
+) -> tuple[Path, str]:
     """Where models live, and why: MODELS_ROOT; else the network volume; else /workspace on
     a pod; else ComfyUI's own models folder on the container disk."""
-    explicit = read.text(env, "MODELS_ROOT", "")
+    var = EnvVars.of(env)
+    explicit = var.text("MODELS_ROOT", "")
     if explicit:
         return Path(explicit), "MODELS_ROOT"
-    volume = Path(read.text(env, "RUNPOD_VOLUME_DIR", "/runpod-volume"))
+    volume = var.path("RUNPOD_VOLUME_DIR", Path("/runpod-volume"))
     if network_volume_at(volume):
         return volume / "models", f"network volume at {volume}"
-    workspace = Path(read.text(env, "WORKSPACE_DIR", "/workspace"))
+    workspace = var.path("WORKSPACE_DIR", Path("/workspace"))
     if mode == "pod" and workspace.is_dir():
         return workspace / "models", f"pod volume at {workspace}"
     if volume.is_dir():

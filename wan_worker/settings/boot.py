@@ -1,0 +1,117 @@
+"""The boot's settings: how ComfyUI is launched, the readahead, the warm-up, the CUDA check.
+
+Read once from the environment into a typed, frozen object; every variable is documented in
+docs/provisioning.md. ComfyUI's directory, PID file, log and readiness time-out come from the
+job path's settings (`settings.worker`), the models root from provisioning's
+(`settings.provisioning`), so each is read in one place.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from wan_worker.errors import ConfigError
+from wan_worker.settings.cuda import CudaWaitSettings
+from wan_worker.settings.env import EnvVars
+from wan_worker.settings.provisioning import runpod_mode
+from wan_worker.settings.worker import PROJECT_ROOT, WorkerSettings
+
+DEFAULT_COMFYUI_ARGS = "--preview-method none --disable-auto-launch"
+#: COMFYUI_NODE_PACKS: the packs the workflow uses (`wan_worker.node_packs`), or every one.
+NODE_PACK_MODES = ("workflow", "all")
+
+
+def _share(var: EnvVars, name: str, default: float) -> float:
+    value = var.number(name, default, 0)
+    if value > 1:
+        raise ConfigError(f"{name}={var.env.get(name)!r} must be a share of the time, from 0 to 1")
+    return value
+
+
+@dataclass(frozen=True)
+class ComfyLaunchSettings:
+    """How the boot starts ComfyUI (`wan_worker.comfy.launch`)."""
+
+    python: str
+    main: Path
+    comfyui_dir: Path
+    listen: str
+    port: int
+    extra_model_paths: Path
+    args: tuple[str, ...]
+    extra_args: tuple[str, ...]
+    pid_file: Path
+    log_file: Path
+
+
+@dataclass(frozen=True)
+class BootSettings:
+    enabled: bool
+    launch: ComfyLaunchSettings
+    comfyui_url: str
+    skip_provision: bool = False
+    wait_comfyui: bool = False
+    readahead: bool = True
+    readahead_reserve_bytes: int = 16 * 1024**3
+    #: The text encoder and the VAE of the fixed workflow (6662 MB) fit; the experts wait.
+    readahead_before_answer_bytes: int = 6800 << 20
+    #: Past that, until ComfyUI answers, the readahead reads this share of the time (0: waits;
+    #: on an H200, reading half the time slowed ComfyUI's start more than it saved the job).
+    readahead_share_before_answer: float = 0.0
+    #: Before that wait, read the small tensors of the files to come (readahead.small_tensors).
+    readahead_small_tensors: bool = True
+    warmup: bool = False
+    warmup_size: tuple[int, int] = (480, 832)
+    warmup_frames: int = 9
+    events_file: Path | None = None
+    node_packs: str = "workflow"
+    #: None when SKIP_GPU_CHECK=1 (CPU-only local runs and tests).
+    gpu_check: CudaWaitSettings | None = None
+
+    @classmethod
+    def from_env(
+        cls, settings: WorkerSettings, env: Mapping[str, str] | EnvVars | None = None
+    ) -> BootSettings:
+        var = EnvVars.of(env)
+        url_port = urlsplit(settings.comfyui_url).port
+        port = var.integer("COMFYUI_PORT", url_port or 8188, 1)
+        url = settings.comfyui_url if var.is_set("COMFYUI_URL") else f"http://127.0.0.1:{port}"
+        comfyui_dir = settings.comfyui_dir
+        events = var.text("BOOT_EVENTS_FILE", "")
+        return cls(
+            enabled=var.flag("WORKER_BOOT", False),
+            launch=ComfyLaunchSettings(
+                python=var.text("COMFYUI_PYTHON", sys.executable),
+                main=var.path("COMFYUI_MAIN", comfyui_dir / "main.py"),
+                comfyui_dir=comfyui_dir,
+                listen=var.text("COMFYUI_LISTEN", "127.0.0.1"),
+                port=port,
+                extra_model_paths=var.path(
+                    "EXTRA_MODEL_PATHS", PROJECT_ROOT / "extra_model_paths.yaml"
+                ),
+                args=var.words("COMFYUI_ARGS", DEFAULT_COMFYUI_ARGS),
+                extra_args=var.words("COMFYUI_EXTRA_ARGS", ""),
+                pid_file=settings.comfyui_pid_file,
+                log_file=settings.comfyui_log,
+            ),
+            comfyui_url=url,
+            skip_provision=var.flag("SKIP_PROVISION", False),
+            wait_comfyui=var.flag("COMFYUI_WAIT_READY", False),
+            readahead=var.flag("READAHEAD", True),
+            readahead_reserve_bytes=var.integer("READAHEAD_RESERVE_MB", 16384, 0) << 20,
+            readahead_before_answer_bytes=var.integer("READAHEAD_BEFORE_ANSWER_MB", 6800, 0) << 20,
+            readahead_share_before_answer=_share(var, "READAHEAD_SHARE_BEFORE_ANSWER", 0.0),
+            readahead_small_tensors=var.flag("READAHEAD_SMALL_TENSORS", True),
+            warmup=var.flag("WARMUP", runpod_mode(var) == "serverless"),
+            warmup_size=var.size("WARMUP_SIZE", "480x832"),
+            warmup_frames=var.integer("WARMUP_FRAMES", 9, 1),
+            events_file=Path(events) if events else None,
+            node_packs=var.choice("COMFYUI_NODE_PACKS", "workflow", NODE_PACK_MODES),
+            gpu_check=(
+                None if var.flag("SKIP_GPU_CHECK", False) else CudaWaitSettings.from_env(var)
+            ),
+        )

@@ -1,0 +1,133 @@
+"""Typed reads of environment variables: a bad value raises ConfigError naming the variable.
+
+Every settings class of the worker reads the environment through one `EnvVars`, so all accept
+the same spellings (1/0, true/false, yes/no, on/off for flags) and fail with the same kind of
+message. A variable that is unset or empty takes its default, flags included; numbers must be
+finite (`inf`, `nan` and `1e400` are refused).
+
+`EnvVars.kinds` records every variable read and how (`text`, `number`, `flag`, ...), so the
+tests can list every variable the worker reads without a list kept by hand.
+
+`REMOVED` names the variables earlier versions read and this one does not; the boot logs a
+warning for each that is still set (`removed_still_set`), so a deployment that sets one learns
+that it has no effect, and why.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+
+from wan_worker.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+#: Variables that earlier versions read, and what became of each.
+REMOVED: dict[str, str] = {}
+
+
+def removed_still_set(env: Mapping[str, str] | None = None) -> list[str]:
+    """One warning for each variable in `REMOVED` that is set (non-empty)."""
+    env = os.environ if env is None else env
+    return [
+        f"{name} is set but no longer read: {why}"
+        for name, why in REMOVED.items()
+        if env.get(name, "").strip()
+    ]
+
+
+class EnvVars:
+    """The environment (or any mapping standing in for it), read with types and checks."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.env: Mapping[str, str] = os.environ if env is None else env
+        #: Every variable read so far, and the kind of value it was read as.
+        self.kinds: dict[str, str] = {}
+
+    @classmethod
+    def of(cls, env: Mapping[str, str] | EnvVars | None) -> EnvVars:
+        """`env` itself when it is an EnvVars (one reader shared by several settings)."""
+        return env if isinstance(env, EnvVars) else cls(env)
+
+    def _raw(self, name: str, kind: str) -> str | None:
+        self.kinds.setdefault(name, kind)
+        value = self.env.get(name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def is_set(self, name: str) -> bool:
+        """Whether `name` has a non-empty value (for defaults that depend on another one)."""
+        return self._raw(name, "text") is not None
+
+    def text(self, name: str, default: str) -> str:
+        value = self._raw(name, "text")
+        return default if value is None else value
+
+    def path(self, name: str, default: Path) -> Path:
+        value = self._raw(name, "path")
+        return default if value is None else Path(value)
+
+    def number(self, name: str, default: float, minimum: float, unit: str = "") -> float:
+        """A number at least `minimum`; `unit` (e.g. "seconds") names what it counts in errors."""
+        raw = self._raw(name, "number")
+        if raw is None:
+            return default
+        what = f"a number of {unit}" if unit else "a number"
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not {what}; unset it or give {what}") from None
+        if not math.isfinite(value):
+            raise ConfigError(
+                f"{name}={raw!r} is not a finite number; unset it or give {what} "
+                f"(at least {minimum:g})"
+            )
+        if value < minimum:
+            raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        value = self.number(name, default, minimum)
+        self.kinds[name] = "integer"
+        if value != int(value):
+            raise ConfigError(f"{name}={self.env.get(name)!r} must be a whole number")
+        return int(value)
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._raw(name, "flag")
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"{name}={raw!r} must be one of 1/0, true/false, yes/no, on/off")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = self._raw(name, "choice")
+        value = default if raw is None else raw.lower()
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} must be one of: {', '.join(choices)}")
+        return value
+
+    def words(self, name: str, default: str) -> tuple[str, ...]:
+        """Shell-like words (quotes group them); unset or empty means `default`."""
+        raw = self._raw(name, "words")
+        text = default if raw is None else raw
+        try:
+            return tuple(shlex.split(text))
+        except ValueError as exc:
+            raise ConfigError(f"{name}={text!r} cannot be split into arguments ({exc})") from None
+
+    def size(self, name: str, default: str) -> tuple[int, int]:
+        """WIDTHxHEIGHT, each at least 16."""
+        raw = self._raw(name, "size")
+        text = (default if raw is None else raw).lower()
+        parts = text.split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) >= 16 for p in parts):
+            raise ConfigError(f"{name}={text!r} must be WIDTHxHEIGHT, e.g. {default}")
+        return int(parts[0]), int(parts[1])
