@@ -38,12 +38,12 @@ class JobFiles:
         input_dir: Path,
         output_dir: Path,
         job_id: object,
-        reported: Callable[[], ReportedFolders] | None = None,
+        reported_folders: Callable[[], ReportedFolders] | None = None,
     ) -> None:
         self.input_dir = input_dir.resolve()
         self.output_dir = output_dir.resolve()
         #: ComfyUI's folders as it reports them, asked again at each cleanup.
-        self.reported = reported
+        self.reported_folders = reported_folders
         self.token = f"{safe_token(job_id)}-{uuid.uuid4().hex[:8]}"
         self.image_name = f"wan-i2v-{self.token}.png"
         self.output_subfolder = f"{OUTPUT_ROOT}/{self.token}"
@@ -63,7 +63,8 @@ class JobFiles:
 
     def roots(self) -> tuple[list[Path], list[Path]]:
         """Every input and output folder that may be ComfyUI's, each once."""
-        reported_inputs, reported_outputs = self.reported() if self.reported else ((), ())
+        reported = self.reported_folders
+        reported_inputs, reported_outputs = reported() if reported is not None else ((), ())
         inputs = dict.fromkeys([self.input_dir, *(p.resolve() for p in reported_inputs)])
         outputs = dict.fromkeys([self.output_dir, *(p.resolve() for p in reported_outputs)])
         return list(inputs), list(outputs)

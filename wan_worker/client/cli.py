@@ -162,7 +162,7 @@ def http_hint(exc: ApiHttpError, api: JobApi) -> str:
     return ""
 
 
-class Session:
+class JobRun:
     """One job from submission to its end, printing as it goes."""
 
     def __init__(self, api: JobApi, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    return int(Session(api, args, sys.stdout, sys.stderr).run(fields))
+    return int(JobRun(api, args, sys.stdout, sys.stderr).run(fields))
 
 
 if __name__ == "__main__":
