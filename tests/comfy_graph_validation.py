@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wan_worker.workflow import COMFY_LISTED_MODEL_INPUTS
+from wan_worker.node_classes import COMFY_LISTED_MODEL_INPUTS
 
 ObjectInfo = Mapping[str, Any]
 Prompt = Mapping[str, Any]

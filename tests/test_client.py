@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from tests.runpod_double import RunPodDouble, progress
 from tests.test_local_api import free_port
 from wan_worker import errors
 from wan_worker.client import ExitCode, main
+from wan_worker.client.errors import ApiError, ClientError
 from wan_worker.client.outcome import failure
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -381,6 +383,24 @@ def test_every_worker_error_code_is_read_from_the_error_text():
         assert (read.code, read.message) == (code, "what went wrong. What to do.")
     field_first = failure({"status": "FAILED", "error": "seed: must be an integer"})
     assert (field_first.code, field_first.message) == (None, "seed: must be an integer")
+
+
+def test_every_client_error_exits_with_a_code_that_readme_lists():
+    table = (PROJECT / "README.md").read_text().split("| code | meaning |", 1)[1]
+    listed = {int(code) for code in re.findall(r"^\| (\d+) \|", table.split("\n\n")[0], re.M)}
+    assert listed == {int(code) for code in ExitCode}
+
+    def tree(cls: type[ClientError]) -> list[type[ClientError]]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in tree(sub))]
+
+    raised = [cls for cls in tree(ClientError) if cls not in (ClientError, ApiError)]
+    assert {cls.__name__: int(cls.exit_code) for cls in raised} == {
+        "UsageError": 2,
+        "ApiHttpError": 6,
+        "ApiUnreachable": 7,
+        "ApiNoAnswerInTime": 7,
+        "ResultError": 8,
+    }
 
 
 def test_pyproject_declares_the_console_script_and_the_client_extra():

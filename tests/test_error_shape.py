@@ -45,12 +45,14 @@ def test_an_input_error_starts_with_its_code_and_keeps_its_fields_in_output(
     assert result["error"] == (
         "invalid_input: seed: must be an integer, got a string ('12'). Send a whole number, "
         "or omit seed for a random one. width: must be from 128 to 2048, got 100. Send a whole "
-        "number of pixels from 128 to 2048; it is rounded to a multiple of 16."
+        "number of pixels from 128 to 2048; it is rounded to a multiple of 16. start_image: was "
+        "not checked, because the other fields must be fixed first. It is fetched or decoded "
+        "only for a job whose other fields are valid."
     )
     assert result["output"] == {
         "error_code": "invalid_input",
         "field": "seed",
-        "fields": ["seed", "width"],
+        "fields": ["seed", "width", "start_image"],
     }
     assert comfy_double.prompts_received() == 0
 

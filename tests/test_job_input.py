@@ -6,8 +6,10 @@ import base64
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.conftest import make_png
+from tests.http_server import serve
 from wan_worker.errors import InputError, error_result
 from wan_worker.job_input import RANDOM_SEED_MAX, parse_job_input, read_job_input, snap
 from wan_worker.settings.worker import WorkerSettings
@@ -150,21 +152,101 @@ def read_error(raw) -> dict:
     return error_result(caught.value)
 
 
-def test_a_bad_start_image_is_reported_with_the_other_bad_fields():
+NOT_CHECKED = (
+    "start_image: was not checked, because the other fields must be fixed first. It is fetched "
+    "or decoded only for a job whose other fields are valid."
+)
+
+
+def test_a_bad_start_image_is_decoded_only_once_the_other_fields_are_valid():
     result = read_error({"start_image": "bm90IGFuIGltYWdl", "prompt": "x", "seed": "12"})
-    assert result["fields"] == ["start_image", "seed"]
+    assert result["fields"] == ["seed", "start_image"]
+    assert result["error"] == (
+        "invalid_input: seed: must be an integer, got a string ('12'). Send a whole number, or "
+        "omit seed for a random one. " + NOT_CHECKED
+    )
+    result = read_error({"start_image": "bm90IGFuIGltYWdl", "prompt": "x", "seed": 12})
+    assert result["fields"] == ["start_image"]
     assert result["error"].startswith(
         "invalid_input: start_image: the 12 bytes given are not an image Pillow can read."
     )
-    assert "seed: must be an integer, got a string ('12')" in result["error"]
 
 
-def test_a_refused_url_is_reported_with_the_other_bad_fields(monkeypatch):
+def test_a_refused_url_is_reported_once_the_other_fields_are_valid(monkeypatch):
     monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
     raw = {"start_image": "http://[::1]:8188/view?filename=a.png", "prompt": "", "colour": 1}
     result = read_error(raw)
-    assert result["fields"] == ["colour", "start_image", "prompt"]
+    assert result["fields"] == ["colour", "prompt", "start_image"]
+    assert result["field"] == "colour"
+    assert result["error"].endswith(NOT_CHECKED)
+    assert "is not allowed" not in result["error"]
+    result = read_error({"start_image": raw["start_image"], "prompt": "x"})
+    assert result["fields"] == ["start_image"]
     assert "start_image: the URL http://[::1]:8188/view?... is not allowed" in result["error"]
+
+
+@pytest.mark.parametrize(
+    ("image", "text"),
+    [
+        ("ftp://example.com/a.png", "start_image: URL scheme 'ftp' is not supported"),
+        ("not base64 at all!!", "start_image: is not valid base64"),
+        ("data:text/plain;base64,aGk=", "start_image: the data URI has media type text/plain"),
+        ("data:image/png,abc", "start_image: the data URI is not base64-encoded"),
+        ("data:image/png;base64,<png>", "start_image: is not valid data URI"),
+    ],
+)
+def test_a_start_image_of_bad_form_is_reported_with_the_other_bad_fields(image, text):
+    result = read_error({"start_image": image, "prompt": "x", "seed": "12"})
+    assert result["fields"] == ["start_image", "seed"]
+    assert result["error"].startswith(f"invalid_input: {text}")
+    assert "was not checked" not in result["error"]
+
+
+def counting_image_server():
+    """A loopback server of one PNG that counts the requests it answers."""
+    png = make_png(40, 30)
+    requests_seen: list[str] = []
+
+    async def image(request):
+        requests_seen.append(request.path)
+        return web.Response(body=png, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/a.png", image)
+    return app, requests_seen, png
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"seed": "12"},
+        {"prompt": ""},
+        {"width": 4096},
+        {"colour": "red"},
+        {"negative_prompt": 3, "height": "x"},
+    ],
+    ids=["seed", "prompt", "width", "unknown-key", "two-fields"],
+)
+def test_an_invalid_job_fetches_nothing(monkeypatch, bad):
+    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+    app, requests_seen, _png = counting_image_server()
+    with serve(app) as url:
+        result = read_error({"start_image": f"{url}/a.png", "prompt": "x", **bad})
+    assert requests_seen == []
+    assert result["fields"][-1] == "start_image"
+    assert result["error"].endswith(NOT_CHECKED)
+
+
+def test_a_valid_job_fetches_its_image_exactly_once(monkeypatch):
+    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+    app, requests_seen, png = counting_image_server()
+    with serve(app) as url:
+        request, image = read_job_input(
+            {"start_image": f"{url}/a.png", "prompt": "x", "seed": 7}, TEMPLATE, SETTINGS
+        )
+    assert requests_seen == ["/a.png"]
+    assert (image.width, image.height, image.source_bytes) == (40, 30, len(png))
+    assert request.params.seed == 7
 
 
 def test_a_good_request_comes_with_its_decoded_image():

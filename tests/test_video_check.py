@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import ComfyServer, make_png
 from tests.media import probe
 from wan_worker.handler import handle
-from wan_worker.video_check import inspect
+from wan_worker.video_check import inspect_frames
 
 
 def encode(tmp_path: Path, source: str, frames: int = 40) -> bytes:
@@ -35,7 +35,7 @@ def encode(tmp_path: Path, source: str, frames: int = 40) -> bytes:
     ],
 )
 def test_black_and_flat_videos_are_told_apart_from_real_ones(tmp_path, source, bad):
-    report = inspect(encode(tmp_path, source))
+    report = inspect_frames(encode(tmp_path, source))
     assert report.frames == 10  # every fourth of 40
     assert report.bad is bad, report.describe()
 
@@ -44,7 +44,7 @@ def test_a_video_that_cannot_be_decoded_is_an_output_error():
     from wan_worker.errors import OutputError
 
     with pytest.raises(OutputError, match="could not be decoded"):
-        inspect(b"\x00\x00\x00\x18ftypmp42 not really a video")
+        inspect_frames(b"\x00\x00\x00\x18ftypmp42 not really a video")
 
 
 def job() -> dict:
@@ -75,7 +75,7 @@ def test_a_black_sage_video_is_redone_with_pytorch_attention(comfy_double: Comfy
         "attention and without fp16 accumulation"
     )
     video = base64.b64decode(result["video"])
-    assert not inspect(video).bad
+    assert not inspect_frames(video).bad
     assert probe(video).frames == 161
     assert comfy_double.job_files() == []
     comfy_double.set_fault()
@@ -101,7 +101,7 @@ def test_a_black_video_with_fp16_accumulation_is_redone_without_it(comfy_double:
         in (result["attention_fallback_reason"])
     )
     assert comfy_double.prompts_received() - before == 2
-    assert not inspect(base64.b64decode(result["video"])).bad
+    assert not inspect_frames(base64.b64decode(result["video"])).bad
 
 
 def test_without_fallback_a_black_video_is_an_error_not_a_result(comfy_double: ComfyServer):

@@ -40,11 +40,10 @@ from wan_worker.errors import (
 )
 from wan_worker.job_files import JobFiles
 from wan_worker.job_input import JobRequest, read_job_input
-from wan_worker.progress import JobProgress, Sender, runpod_sender
+from wan_worker.job_progress import JobProgress, Sender, runpod_sender
 from wan_worker.settings.worker import WorkerSettings
 from wan_worker.storage import VideoStore
-from wan_worker.video_check import FrameReport
-from wan_worker.video_check import inspect as inspect_frames
+from wan_worker.video_check import FrameReport, inspect_frames
 from wan_worker.workflow import OUTPUT_NODE, STAGES, WorkflowTemplate, load_template
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,8 @@
 Each job uploads its start image under a unique name and writes its video into its own
 output subfolder, so removing them can never touch another job's files or a cached model.
 Because the names are unique, they are removed from every folder that may be ComfyUI's: the
-configured one (COMFYUI_DIR) and those ComfyUI itself reported (`ComfyClient.known_folders`).
+configured one (COMFYUI_DIR) and those ComfyUI itself reported (`ComfyClient.known_folders`,
+handed in by the caller, so this module needs nothing of the ComfyUI client).
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import logging
 import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from wan_worker.comfy.client import ComfyFolders
 
 log = logging.getLogger(__name__)
 
 OUTPUT_ROOT = "wan-i2v"
+
+#: ComfyUI's input folders and output folders, as far as it has reported them.
+ReportedFolders = tuple[Sequence[Path], Sequence[Path]]
 
 
 def safe_token(text: object, limit: int = 48) -> str:
@@ -36,12 +38,12 @@ class JobFiles:
         input_dir: Path,
         output_dir: Path,
         job_id: object,
-        reported: Callable[[], ComfyFolders] | None = None,
+        reported_folders: Callable[[], ReportedFolders] | None = None,
     ) -> None:
         self.input_dir = input_dir.resolve()
         self.output_dir = output_dir.resolve()
         #: ComfyUI's folders as it reports them, asked again at each cleanup.
-        self.reported = reported
+        self.reported_folders = reported_folders
         self.token = f"{safe_token(job_id)}-{uuid.uuid4().hex[:8]}"
         self.image_name = f"wan-i2v-{self.token}.png"
         self.output_subfolder = f"{OUTPUT_ROOT}/{self.token}"
@@ -61,9 +63,10 @@ class JobFiles:
 
     def roots(self) -> tuple[list[Path], list[Path]]:
         """Every input and output folder that may be ComfyUI's, each once."""
-        folders = self.reported() if self.reported is not None else ComfyFolders()
-        inputs = dict.fromkeys([self.input_dir, *(p.resolve() for p in folders.input)])
-        outputs = dict.fromkeys([self.output_dir, *(p.resolve() for p in folders.output)])
+        reported = self.reported_folders
+        reported_inputs, reported_outputs = reported() if reported is not None else ((), ())
+        inputs = dict.fromkeys([self.input_dir, *(p.resolve() for p in reported_inputs)])
+        outputs = dict.fromkeys([self.output_dir, *(p.resolve() for p in reported_outputs)])
         return list(inputs), list(outputs)
 
     def cleanup(self) -> list[Path]:

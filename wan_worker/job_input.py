@@ -1,9 +1,11 @@
 """Validate a job's `input` into a typed request, with its start image decoded.
 
-Every problem names its field and the fix, and all problems are reported at once, the start
-image's included: it is fetched and decoded even when other fields are bad. The runpod
-SDK's `rp_validator` is not used here: it accepts `true` where an integer is expected (bool is
-an int in Python), reports types as Python reprs, and has no place for a fix.
+Every problem names its field and the fix, and all problems are reported at once. The start
+image is fetched or decoded once, and only for a job whose other fields are valid: a job with a
+bad field costs no download. Until then only its form is checked (a non-empty string that is an
+http(s) URL, a data URI or base64); when the other fields are bad, the error says it was not
+checked. The runpod SDK's `rp_validator` is not used here: it accepts `true` where an integer is
+expected (bool is an int in Python), reports types as Python reprs, and has no place for a fix.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from wan_worker.errors import FieldProblem, InputError
 from wan_worker.settings.worker import WorkerSettings
-from wan_worker.start_image import StartImage, load_start_image
+from wan_worker.start_image import StartImage, image_source, load_start_image
 from wan_worker.workflow import JobParameters, WorkflowTemplate
 
 FIELDS = ("start_image", "prompt", "negative_prompt", "seed", "width", "height")
@@ -25,6 +27,12 @@ MAX_SIDE = 2048
 MAX_LISTED = 10  # unknown keys named one by one; the rest are counted
 SEED_MAX = 2**63 - 1  # PrimitiveInt's maximum in ComfyUI
 RANDOM_SEED_MAX = 2**53 - 1  # random seeds stay exact in JavaScript clients
+#: Listed last when other fields are bad and start_image's form is fine: it was not loaded.
+IMAGE_NOT_CHECKED = FieldProblem(
+    "start_image",
+    "was not checked, because the other fields must be fixed first",
+    "It is fetched or decoded only for a job whose other fields are valid.",
+)
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,11 @@ def parse_job_input(raw: Any, template: WorkflowTemplate, settings: WorkerSettin
                 "Send an http(s) URL, a data URI or raw base64 of an image.",
             )
         )
+    else:
+        try:
+            image_source(start_image.strip())  # its form only: nothing fetched or decoded
+        except InputError as exc:
+            problems.extend(exc.problems)
 
     prompt = None
     if "prompt" not in raw:
@@ -228,19 +241,13 @@ def parse_job_input(raw: Any, template: WorkflowTemplate, settings: WorkerSettin
 def read_job_input(
     raw: Any, template: WorkflowTemplate, settings: WorkerSettings
 ) -> tuple[JobRequest, StartImage]:
-    """The validated request and its decoded start image; InputError naming every bad field,
-    the start image's included when other fields are bad too."""
+    """The validated request and its decoded start image, or InputError naming every bad
+    field. The image is fetched or decoded only once every other field is valid; before that,
+    a start_image of good form is listed last as not checked."""
     try:
         request = parse_job_input(raw, template, settings)
     except InputError as exc:
-        problems = list(exc.problems)
-        image = raw.get("start_image") if isinstance(raw, dict) else None
-        if isinstance(image, str) and image.strip():  # not itself reported as bad yet
-            try:
-                load_start_image(image.strip(), settings)
-            except InputError as image_exc:
-                later = FIELDS[FIELDS.index("start_image") + 1 :]
-                at = next((i for i, p in enumerate(problems) if p.field in later), len(problems))
-                problems[at:at] = image_exc.problems
-        raise InputError(problems) from None
+        if isinstance(raw, dict) and all(p.field != "start_image" for p in exc.problems):
+            raise InputError([*exc.problems, IMAGE_NOT_CHECKED]) from None
+        raise
     return request, load_start_image(request.start_image, settings)

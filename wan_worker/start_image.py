@@ -1,5 +1,9 @@
 """Turn the job's `start_image` (URL, data URI or raw base64) into verified PNG bytes.
 
+Two steps: `image_source` reads the value's form alone (an http(s) URL, a data URI of an image
+in base64, or base64 text), with no network and no decoding, so a job can be checked before
+anything is fetched; `load_start_image` then fetches or decodes it and verifies the image.
+
 URLs are fetched with the runpod SDK's `rp_ssrf.safe_get`: http(s) only, every hop (redirects
 included) checked against private, loopback, link-local and metadata addresses, connections
 pinned to the checked address. `RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS=true` lifts the address
@@ -15,6 +19,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,6 +33,8 @@ MIN_IMAGE_SIDE = 16
 ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF")
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?),", re.IGNORECASE)
 _SCHEME = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{1,15}):")
+# Standard and URL-safe base64, padded or not, wrapped or not.
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/_=\s-]*")
 _FIX_SOURCE = "Send an http(s) URL, a data URI or raw base64 of a PNG, JPEG or WebP image."
 MAX_SHOWN_URL = 120  # characters of a URL echoed in an error
 
@@ -46,8 +53,46 @@ class StartImage:
     source_bytes: int
 
 
+@dataclass(frozen=True)
+class ImageSource:
+    """Where `start_image` says its image is, read from its form alone."""
+
+    kind: Literal["URL", "data URI", "base64"]
+    #: The URL, or the base64 text (a data URI's without its header).
+    text: str
+
+
 def _error(problem: str, fix: str = _FIX_SOURCE) -> InputError:
     return InputError.single(FIELD, problem, fix)
+
+
+def image_source(value: str) -> ImageSource:
+    """The form of `start_image`, or InputError if it is none of an http(s) URL, a data URI
+    of an image in base64, or base64 text. Nothing is fetched or decoded."""
+    data_uri = _DATA_URI.match(value)
+    scheme = _SCHEME.match(value)
+    if data_uri:
+        mime = (data_uri.group("mime") or "").lower()
+        if mime and not mime.startswith("image/"):
+            raise _error(f"the data URI has media type {mime}, not an image", _FIX_SOURCE)
+        if ";base64" not in data_uri.group("params").lower():
+            raise _error("the data URI is not base64-encoded", "Use data:image/png;base64,<data>.")
+        source = ImageSource("data URI", value[data_uri.end() :])
+    elif scheme and value[scheme.end() :].startswith("//"):
+        if scheme.group("scheme").lower() not in ("http", "https"):
+            raise _error(
+                f"URL scheme {scheme.group('scheme')!r} is not supported",
+                "Use an http or https URL, a data URI or raw base64.",
+            )
+        return ImageSource("URL", value)
+    else:
+        source = ImageSource("base64", value)
+    if not _BASE64_TEXT.fullmatch(source.text):
+        raise _error(
+            f"is not valid {source.kind}: it holds characters outside the base64 alphabet",
+            "Send the whole file encoded with standard base64, or an http(s) URL.",
+        )
+    return source
 
 
 def _describe_url(url: str, limit: int = MAX_SHOWN_URL) -> str:
@@ -139,25 +184,11 @@ def decode_base64(text: str, cap: int, what: str = "base64") -> bytes:
     return data
 
 
-def read_source(value: str, settings: WorkerSettings) -> bytes:
-    """The raw bytes behind `start_image`, whatever form it came in."""
-    data_uri = _DATA_URI.match(value)
-    if data_uri:
-        mime = (data_uri.group("mime") or "").lower()
-        if mime and not mime.startswith("image/"):
-            raise _error(f"the data URI has media type {mime}, not an image", _FIX_SOURCE)
-        if ";base64" not in data_uri.group("params").lower():
-            raise _error("the data URI is not base64-encoded", "Use data:image/png;base64,<data>.")
-        return decode_base64(value[data_uri.end() :], settings.max_image_bytes, "data URI")
-    scheme = _SCHEME.match(value)
-    if scheme and value[scheme.end() :].startswith("//"):
-        if scheme.group("scheme").lower() not in ("http", "https"):
-            raise _error(
-                f"URL scheme {scheme.group('scheme')!r} is not supported",
-                "Use an http or https URL, a data URI or raw base64.",
-            )
-        return fetch_url(value, settings)
-    return decode_base64(value, settings.max_image_bytes)
+def read_source(source: ImageSource, settings: WorkerSettings) -> bytes:
+    """The raw bytes behind `start_image`: the URL fetched, or the base64 decoded."""
+    if source.kind == "URL":
+        return fetch_url(source.text, settings)
+    return decode_base64(source.text, settings.max_image_bytes, source.kind)
 
 
 def verify_image(data: bytes, settings: WorkerSettings) -> StartImage:
@@ -215,7 +246,8 @@ def verify_image(data: bytes, settings: WorkerSettings) -> StartImage:
 
 
 def load_start_image(value: str, settings: WorkerSettings) -> StartImage:
-    data = read_source(value, settings)
+    """`start_image` as verified PNG bytes: its form checked, then fetched or decoded."""
+    data = read_source(image_source(value), settings)
     if len(data) > settings.max_image_bytes:
         raise _error(
             f"the image is {len(data)} bytes, above the limit of {settings.max_image_bytes}",

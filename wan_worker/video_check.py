@@ -18,8 +18,8 @@ from pathlib import Path
 
 from wan_worker.errors import OutputError
 
-SIDE = 64
-EVERY = 4
+SAMPLE_SIDE = 64  # each sampled frame is scaled to this many pixels a side
+SAMPLE_EVERY = 4  # one frame in this many is sampled
 BLACK_MEAN = 24.0  # video black is luma 16 (limited range); a dark scene still varies
 FLAT_STDDEV = 2.0
 BAD_SHARE = 0.8  # a video is bad when this share of its sampled frames is black or flat
@@ -51,13 +51,16 @@ def _frame_stats(frame: bytes) -> tuple[float, float]:
     return mean, math.sqrt(max(0.0, squares / n - mean * mean))
 
 
-def inspect(video: bytes, path: Path | None = None) -> FrameReport:
+def inspect_frames(video: bytes, path: Path | None = None) -> FrameReport:
     """Decode a sample of the video's frames and count the black and the flat ones.
 
     `path`, when given, is a file holding the same bytes (ComfyUI's own output); otherwise the
     bytes go through a temporary file, since an MP4 with its index at the end cannot be piped.
     """
-    sample = f"select=not(mod(n\\,{EVERY})),scale={SIDE}:{SIDE}:flags=area,format=gray"
+    sample = (
+        f"select=not(mod(n\\,{SAMPLE_EVERY})),"
+        f"scale={SAMPLE_SIDE}:{SAMPLE_SIDE}:flags=area,format=gray"
+    )
     try:
         with contextlib.ExitStack() as stack:
             if path is None:
@@ -86,7 +89,7 @@ def inspect(video: bytes, path: Path | None = None) -> FrameReport:
             f"ComfyUI's video could not be decoded ({'; '.join(message) or 'ffmpeg failed'}). "
             "Retry the job."
         )
-    size = SIDE * SIDE
+    size = SAMPLE_SIDE * SAMPLE_SIDE
     frames = [done.stdout[i : i + size] for i in range(0, len(done.stdout) - size + 1, size)]
     black = flat = 0
     means = []

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from wan_worker.errors import ConfigError
+from wan_worker.node_classes import COMFY_LISTED_MODEL_INPUTS, RIFE_VFI, SAGE_ATTENTION_PATCH
 
 START_IMAGE_NODE = "260"
 POSITIVE_PROMPT_NODE = "246"
@@ -37,28 +38,20 @@ ROLES: dict[str, str] = {
     SEED_NODE: "PrimitiveInt",
     SIZE_NODE: "EmptyImage",
     FRAMES_NODE: "INTConstant",
-    ATTENTION_NODES[0]: "PathchSageAttentionKJ",
-    ATTENTION_NODES[1]: "PathchSageAttentionKJ",
+    ATTENTION_NODES[0]: SAGE_ATTENTION_PATCH,
+    ATTENTION_NODES[1]: SAGE_ATTENTION_PATCH,
     FP16_ACCUMULATION_NODES[0]: "ModelPatchTorchSettings",
     FP16_ACCUMULATION_NODES[1]: "ModelPatchTorchSettings",
-    RIFE_NODE: "RIFE VFI",
+    RIFE_NODE: RIFE_VFI,
     OUTPUT_NODE: "VHS_VideoCombine",
 }
 
 #: Loader inputs that name a model file, with the folder of the model manifest
-#: (workflows/models.json) that file is listed under.
+#: (workflows/models.json) that file is listed under: those ComfyUI lists from its model
+#: folders, and RIFE VFI's, which lists its checkpoints itself.
 MODEL_INPUTS: dict[tuple[str, str], str] = {
-    ("UNETLoader", "unet_name"): "diffusion_models",
-    ("LoraLoaderModelOnly", "lora_name"): "loras",
-    ("CLIPLoader", "clip_name"): "text_encoders",
-    ("VAELoader", "vae_name"): "vae",
-    (ROLES[RIFE_NODE], "ckpt_name"): "rife",
-}
-#: The model inputs whose allowed values ComfyUI lists from the files in its model folders, so
-#: a missing file shows as `value_not_in_list`. RIFE VFI lists its checkpoints itself and reads
-#: the file from its own folder.
-COMFY_LISTED_MODEL_INPUTS: dict[tuple[str, str], str] = {
-    key: folder for key, folder in MODEL_INPUTS.items() if key[0] != ROLES[RIFE_NODE]
+    **COMFY_LISTED_MODEL_INPUTS,
+    (RIFE_VFI, "ckpt_name"): "rife",
 }
 
 #: Attention mode names the API reports, mapped to PathchSageAttentionKJ's `sage_attention`.

@@ -28,7 +28,7 @@ from wan_worker.comfy.follower import run_prompt
 from wan_worker.errors import JobCancelled, WorkerError
 from wan_worker.handler import Worker
 from wan_worker.job_files import JobFiles
-from wan_worker.progress import JobProgress
+from wan_worker.job_progress import JobProgress
 from wan_worker.workflow import FRAMES_NODE, OUTPUT_NODE, STAGES, JobParameters
 
 log = logging.getLogger(__name__)

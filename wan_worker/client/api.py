@@ -17,9 +17,9 @@ endpoint id in the path, `POST /status`); it retries only on `http://` URLs, not
 `https://`; and it would bring the whole worker SDK (FastAPI, uvicorn, boto3, ...) to the
 caller's machine. requests with urllib3's Retry does the same calls in a few lines.
 
-Failures surface as two exceptions the command line maps to exit codes: `ApiHttpError` (the
-API answered, with an error status or a body that is not a JSON object) and `ApiUnreachable`
-(no answer: DNS, refused, TLS, reset, a time-out).
+A failed call raises an `ApiError` (`wan_worker.client.errors`): `ApiHttpError` (the API
+answered, with an error status or a body that is not a JSON object) or `ApiUnreachable` (no
+answer: DNS, refused, TLS, reset, a time-out).
 """
 
 from __future__ import annotations
@@ -34,34 +34,13 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from wan_worker.client.errors import ApiHttpError, ApiNoAnswerInTime, ApiUnreachable
+
 RUNPOD_API_BASE = "https://api.runpod.ai/v2"
 # Connect and read time-outs of one request that should answer at once.
 QUICK_TIMEOUT_S = (10.0, 60.0)
 # Final job states on RunPod (runpod.endpoint.helpers.is_completed).
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
-
-
-class ApiHttpError(Exception):
-    """The API answered, but not with a usable JSON object."""
-
-    def __init__(self, what: str, status: int, detail: str) -> None:
-        super().__init__(f"{what}: HTTP {status}: {detail}")
-        self.what = what
-        self.status = status
-        self.detail = detail
-
-
-class ApiUnreachable(Exception):
-    """The API did not answer."""
-
-    def __init__(self, what: str, reason: str) -> None:
-        super().__init__(f"{what}: {reason}")
-        self.what = what
-        self.reason = reason
-
-
-class ApiNoAnswerInTime(ApiUnreachable):
-    """Connected, but the answer did not come within the read time-out."""
 
 
 def make_session() -> requests.Session:

@@ -2,7 +2,7 @@
 
 Submits the job with `/run`, follows it with `/status` behind a progress bar, saves the video
 and prints its facts; or prints the error and exits with a code that says what happened (see
-`ExitCode`, and README "Client").
+`wan_worker.client.errors`, and README "Client").
 """
 
 from __future__ import annotations
@@ -13,22 +13,23 @@ import json
 import math
 import sys
 import time
-from enum import IntEnum
 from pathlib import Path
 from typing import Any, TextIO
 
-from wan_worker.client.api import (
-    FINAL_STATES,
+from wan_worker.client.api import FINAL_STATES, JobApi, LocalApi, make_session, runpod_from_env
+from wan_worker.client.errors import (
+    EXIT_MEANINGS,
+    ApiError,
     ApiHttpError,
     ApiNoAnswerInTime,
     ApiUnreachable,
-    JobApi,
-    LocalApi,
-    make_session,
-    runpod_from_env,
+    ClientError,
+    ExitCode,
+    ResultError,
+    UsageError,
 )
 from wan_worker.client.interrupt import InterruptLatch
-from wan_worker.client.outcome import ResultError, failure, save_video, summary
+from wan_worker.client.outcome import failure, save_video, summary
 from wan_worker.client.progress_bar import JobBar
 
 # RunPod refuses /run requests over 10 MB (its operation reference).
@@ -37,38 +38,7 @@ DEFAULT_TIMEOUT_S = 1800.0
 DEFAULT_POLL_S = 2.0
 
 
-class ExitCode(IntEnum):
-    """The client's exit status; README "Client" lists the same."""
-
-    OK = 0
-    FAILED = 1
-    USAGE = 2
-    CANCELLED = 3
-    TIMED_OUT = 4
-    GAVE_UP = 5
-    HTTP_ERROR = 6
-    UNREACHABLE = 7
-    NOT_SAVED = 8
-    INTERRUPTED = 130
-
-
-EXIT_MEANINGS = {
-    ExitCode.OK: "the video was saved",
-    ExitCode.FAILED: "the job failed: its error code and message are printed",
-    ExitCode.USAGE: "bad arguments, RUNPOD_ENDPOINT_ID or RUNPOD_API_KEY unset, image unreadable",
-    ExitCode.CANCELLED: "the job was cancelled on RunPod",
-    ExitCode.TIMED_OUT: "RunPod timed the job out (execution timeout, or TTL in the queue)",
-    ExitCode.GAVE_UP: "--timeout passed; the job was cancelled (on RunPod)",
-    ExitCode.HTTP_ERROR: "the API answered with an HTTP error, e.g. 401 for a bad API key",
-    ExitCode.UNREACHABLE: "the API did not answer (DNS, connection refused, TLS, network)",
-    ExitCode.NOT_SAVED: "the job completed, but its video could not be saved",
-    ExitCode.INTERRUPTED: "interrupted with Ctrl-C; the job was cancelled (on RunPod)",
-}
 EXIT_CODES_HELP = "\n".join(f"  {code.value:>3}  {text}" for code, text in EXIT_MEANINGS.items())
-
-
-class UsageError(Exception):
-    pass
 
 
 def seconds_arg(text: str) -> float:
@@ -192,7 +162,7 @@ def http_hint(exc: ApiHttpError, api: JobApi) -> str:
     return ""
 
 
-class Session:
+class JobRun:
     """One job from submission to its end, printing as it goes."""
 
     def __init__(self, api: JobApi, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
@@ -223,12 +193,15 @@ class Session:
             self.say(f"error: {exc.what} to {self.api.name}: HTTP {exc.status}: {exc.detail}")
             if hint:
                 self.say(f"  {hint}")
-            return ExitCode.HTTP_ERROR
+            return exc.exit_code
         except ApiUnreachable as exc:
             self.say(f"error: {exc.what} to {self.api.name}: no answer: {exc.reason}")
             if self.job_id:
                 self.say(f"  job {self.job_id} may still be running")
-            return ExitCode.UNREACHABLE
+            return exc.exit_code
+        except ClientError as exc:
+            self.say(f"error: {exc}")
+            return exc.exit_code
         except KeyboardInterrupt:
             self.say("interrupted")
             self.stop_job()
@@ -238,11 +211,10 @@ class Session:
         if self.api.can_cancel:
             size = len(json.dumps({"input": fields}))
             if size > RUN_PAYLOAD_LIMIT:
-                self.say(
-                    f"error: the request is {size:,} bytes, over RunPod's 10 MB limit for /run; "
+                raise UsageError(
+                    f"the request is {size:,} bytes, over RunPod's 10 MB limit for /run; "
                     "pass the image as an https URL, or a smaller file"
                 )
-                return ExitCode.USAGE
         answer = self.api.submit(fields)
         job_id = answer.get("id")
         if not isinstance(job_id, str) or not job_id:
@@ -293,7 +265,7 @@ class Session:
             return
         try:
             answer = self.api.cancel(self.job_id)
-        except (ApiHttpError, ApiUnreachable) as exc:
+        except ApiError as exc:
             self.say(f"  cancelling job {self.job_id} failed: {exc}")
             return
         self.say(f"  cancelled job {self.job_id} (status {answer.get('status', '?')})")
@@ -325,7 +297,7 @@ class Session:
             size, source = save_video(output, out, make_session())
         except ResultError as exc:
             self.say(f"error: job {job_id} completed, but {exc}")
-            return ExitCode.NOT_SAVED
+            return exc.exit_code
         for line in summary(output, answer, out, size, source):
             print(line, file=self.out, flush=True)
         return ExitCode.OK
@@ -338,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         fields = job_input(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    return int(Session(api, args, sys.stdout, sys.stderr).run(fields))
+        return exc.exit_code
+    return int(JobRun(api, args, sys.stdout, sys.stderr).run(fields))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import IO, Any
 import requests
 
 from wan_worker.client.api import describe_failure
+from wan_worker.client.errors import ResultError
 from wan_worker.errors import INTERNAL_ERROR_CODE, WorkerError
 
 DOWNLOAD_TIMEOUT_S = (10.0, 120.0)
@@ -62,10 +63,6 @@ def _error_codes(cls: type[WorkerError]) -> set[str]:
 ERROR_CODES = frozenset(_error_codes(WorkerError) | {INTERNAL_ERROR_CODE})
 ERROR_CODE_PREFIX = re.compile(r"^([a-z]+(?:_[a-z]+)*): ")
 MAX_FIELD_TEXT = 200
-
-
-class ResultError(Exception):
-    """The job completed, but its video could not be saved."""
 
 
 @contextlib.contextmanager

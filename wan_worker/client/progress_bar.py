@@ -1,6 +1,6 @@
 """A progress bar on stderr fed by the job's states and the worker's progress updates.
 
-The worker sends `{"stage", "step", "total", "percent"}` (wan_worker/progress.py); RunPod shows
+The worker sends `{"stage", "step", "total", "percent"}` (wan_worker/job_progress.py); RunPod shows
 the latest one as `output` of `/status` while the job is `IN_PROGRESS`. The bar's length is
 that percent; its label the stage and, while sampling, step/total.
 """

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 import websocket
@@ -57,8 +57,7 @@ def output_file(ui: Any) -> OutputFile | None:
     return None
 
 
-@dataclass(frozen=True)
-class ComfyFolders:
+class ComfyFolders(NamedTuple):
     """Where ComfyUI keeps uploads and outputs, as far as it has said."""
 
     input: tuple[Path, ...] = ()

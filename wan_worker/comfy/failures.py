@@ -21,11 +21,8 @@ from wan_worker.errors import (
     SageAttentionFailed,
     WorkerError,
 )
-from wan_worker.workflow import ATTENTION_NODES, COMFY_LISTED_MODEL_INPUTS, ROLES
+from wan_worker.node_classes import COMFY_LISTED_MODEL_INPUTS, SAGE_ATTENTION_PATCH
 
-#: The node class that patches a model's attention to SageAttention (KJNodes); with
-#: `sage_attention` other than `disabled` it imports the sageattention package and nothing else.
-SAGE_PATCH_CLASS = ROLES[ATTENTION_NODES[0]]
 #: Traceback text that places a failure inside SageAttention: its package, or KJNodes' wrapper
 #: around it (attention_sage -> sage_func -> sageattn...).
 SAGE_FRAMES = ("/sageattention/", "sageattn", "attention_sage", "get_sage_func", "in sage_func")
@@ -134,10 +131,10 @@ def _sage_failure(
 ) -> SageAttentionFailed | None:
     """The SageAttention failure an `execution_error` reports, if it is one."""
     trace = "".join(str(line) for line in data.get("traceback") or [])
-    if node_type != SAGE_PATCH_CLASS and not any(mark in trace for mark in SAGE_FRAMES):
+    if node_type != SAGE_ATTENTION_PATCH and not any(mark in trace for mark in SAGE_FRAMES):
         return None
     first_line = message.splitlines()[0] if message else ""
-    load = node_type == SAGE_PATCH_CLASS or exc_type in ("ImportError", "ModuleNotFoundError")
+    load = node_type == SAGE_ATTENTION_PATCH or exc_type in ("ImportError", "ModuleNotFoundError")
     load = load or any(mark in message for mark in SAGE_LOAD_FAILURES)
     sticky = any(mark in message for mark in STICKY_CUDA_ERRORS)
     what = "could not load" if load else "failed in its kernel"

@@ -10,7 +10,7 @@ whenever a message may have been missed: after a reconnect, on silence, and when
 ComfyUI sends after the history is written).
 
 Each node that starts is mapped to its stage once; that stage feeds both the run's per-stage
-timings and the caller's progress.
+timings and the caller's `RunEvents` (the job's progress, for a job).
 
 Nothing here sleeps for a fixed time: waits are socket receives bounded by the job's deadline,
 and the short retry backoff while the socket reconnects.
@@ -57,15 +57,21 @@ class RunOutcome:
     stage_s: dict[str, float] = field(default_factory=dict)
 
 
-class ProgressSink(Protocol):
-    """Where a run's progress goes, by stage (see `StageOf`)."""
+class RunEvents(Protocol):
+    """Who hears the events of one run as they come: each stage as it starts (see `StageOf`),
+    and each step of a stage that counts them (a sampler's)."""
 
     def stage_started(self, stage: str) -> None: ...
 
     def step(self, stage: str, value: int, total: int) -> None: ...
 
 
-class _NoProgress:
+#: The old name of RunEvents, kept only for boot/gate.py (another branch owns it); remove it
+#: once gate.py names RunEvents.
+ProgressSink = RunEvents
+
+
+class _NoEvents:
     def stage_started(self, stage: str) -> None:
         pass
 
@@ -81,15 +87,16 @@ def run_prompt(
     output_node: str,
     deadline: float,
     stage_of: StageOf = lambda _node: None,
-    progress: ProgressSink | None = None,
+    progress: RunEvents | None = None,
     cancel: threading.Event | None = None,
 ) -> RunOutcome:
-    """Submit `prompt` and follow it to the end; return where its video is. Setting `cancel`
-    stops the run: the prompt is interrupted and JobCancelled raised."""
+    """Submit `prompt` and follow it to the end; return where its video is. The run's events
+    go to `progress` (a job's progress, say). Setting `cancel` stops the run: the prompt is
+    interrupted and JobCancelled raised."""
     client_id = uuid.uuid4().hex
     ws = client.connect(client_id)
     follower = _Follower(
-        client, ws, client_id, prompt_id, output_node, deadline, progress or _NoProgress(), stage_of
+        client, ws, client_id, prompt_id, output_node, deadline, progress or _NoEvents(), stage_of
     )
     follower.cancel = cancel
     try:
@@ -111,7 +118,7 @@ class _Follower:
         prompt_id: str,
         output_node: str,
         deadline: float,
-        progress: ProgressSink,
+        events: RunEvents,
         stage_of: StageOf,
     ) -> None:
         self.client = client
@@ -120,7 +127,7 @@ class _Follower:
         self.prompt_id = prompt_id
         self.output_node = output_node
         self.deadline = deadline
-        self.progress = progress
+        self.events = events
         self.stage_of = stage_of
         self.video: OutputFile | None = None
         self.submitted_at = client.clock()
@@ -222,7 +229,7 @@ class _Follower:
             stage = self.stage_of(str(node))
             self._enter(stage)
             if stage is not None:
-                self.progress.stage_started(stage)
+                self.events.stage_started(stage)
         elif kind == "progress":
             stage = self.stage_of(str(data.get("node")))
             value, total = data.get("value"), data.get("max")
@@ -231,7 +238,7 @@ class _Follower:
                 and isinstance(value, int | float)
                 and isinstance(total, int | float)
             ):
-                self.progress.step(stage, int(value), int(total))
+                self.events.step(stage, int(value), int(total))
         elif kind == "executed":
             if str(data.get("node")) == self.output_node:
                 self.video = output_file(data.get("output")) or self.video

@@ -1,9 +1,9 @@
 """The ComfyUI process beside the handler: is it alive, and if it died, why.
 
-start.sh starts ComfyUI, writes its PID to COMFYUI_PID_FILE and its log to COMFYUI_LOG, then
-`exec`s the handler, so the handler is ComfyUI's parent. A dead child stays a zombie until it
-is reaped, and `kill(pid, 0)` succeeds on a zombie, so liveness is read from /proc and the
-child is reaped when it is ours.
+The boot, in the handler's process, starts ComfyUI (`wan_worker.comfy.launch`) and writes its
+PID to COMFYUI_PID_FILE and its log to COMFYUI_LOG, so the handler is ComfyUI's parent. A dead
+child stays a zombie until it is reaped, and `kill(pid, 0)` succeeds on a zombie, so liveness
+is read from /proc and the child is reaped when it is ours.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Job progress for RunPod: stage, step, total and an overall percent.
+"""A job's progress as RunPod shows it: stage, step, total and an overall percent.
 
-Updates go through `runpod.serverless.progress_update` when the worker runs under RunPod (the
-SDK posts them to the job's status); in local runs they are logged instead. Each update is sent
-only when it changes what a caller would see, so a 6-step job sends a handful, not hundreds.
+It is fed by the events of the job's ComfyUI runs (`RunEvents`, in `wan_worker.comfy.follower`),
+and the client's bar (`wan_worker.client.progress_bar`) shows it. Updates go through
+`runpod.serverless.progress_update` when the worker runs under RunPod (the SDK posts them to the
+job's status); in local runs they are logged instead. Each update is sent only when it changes
+what a caller would see, so a 6-step job sends a handful, not hundreds.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ STAGE_WEIGHTS: dict[str, float] = {
     "encode_mp4": 1,
 }
 _ORDER = list(STAGE_WEIGHTS)
-_TOTAL = sum(STAGE_WEIGHTS.values())
+_TOTAL_WEIGHT = sum(STAGE_WEIGHTS.values())
 
 Sender = Callable[[dict[str, Any], dict[str, Any]], None]
 
@@ -58,7 +60,7 @@ class JobProgress:
         index = _ORDER.index(self.stage)
         before = sum(STAGE_WEIGHTS[s] for s in _ORDER[:index])
         within = self.step_value / self.step_total if self.step_total else 0.0
-        return int((before + STAGE_WEIGHTS[self.stage] * within) * 100 / _TOTAL)
+        return int((before + STAGE_WEIGHTS[self.stage] * within) * 100 / _TOTAL_WEIGHT)
 
     def update(self, stage: str, step: int = 0, total: int = 0) -> None:
         if (
@@ -76,7 +78,7 @@ class JobProgress:
         if self.send is not None:
             self.send(self.job, payload)
 
-    # ProgressSink (wan_worker.comfy.follower): the run's stages as they start, and steps
+    # RunEvents (wan_worker.comfy.follower): the run's stages as they start, and its steps
     def stage_started(self, stage: str) -> None:
         self.update(stage)
 
