@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from wan_worker import logs
-from wan_worker.errors import ConfigError, DiskSpaceError, ProvisionError, PublishError, redact
+from wan_worker.errors import ConfigError, ProvisionError, PublishError, redact
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import load_manifest
 from wan_worker.provision.provisioner import Provisioner
@@ -141,18 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         Provisioner(settings, log=_log).run()
         if args.pin_manifest:
             return pin_manifest(settings)
-    except PublishError as exc:
-        _log(f"[bundle] FAILED: {exc.message}")
-        return 5
     except ConfigError as exc:
         _log(f"[provision] configuration error: {exc.message}")
-        return 2
-    except DiskSpaceError as exc:
+        return exc.exit_status
+    except PublishError as exc:
+        _log(f"[bundle] FAILED: {exc.message}")
+        return exc.exit_status
+    except ProvisionError as exc:  # DiskSpaceError and ClaimWaitTimeout included
         _log(f"[provision] FAILED: {exc.message}")
-        return 4
-    except ProvisionError as exc:
-        _log(f"[provision] FAILED: {exc.message}")
-        return 3
+        return exc.exit_status
     return 0
 
 

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wan_worker.errors import ClaimLost, ClaimWaitTimeout
 from wan_worker.provision.transfer import PartialState, human_bytes, state_path
 
 Say = Callable[[str], None]
@@ -55,14 +56,6 @@ _LEFTOVER = re.compile(
     r"|[0-9a-f]{16}\.(?:stale|link)"
     r"|claim(?:\.takeover-\w+)?(?:\.[0-9a-f]{16}\.(?:owner|stale))?)$"
 )
-
-
-class ClaimLost(Exception):
-    """This process's claim on a file was taken over; it must stop writing that file."""
-
-
-class ClaimWaitTimeout(Exception):
-    """Waited for another worker longer than the bound allows."""
 
 
 def _pid_namespace() -> str:

@@ -31,12 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wan_worker.errors import DiskSpaceError, ProvisionError, redact
+from wan_worker.errors import ClaimLost, DiskSpaceError, ProvisionError, SourceFailed, redact
 from wan_worker.provision import bundle, verify
 from wan_worker.provision.claims import (
     Claim,
-    ClaimLost,
-    ClaimWaitTimeout,
     Heartbeat,
     Owner,
     Slot,
@@ -50,7 +48,6 @@ from wan_worker.provision.transfer import (
     Progress,
     Remote,
     RetryPolicy,
-    SourceFailed,
     human_bytes,
     resumable_state,
     transfer,
@@ -478,17 +475,14 @@ class Provisioner:
     def _claim_later(self, plan: _Plan) -> bool:
         """Wait for the file's claim; True once held and the file still needs a download."""
         model = plan.model
-        try:
-            claim = claim_or_wait(
-                plan.slot,
-                model.relpath,
-                self.me,
-                self.timing,
-                ready=lambda: self._check_marker(model, plan.dest),
-                say=self._say,
-            )
-        except ClaimWaitTimeout as exc:
-            raise ProvisionError(str(exc)) from exc
+        claim = claim_or_wait(
+            plan.slot,
+            model.relpath,
+            self.me,
+            self.timing,
+            ready=lambda: self._check_marker(model, plan.dest),
+            say=self._say,
+        )
         if claim is None:
             self._say(f"{model.relpath}: ready (made ready by another worker)")
             self._done(Outcome(model.relpath, "shared"))

@@ -21,23 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from wan_worker.errors import NoRangeSupport, RetryableError, SourceFailed
 from wan_worker.provision.verify import PrefixHasher
 
 STATE_SUFFIX = ".state.json"
 PERSIST_EVERY_BYTES = 256 * 1024 * 1024
 PERSIST_EVERY_S = 1.0  # and at least this often: what a takeover resumes from
-
-
-class SourceFailed(Exception):
-    """The source cannot deliver this file (after retries, or for a reason retries won't fix)."""
-
-
-class RetryableError(Exception):
-    """A transient failure (connection, timeout, 5xx, short read): retry the range."""
-
-
-class NoRangeSupport(Exception):
-    """The server ignored a Range request."""
 
 
 Sink = Callable[[int, bytes | memoryview], None]
