@@ -1,5 +1,5 @@
-"""Many workers, one models root: real `python -m wan_worker.provision` processes started at
-once against a throttled HTTP server and against moto's S3 server (R2 style, behind a throttling
+"""Many workers, one models root: real provisioning processes (`python -m wan_worker.provision`,
+through tests/provision_run.py for shorter claim timings) started at once against a throttled HTTP server and against moto's S3 server (R2 style, behind a throttling
 proxy), some SIGKILLed in the middle of a download; and the claim protocol's takeover and wait
 bound, in one process.
 
@@ -17,7 +17,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests import provision_run
 from tests.provision_servers import (
     Fault,
     FlakyFileServer,
@@ -39,7 +39,6 @@ from tests.provision_servers import (
     write_manifest,
 )
 from tests.test_provision_download import settings_for
-from wan_worker.errors import ConfigError
 from wan_worker.provision import claims, verify
 from wan_worker.provision.claims import Claim, Heartbeat, Owner, Slot
 from wan_worker.provision.provisioner import Provisioner
@@ -62,19 +61,31 @@ def base_env(tmp_path: Path, manifest: Path, **extra: str) -> dict[str, str]:
         MODELS_MANIFEST=str(manifest),
         MODELS_ROOT=str(tmp_path / "models"),
         COMFYUI_DIR=str(tmp_path / "comfy"),
-        RUNPOD_HF_CACHE=str(tmp_path / "hf-cache"),
         HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
-        PROVISION_CONNECTIONS="2",
-        PROVISION_CHUNK_MB="1",
-        PROVISION_MIN_FREE_MB="0",
-        PROVISION_RETRIES="2",
-        PROVISION_BACKOFF_S="0",
-        PROVISION_PROGRESS_S="0.5",
-        PROVISION_CLAIM_STALE_S="3",
-        PROVISION_WAIT_S="120",
     )
     env.update(extra)
     return env
+
+
+#: The provisioner's fixed values, shortened so that a test's downloads and takeovers take
+#: seconds: small ranges, a quick failure, frequent progress lines, a 3 s stale bound.
+QUICK = {
+    "connections": 2,
+    "chunk_bytes": MIB,
+    "min_free_bytes": 0,
+    "retries": 2,
+    "backoff_s": 0,
+    "progress_interval_s": 0.5,
+    "claim_stale_s": 3,
+    "wait_s": 120,
+}
+
+
+def provisioning(tmp_path: Path, **changes: object) -> list[str]:
+    """The command line of one provisioning process with the QUICK values (and `changes`)."""
+    return provision_run.command(
+        mounts={"hf_cache": tmp_path / "hf-cache"}, settings={**QUICK, **changes}
+    )
 
 
 def wait_for(found: Callable[[], T | None], what: str, workers: list[Worker]) -> T:
@@ -102,7 +113,9 @@ class Worker:
 
 
 @contextmanager
-def workers_running(count: int, env: dict[str, str], logs: Path) -> Iterator[list[Worker]]:
+def workers_running(
+    count: int, env: dict[str, str], logs: Path, command: list[str]
+) -> Iterator[list[Worker]]:
     """`count` provisioning processes started at once, as start.sh runs one; any still
     running when the test ends (a failure) are killed."""
     logs.mkdir(exist_ok=True)
@@ -112,7 +125,7 @@ def workers_running(count: int, env: dict[str, str], logs: Path) -> Iterator[lis
             log = logs / f"worker-{i}.log"
             with log.open("wb") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "wan_worker.provision"],
+                    command,
                     env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=out,
@@ -310,7 +323,7 @@ def test_five_workers_on_one_root_over_http_two_killed_mid_download(tmp_path):
         root = tmp_path / "models"
         killed: list[Kill] = []
         env = base_env(tmp_path, manifest)
-        with workers_running(5, env, tmp_path / "logs") as workers:
+        with workers_running(5, env, tmp_path / "logs", provisioning(tmp_path)) as workers:
             kill_mid_download(root, workers, server.requests, killed, least=MIB)
             assert all(w.proc.poll() is None for w in workers if w.proc.pid != killed[0].pid)
             kill_mid_download(root, workers, server.requests, killed, least=2 * MIB)
@@ -368,7 +381,7 @@ def test_four_workers_on_one_root_over_s3_one_killed_mid_download(tmp_path, s3_b
     )
     root = tmp_path / "models"
     killed: list[Kill] = []
-    with workers_running(4, env, tmp_path / "logs") as workers:
+    with workers_running(4, env, tmp_path / "logs", provisioning(tmp_path)) as workers:
         kill_mid_download(root, workers, proxy.requests, killed, least=MIB)
         check_run(
             root, data, workers, killed, proxy.requests, path_of,
@@ -457,16 +470,9 @@ def test_a_live_claim_past_the_wait_bound_fails_saying_what_it_waited_for(tmp_pa
         beating = Heartbeat(0.1)  # the busy owner's heartbeat, alive all along
         beating.add(Claim(slot, busy))
         try:
-            env = base_env(
-                tmp_path,
-                manifest,
-                PROVISION_WAIT_S="1.5",
-                PROVISION_CLAIM_STALE_S="1",
-                PROVISION_PROGRESS_S="0.5",
-            )
             done = subprocess.run(
-                [sys.executable, "-m", "wan_worker.provision"],
-                env=env,
+                provisioning(tmp_path, wait_s=1.5, claim_stale_s=1, progress_interval_s=0.5),
+                env=base_env(tmp_path, manifest),
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -478,15 +484,15 @@ def test_a_live_claim_past_the_wait_bound_fails_saying_what_it_waited_for(tmp_pa
     assert done.returncode == 3, done.stderr
     failed = [line for line in done.stderr.splitlines() if line.startswith("[provision] FAILED")]
     assert failed == [
-        "[provision] FAILED: vae/a.safetensors: waited 2s (PROVISION_WAIT_S=1.5) for another "
+        "[provision] FAILED: vae/a.safetensors: waited 2s (at most 1.5s) for another "
         f"worker (host busy-host pid 777) that holds its download claim {slot.claim} with a "
         "live heartbeat (1.0 MiB of 3.0 MiB on disk so far). Fix: if that worker is still "
-        "downloading from a slow source, raise PROVISION_WAIT_S; if it is stuck, stop it (its "
-        "claim is taken over 1s after its heartbeat stops, PROVISION_CLAIM_STALE_S); if no "
-        f"worker is running, delete {slot.claim}"
+        "downloading from a slow source, start this one again (RunPod does that itself for a "
+        "serverless worker): it waits anew; if it is stuck, stop it (its claim is taken over "
+        f"1s after its heartbeat stops); if no worker is running, delete {slot.claim}"
     ], done.stderr
     waiting = [line for line in done.stderr.splitlines() if ": waiting for host busy-host" in line]
-    # Logged every PROVISION_PROGRESS_S, not at every poll (six polls a second here).
+    # Logged every progress interval (0.5 s here), not at every poll (six polls a second here).
     assert 2 <= len(waiting) <= 4, waiting
     assert "(1.0 MiB of 3.0 MiB on disk so far; heartbeat seen" in waiting[0]
     assert asked == []  # it never touched the source
@@ -559,19 +565,16 @@ def test_a_claim_taken_over_stops_its_old_owner_from_publishing(tmp_path):
         mine.confirm()
 
 
-def test_settings_read_the_claim_timings(tmp_path):
+def test_the_claim_timings_are_fixed_and_tests_give_their_own(tmp_path):
     from wan_worker.settings.provisioning import ProvisionSettings
 
-    default = ProvisionSettings.from_env({"MODELS_ROOT": str(tmp_path)})
+    env = {"MODELS_ROOT": str(tmp_path), "PROVISION_CLAIM_STALE_S": "5", "PROVISION_WAIT_S": "x"}
+    default = ProvisionSettings.from_env(env)  # no longer read: neither value, nor the bad one
     assert (default.claim_stale_s, default.wait_s) == (60.0, 1800.0)
-    tuned = ProvisionSettings.from_env(
-        {"MODELS_ROOT": str(tmp_path), "PROVISION_CLAIM_STALE_S": "5", "PROVISION_WAIT_S": "90"}
-    )
-    assert (tuned.claim_stale_s, tuned.wait_s) == (5.0, 90.0)
-    timing = Provisioner(replace(tuned)).timing
-    assert (timing.heartbeat_s, timing.poll_s) == (5 / 6, 5 / 6)
-    with pytest.raises(ConfigError):
-        ProvisionSettings.from_env({"MODELS_ROOT": str(tmp_path), "PROVISION_WAIT_S": "soon"})
+    assert (Provisioner(default).timing.heartbeat_s, Provisioner(default).timing.poll_s) == (10, 1)
+    tuned = replace(default, claim_stale_s=5.0, wait_s=90.0)
+    timing = Provisioner(tuned).timing
+    assert (timing.heartbeat_s, timing.poll_s, timing.wait_s) == (5 / 6, 5 / 6, 90.0)
 
 
 def test_clean_up_after_publishing_keeps_only_a_fresh_owner_file_of_another_creator(tmp_path):

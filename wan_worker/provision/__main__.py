@@ -3,9 +3,10 @@
 [--models-root DIR] [--xet]`.
 
 Exit status: 0 all models ready; 2 bad configuration or manifest; 3 a model could not be had
-(or another worker held it past PROVISION_WAIT_S); 4 not enough disk space; 5 (bundle) the
-upload to the Hub failed. Messages go to stderr, prefixed `[provision]` or `[bundle]`, secrets
-redacted.
+(or another worker held it past the wait bound); 4 not enough disk space; 5 (bundle) the
+upload to the Hub failed (each error's `exit_status`, `wan_worker.errors`). Messages go to
+stderr, prefixed `[provision]` or `[bundle]`, secrets redacted; a variable this version no
+longer reads is named there too, if it is set.
 
 `--pin-manifest`, after a run, writes into the manifest the sizes, and the sha256 sums checked
 against a published value, that the verified markers recorded for entries that had none, so
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from wan_worker.errors import ConfigError, ProvisionError, PublishError, redact
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import load_manifest
 from wan_worker.provision.provisioner import Provisioner
+from wan_worker.settings.env import removed_still_set
 from wan_worker.settings.provisioning import ProvisionSettings
 
 
@@ -89,7 +92,11 @@ def _bundle(settings: ProvisionSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    read_settings: Callable[[], ProvisionSettings] = ProvisionSettings.from_env,
+) -> int:
+    """The command; `read_settings` gives its settings (tests give their own mounts and values)."""
     parser = argparse.ArgumentParser(
         prog="python -m wan_worker.provision",
         description="Make every model in the manifest present and verified.",
@@ -131,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logs.configure(logging.WARNING)
+    for warning in removed_still_set():
+        _log(f"[provision] {warning}")
     try:
-        settings = ProvisionSettings.from_env()
+        settings = read_settings()
         if args.command == "bundle":
             return _bundle(settings, args)
         if args.print_root:

@@ -437,13 +437,13 @@ def claim_or_wait(
         waited = now - started
         if waited >= timing.wait_s:
             raise ClaimWaitTimeout(
-                f"{relpath}: waited {waited:.0f}s (PROVISION_WAIT_S={timing.wait_s:g}) for "
+                f"{relpath}: waited {waited:.0f}s (at most {timing.wait_s:g}s) for "
                 f"another worker ({who}) that holds its download claim "
                 f"{slot.claim} with a live heartbeat ({_partial_progress(slot, view.owner)}). "
-                "Fix: if that worker is still downloading from a slow source, raise "
-                "PROVISION_WAIT_S; if it is stuck, stop it (its claim is taken over "
-                f"{timing.stale_s:g}s after its heartbeat stops, PROVISION_CLAIM_STALE_S); if no "
-                f"worker is running, delete {slot.claim}"
+                "Fix: if that worker is still downloading from a slow source, start this one "
+                "again (RunPod does that itself for a serverless worker): it waits anew; if it "
+                f"is stuck, stop it (its claim is taken over {timing.stale_s:g}s after its "
+                f"heartbeat stops); if no worker is running, delete {slot.claim}"
             )
         if now - logged >= timing.log_s:
             logged = now

@@ -17,7 +17,8 @@ run with a message naming the file and every source tried, with the reason for e
 Steps 2-4 change files, so they run under the file's claim (`wan_worker.provision.claims`):
 any number of processes, on any number of hosts, may provision one models root at once; each
 file is verified, linked or downloaded by one of them while the others wait for it (or take
-its claim over when its owner dies), and nobody waits longer than `PROVISION_WAIT_S`.
+its claim over when its owner dies), and nobody waits longer than the wait bound
+(`ProvisionSettings.wait_s`, 1800 s).
 """
 
 from __future__ import annotations
