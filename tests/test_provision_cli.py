@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests import provision_run
 from tests.provision_servers import FlakyFileServer, make_blob, running, write_manifest
+from wan_worker.provision import verify
 from wan_worker.settings.env import REMOVED, EnvVars
 from wan_worker.settings.provisioning import (
     ProvisionSettings,
@@ -240,3 +241,48 @@ def test_pin_manifest_writes_the_verified_size_and_only_checked_sums(tmp_path):
     assert f"pinned size {len(data)}" in done.stderr
     assert "was computed but not checked against a published value; not pinned" in done.stderr
     assert hashlib.sha256(data).hexdigest() in done.stderr
+
+
+PIN_LOOP = """
+import sys
+from pathlib import Path
+from wan_worker.provision.__main__ import pin_manifest
+from wan_worker.settings.provisioning import ProvisionSettings
+settings = ProvisionSettings(manifest_path=Path(sys.argv[1]), models_root=Path(sys.argv[2]))
+for _ in range(int(sys.argv[3])):
+    pin_manifest(settings)
+"""
+
+
+def test_two_processes_pinning_one_manifest_at_once_both_succeed(tmp_path):
+    """Each write goes to a temporary name of its own: with one fixed `.tmp` name, one process
+    renamed the other's file away and the other's rename then failed (or renamed a half-written
+    file into place)."""
+    root = tmp_path / "models"
+    data = make_blob(root / "loras" / "m.safetensors", 1000)
+    digest = hashlib.sha256(data).hexdigest()
+    verify.write_marker(
+        root, "loras/m.safetensors", root / "loras" / "m.safetensors", size=len(data),
+        sha256=digest, sha256_checked=True, source="test",
+    )  # fmt: skip
+    entry = {"folder": "loras", "filename": "m.safetensors", "size": None, "sha256": None}
+    manifest = write_manifest(tmp_path / "m.json", [{**entry, "sources": [{"type": "url",
+                              "url": "http://127.0.0.1:9/m.bin"}]}])  # fmt: skip
+    manifest.chmod(0o644)
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    env["PYTHONPATH"] = str(ROOT)
+    pinning = [
+        subprocess.Popen(
+            [sys.executable, "-c", PIN_LOOP, str(manifest), str(root), "150"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outcomes = [(p.wait(timeout=120), p.communicate()[1]) for p in pinning]
+    assert [code for code, _ in outcomes] == [0, 0], outcomes[0][1][-2000:] + outcomes[1][1][-2000:]
+    pinned = json.loads(manifest.read_text())["models"][0]
+    assert (pinned["size"], pinned["sha256"]) == (len(data), digest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "models"]  # no temporary left
+    assert manifest.stat().st_mode & 0o777 == 0o644

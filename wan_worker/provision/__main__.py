@@ -23,7 +23,9 @@ import argparse
 import json
 import logging
 import os
+import stat
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +41,21 @@ from wan_worker.settings.provisioning import ProvisionSettings
 
 def _log(text: str) -> None:
     print(redact(text), file=sys.stderr, flush=True)
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Replace `path` with `text` at once, its mode kept: written to a temporary name of this
+    writer's own in the same folder, then renamed over it. A fixed temporary name let two runs
+    at once rename each other's file (or a half-written one) away."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def pin_manifest(settings: ProvisionSettings) -> int:
@@ -66,9 +83,7 @@ def pin_manifest(settings: ProvisionSettings) -> int:
                     f"[provision] {model.relpath}: sha256 {marker.sha256} was computed but not "
                     "checked against a published value; not pinned"
                 )
-    tmp = Path(f"{settings.manifest_path}.tmp")
-    tmp.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, settings.manifest_path)
+    replace_file(settings.manifest_path, json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
     _log(f"[provision] pinned {pinned} value(s) in {settings.manifest_path}")
     return 0
 
