@@ -391,6 +391,71 @@ def test_four_workers_on_one_root_over_s3_one_killed_mid_download(tmp_path, s3_b
         assert secret not in worker.text()
 
 
+# ---------------------------------------------------------------- an owner frozen past the bound
+def test_an_owner_frozen_past_the_stale_bound_stops_when_it_wakes(tmp_path):
+    """A SIGSTOPped owner's claim is taken over; SIGCONTed, it must not download on beside the
+    new owner. Its own heartbeat is not due for seconds when it wakes (a 60 s stale bound: a
+    beat every 10 s), as after a pause its monotonic clock did not see (a VM paused by its
+    host): so only its own check of the claim, on waking, can stop it."""
+    size = 10 * MIB + 9
+    cdn = tmp_path / "cdn"
+    blob = make_blob(cdn / "a.bin", size, seed=5)
+    rel = "vae/a.safetensors"
+    with running(FlakyFileServer(cdn, Fault(rate=RATE))) as server:
+        assert isinstance(server, FlakyFileServer)
+        manifest = manifest_for(
+            tmp_path, {rel: blob}, lambda _rel: {"type": "url", "url": f"{server.url}/a.bin"}
+        )
+        env = base_env(tmp_path, manifest)
+        root = tmp_path / "models"
+        slot = Slot(root / rel)
+        frozen = tmp_path / "frozen"
+        with workers_running(1, env, frozen, provisioning(tmp_path, claim_stale_s=60)) as first:
+            [owner] = first
+
+            def holds_a_mib() -> Owner | None:
+                view = claims.look(slot.claim)
+                if view is None or view.owner is None:
+                    return None
+                return view.owner if persisted(root, rel, view.owner) >= MIB else None
+
+            old = wait_for(holds_a_mib, "the first owner with a MiB on disk", first)
+            owner.proc.send_signal(signal.SIGSTOP)
+            try:
+                with workers_running(1, env, tmp_path / "new", provisioning(tmp_path)) as second:
+
+                    def new_owner(least: int) -> Owner | None:
+                        view = claims.look(slot.claim)
+                        if view is None or view.owner is None or view.owner == old:
+                            return None
+                        return view.owner if persisted(root, rel, view.owner) >= least else None
+
+                    new = wait_for(lambda: new_owner(0), "the claim taken over", second)
+                    # From here on, asking for a range is the new owner's job alone: what the
+                    # old one had asked for before it froze is in the log already (seconds ago).
+                    taken_at = len(server.requests)
+                    wait_for(lambda: new_owner(MIB + 1), "the new owner fetching", second)
+                    owner.proc.send_signal(signal.SIGCONT)
+                    for worker in [*first, *second]:
+                        worker.proc.wait(timeout=120)
+            finally:
+                owner.proc.send_signal(signal.SIGCONT)
+        requests = list(server.requests)
+    logs = {"frozen": first[0].text(), "new": second[0].text()}
+    assert [w.proc.returncode for w in (*first, *second)] == [0, 0], logs
+    assert (root / rel).read_bytes() == blob
+    assert new.token != old.token
+    # Woken, the old owner asked for nothing more: every range asked for since the takeover was
+    # the new owner's, and none twice.
+    after = [span(r, size) for method, _path, r in requests[taken_at:] if method == "GET"]
+    assert after, requests
+    assert_disjoint(after, rel)
+    assert sum(e - s for s, e in after) <= size - MIB
+    assert f"{rel}: another worker took its download over" in logs["frozen"]
+    assert f"{rel}: ready (made ready by another worker)" in logs["frozen"]
+    assert logs["new"].count(f"{rel}: ready ({server.url}/a.bin)") == 1
+
+
 # ---------------------------------------------------------------- the protocol, in one process
 def ghost(host: str = "vanished-host", pid: int = 4242) -> Owner:
     """An owner on another host (another pid namespace): only its heartbeat can tell."""

@@ -21,7 +21,9 @@ cannot be trusted. A claim is therefore a plain file, `.<name>.claim` beside the
   claim to a name of its own, checks that what it moved is still T's claim (else puts it back),
   and deletes it. Then every waiter competes for a new claim as at first.
 - **Lost** when the claim's name no longer holds its owner's token (an owner that stopped
-  beating for `stale_s`, then woke up): the owner stops writing and waits like the others.
+  beating for `stale_s`, then woke up): the owner stops writing and waits like the others. It
+  learns so from its heartbeat, or, after a pause in its download (`PAUSE_S`), from reading
+  the claim before its next request or write: a woken owner need not wait for its next beat.
 
 A partial download is the owner's own (`.<name>.<token>.partial`, beside the final file). A new
 owner adopts the largest partial a previous owner left, by renaming it to its own name, and
@@ -209,6 +211,12 @@ def _create_exclusive(path: Path, owner: Owner) -> bool:
     return True
 
 
+#: A pause this long between two writes of a download (the process was frozen, its host paused,
+#: the source stalled) may have outlasted the stale bound: the claim is read again before the
+#: next write. A flowing download writes every few milliseconds, so this costs nothing then.
+PAUSE_S = 1.0
+
+
 class Claim:
     """A claim this process holds."""
 
@@ -216,6 +224,8 @@ class Claim:
         self.slot = slot
         self.owner = owner
         self.lost = threading.Event()
+        self._check_lock = threading.Lock()
+        self._checked_at = _clocks()
 
     @property
     def partial(self) -> Path:
@@ -233,17 +243,31 @@ class Claim:
             os.utime(self.slot.claim)  # no time given: NFS sets the server's own
 
     def check(self) -> None:
-        """Raise ClaimLost once the heartbeat has found the claim taken over (cheap: a flag)."""
+        """Before each write of the download: raise ClaimLost once the claim is known taken
+        over. Cheap while the download flows (the flag the heartbeat sets); after a pause of
+        PAUSE_S or more, the claim itself is read first, so a process that wakes up after its
+        claim was taken over stops before it writes or asks for another byte, whether or not
+        its heartbeat is due yet. The writers wait for that read."""
+        with self._check_lock:
+            now = _clocks()
+            paused = max(now[0] - self._checked_at[0], now[1] - self._checked_at[1])
+            if paused >= PAUSE_S and not self.lost.is_set():
+                self._read_owner()
+            self._checked_at = _clocks()
         if self.lost.is_set():
             raise ClaimLost(f"{self.slot.dest.name}: another worker took the download over")
 
     def confirm(self) -> None:
         """Raise ClaimLost unless the claim is still ours (checked again, not remembered)."""
+        self._read_owner()
+        if self.lost.is_set():
+            raise ClaimLost(f"{self.slot.dest.name}: another worker took the download over")
+
+    def _read_owner(self) -> None:
+        """Set `lost` unless the claim file still holds this process's token."""
         view = look(self.slot.claim)
         if view is None or view.key != self.owner.token:
             self.lost.set()
-        if self.lost.is_set():
-            raise ClaimLost(f"{self.slot.dest.name}: another worker took the download over")
 
     def adopt_partial(self, say: Say) -> None:
         """Take over the largest partial another owner left (renamed to our name); delete the
@@ -293,6 +317,12 @@ class Claim:
         view = look(self.slot.claim)
         if view is not None and view.key == self.owner.token:
             self.slot.claim.unlink(missing_ok=True)
+
+
+def _clocks() -> tuple[float, float]:
+    """Both clocks: a monotonic clock misses a pause of the whole machine (a VM paused by its
+    host), the wall clock jumps with NTP; a pause either one shows counts."""
+    return time.monotonic(), time.time()
 
 
 def _remove_partial(path: Path) -> None:

@@ -246,9 +246,13 @@ class OffsetWriter:
         self._persisted_at = time.monotonic()
         self._lock = threading.Lock()
 
-    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+    def check(self) -> None:
+        """Raise when this process may no longer write the file (its claim was taken over)."""
         if self._check is not None:
-            self._check()  # raises when this process may no longer write the file
+            self._check()
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        self.check()
         view = memoryview(data)
         pos = offset
         if self._hasher is not None:
@@ -339,6 +343,7 @@ def _fetch_range(
         position = offset + len(data)
 
     for attempt in range(policy.attempts):
+        writer.check()  # before asking for more: the file may have been taken over meanwhile
         try:
             remote.read_range(position, end, sink)
             if position < end:
@@ -370,7 +375,8 @@ def transfer(
     check: Callable[[], None] | None = None,
 ) -> Transferred:
     """Fill `tmp` with the remote file, resuming a compatible partial. `check`, called before
-    each write, stops the transfer by raising (a download claim lost to another worker)."""
+    each request and each write, stops the transfer by raising (a download claim lost to
+    another worker)."""
     state_file = state_path(tmp)
     state = resumable_state(tmp, remote)
     if state is None:
