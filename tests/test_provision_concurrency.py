@@ -40,7 +40,7 @@ from tests.provision_servers import (
 )
 from tests.test_provision_download import settings_for
 from wan_worker.provision import claims, verify
-from wan_worker.provision.claims import Claim, Heartbeat, Owner, Slot
+from wan_worker.provision.claims import Claim, Heartbeat, ModelFilePaths, Owner
 from wan_worker.provision.provisioner import Provisioner
 from wan_worker.provision.transfer import PartialState, state_path
 
@@ -166,14 +166,16 @@ class Kill:
 def claim_holders(root: Path) -> dict[str, Owner]:
     held = {}
     for rel in SIZES:
-        view = claims.look(Slot(root / rel).claim)
+        view = claims.read_claim(ModelFilePaths(root / rel).claim)
         if view is not None and view.owner is not None:
             held[rel] = view.owner
     return held
 
 
 def persisted(root: Path, rel: str, owner: Owner) -> int:
-    state = PartialState.load(state_path(Slot(root / rel).own(owner.token, "partial")))
+    state = PartialState.load(
+        state_path(ModelFilePaths(root / rel).of_owner(owner.token, "partial"))
+    )
     return state.done.total() if state is not None else 0
 
 
@@ -408,13 +410,13 @@ def test_an_owner_frozen_past_the_stale_bound_stops_when_it_wakes(tmp_path):
         )
         env = base_env(tmp_path, manifest)
         root = tmp_path / "models"
-        slot = Slot(root / rel)
+        paths = ModelFilePaths(root / rel)
         frozen = tmp_path / "frozen"
         with workers_running(1, env, frozen, provisioning(tmp_path, claim_stale_s=60)) as first:
             [owner] = first
 
             def holds_a_mib() -> Owner | None:
-                view = claims.look(slot.claim)
+                view = claims.read_claim(paths.claim)
                 if view is None or view.owner is None:
                     return None
                 return view.owner if persisted(root, rel, view.owner) >= MIB else None
@@ -425,7 +427,7 @@ def test_an_owner_frozen_past_the_stale_bound_stops_when_it_wakes(tmp_path):
                 with workers_running(1, env, tmp_path / "new", provisioning(tmp_path)) as second:
 
                     def new_owner(least: int) -> Owner | None:
-                        view = claims.look(slot.claim)
+                        view = claims.read_claim(paths.claim)
                         if view is None or view.owner is None or view.owner == old:
                             return None
                         return view.owner if persisted(root, rel, view.owner) >= least else None
@@ -485,12 +487,12 @@ def test_a_vanished_hosts_claim_is_taken_over_after_the_stale_bound(tmp_path):
         assert isinstance(server, FlakyFileServer)
         blob, manifest = one_file(tmp_path, server.url)
         dest = tmp_path / "models" / "vae" / "a.safetensors"
-        slot = Slot(dest)
+        paths = ModelFilePaths(dest)
         dest.parent.mkdir(parents=True)
         gone = ghost()
-        assert claims.create(slot.claim, gone)
+        assert claims.create(paths.claim, gone)
         # Its partial: the first MiB recorded as done (as its last state write left it).
-        partial = slot.own(gone.token, "partial")
+        partial = paths.of_owner(gone.token, "partial")
         partial.write_bytes(blob[:MIB] + bytes(len(blob) - MIB))
         state = PartialState(len(blob), f"sha256:{sha(blob)}", "x")
         state.done.add(0, MIB)
@@ -527,13 +529,13 @@ def test_a_live_claim_past_the_wait_bound_fails_saying_what_it_waited_for(tmp_pa
         dest = tmp_path / "models" / "vae" / "a.safetensors"
         dest.parent.mkdir(parents=True)
         busy = ghost("busy-host", 777)
-        slot = Slot(dest)
-        assert claims.create(slot.claim, busy)
-        with slot.own(busy.token, "partial").open("wb") as f:  # a MiB so far, the rest a hole
+        paths = ModelFilePaths(dest)
+        assert claims.create(paths.claim, busy)
+        with paths.of_owner(busy.token, "partial").open("wb") as f:  # a MiB so far, the rest a hole
             f.truncate(len(blob))
             f.write(blob[:MIB])
         beating = Heartbeat(0.1)  # the busy owner's heartbeat, alive all along
-        beating.add(Claim(slot, busy))
+        beating.add(Claim(paths, busy))
         try:
             done = subprocess.run(
                 provisioning(tmp_path, wait_s=1.5, claim_stale_s=1, progress_interval_s=0.5),
@@ -550,53 +552,53 @@ def test_a_live_claim_past_the_wait_bound_fails_saying_what_it_waited_for(tmp_pa
     failed = [line for line in done.stderr.splitlines() if line.startswith("[provision] FAILED")]
     assert failed == [
         "[provision] FAILED: vae/a.safetensors: waited 2s (at most 1.5s) for another "
-        f"worker (host busy-host pid 777) that holds its download claim {slot.claim} with a "
+        f"worker (host busy-host pid 777) that holds its download claim {paths.claim} with a "
         "live heartbeat (1.0 MiB of 3.0 MiB on disk so far). Fix: if that worker is still "
         "downloading from a slow source, start this one again (RunPod does that itself for a "
         "serverless worker): it waits anew; if it is stuck, stop it (its claim is taken over "
-        f"1s after its heartbeat stops); if no worker is running, delete {slot.claim}"
+        f"1s after its heartbeat stops); if no worker is running, delete {paths.claim}"
     ], done.stderr
     waiting = [line for line in done.stderr.splitlines() if ": waiting for host busy-host" in line]
     # Logged every progress interval (0.5 s here), not at every poll (six polls a second here).
     assert 2 <= len(waiting) <= 4, waiting
     assert "(1.0 MiB of 3.0 MiB on disk so far; heartbeat seen" in waiting[0]
     assert asked == []  # it never touched the source
-    view = claims.look(slot.claim)
+    view = claims.read_claim(paths.claim)
     assert view is not None and view.owner == busy  # and did not take a live claim over
     assert not dest.exists()
 
 
 def test_one_waiter_wins_a_takeover_and_a_late_one_leaves_the_new_claim_alone(tmp_path):
-    slot = Slot(tmp_path / "vae" / "a.safetensors")
-    slot.dir.mkdir(parents=True)
+    paths = ModelFilePaths(tmp_path / "vae" / "a.safetensors")
+    paths.dir.mkdir(parents=True)
     dead, first, second, newcomer = ghost(), ghost("a"), ghost("b"), ghost("c")
-    assert claims.create(slot.claim, dead)
-    stale = claims.look(slot.claim)
-    assert stale is not None and stale.key == dead.token
-    assert not claims.create(slot.claim, first)  # held: the name exists
+    assert claims.create(paths.claim, dead)
+    stale = claims.read_claim(paths.claim)
+    assert stale is not None and stale.claim_id == dead.token
+    assert not claims.create(paths.claim, first)  # held: the name exists
 
-    assert claims.break_stale(slot, stale, first)  # the first waiter takes it over
-    assert claims.look(slot.claim) is None
-    assert claims.create(slot.claim, newcomer)  # someone claims it anew
-    fresh = os.stat(slot.claim).st_ino
+    assert claims.break_stale(paths, stale, first)  # the first waiter takes it over
+    assert claims.read_claim(paths.claim) is None
+    assert claims.create(paths.claim, newcomer)  # someone claims it anew
+    fresh = os.stat(paths.claim).st_ino
     # A second waiter that judged the same dead claim stale loses: the takeover is taken.
-    assert not claims.break_stale(slot, stale, second)
+    assert not claims.break_stale(paths, stale, second)
     # Even without the takeover name (say it was cleaned up), it moves the new claim aside,
     # sees it is not the stale one, and puts it back: the newcomer still holds its claim.
-    slot.takeover(dead.token).unlink()
-    assert not claims.break_stale(slot, stale, second)
-    view = claims.look(slot.claim)
-    assert view is not None and view.owner == newcomer and os.stat(slot.claim).st_ino == fresh
-    assert sorted(p.name for p in slot.dir.iterdir()) == [
+    paths.takeover(dead.token).unlink()
+    assert not claims.break_stale(paths, stale, second)
+    view = claims.read_claim(paths.claim)
+    assert view is not None and view.owner == newcomer and os.stat(paths.claim).st_ino == fresh
+    assert sorted(p.name for p in paths.dir.iterdir()) == [
         ".a.safetensors.claim",
         f".a.safetensors.claim.takeover-{dead.token}",
     ]
-    assert slot.leftovers() == [slot.takeover(dead.token)]
+    assert paths.leftovers() == [paths.takeover(dead.token)]
 
 
 def test_a_link_whose_reply_was_lost_still_counts_as_won(tmp_path, monkeypatch):
     """NFS: a retried `link` fails with EEXIST though the first one worked."""
-    slot = Slot(tmp_path / "a.safetensors")
+    paths = ModelFilePaths(tmp_path / "a.safetensors")
     real_link = os.link
 
     def link_then_lose_the_reply(src: Path, dst: Path) -> None:
@@ -605,24 +607,24 @@ def test_a_link_whose_reply_was_lost_still_counts_as_won(tmp_path, monkeypatch):
 
     monkeypatch.setattr(claims.os, "link", link_then_lose_the_reply)
     me = ghost("me")
-    assert claims.create(slot.claim, me)
+    assert claims.create(paths.claim, me)
     monkeypatch.setattr(claims.os, "link", real_link)
-    assert not claims.create(slot.claim, ghost("other"))
-    view = claims.look(slot.claim)
+    assert not claims.create(paths.claim, ghost("other"))
+    view = claims.read_claim(paths.claim)
     assert view is not None and view.owner == me
     assert [p.name for p in tmp_path.iterdir()] == [".a.safetensors.claim"]  # no owner file left
 
 
 def test_a_claim_taken_over_stops_its_old_owner_from_publishing(tmp_path):
-    slot = Slot(tmp_path / "a.safetensors")
+    paths = ModelFilePaths(tmp_path / "a.safetensors")
     me = ghost("me")
-    assert claims.create(slot.claim, me)
-    mine = Claim(slot, me)
+    assert claims.create(paths.claim, me)
+    mine = Claim(paths, me)
     mine.beat()
     mine.check()  # still ours: no error
-    stale = claims.look(slot.claim)
-    assert stale is not None and claims.break_stale(slot, stale, ghost("waiter"))
-    assert claims.create(slot.claim, ghost("new owner"))
+    stale = claims.read_claim(paths.claim)
+    assert stale is not None and claims.break_stale(paths, stale, ghost("waiter"))
+    assert claims.create(paths.claim, ghost("new owner"))
     mine.beat()  # the heartbeat notices
     with pytest.raises(claims.ClaimLost):
         mine.check()
@@ -643,23 +645,22 @@ def test_the_claim_timings_are_fixed_and_tests_give_their_own(tmp_path):
 
 
 def test_clean_up_after_publishing_keeps_only_a_fresh_owner_file_of_another_creator(tmp_path):
-    slot = Slot(tmp_path / "a.safetensors")
+    paths = ModelFilePaths(tmp_path / "a.safetensors")
     me, other, killed = ghost("me"), ghost("other"), ghost("killed")
-    assert claims.create(slot.claim, me)
+    assert claims.create(paths.claim, me)
     left = [
-        slot.own(other.token, "partial"),
-        state_path(slot.own(other.token, "partial")),
-        slot.takeover(other.token),
-        slot.own(other.token, "stale"),
-        slot.legacy_partial,
+        paths.of_owner(other.token, "partial"),
+        state_path(paths.of_owner(other.token, "partial")),
+        paths.takeover(other.token),
+        paths.of_owner(other.token, "stale"),
     ]
-    fresh = slot.claim.with_name(f"{slot.claim.name}.{other.token}.owner")  # being created now
-    abandoned = slot.claim.with_name(f"{slot.claim.name}.{killed.token}.owner")
+    fresh = paths.claim.with_name(f"{paths.claim.name}.{other.token}.owner")  # being created now
+    abandoned = paths.claim.with_name(f"{paths.claim.name}.{killed.token}.owner")
     unrelated = tmp_path / ".a.safetensors.x.partial"  # not a name this code makes
     for path in [*left, fresh, abandoned, unrelated]:
         path.write_bytes(b"x")
-    claim_mtime = os.stat(slot.claim).st_mtime_ns
+    claim_mtime = os.stat(paths.claim).st_mtime_ns
     os.utime(abandoned, ns=(claim_mtime - 61 * 10**9, claim_mtime - 61 * 10**9))
-    Claim(slot, me).clean()
+    Claim(paths, me).clean()
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted([slot.claim.name, fresh.name, unrelated.name])
+    assert names == sorted([paths.claim.name, fresh.name, unrelated.name])

@@ -183,7 +183,7 @@ def test_partial_with_a_hole_in_the_middle_resumes_to_the_right_sha256(
     at different places): the running hash must wait for the gap, then cover the rest."""
     cdn = tmp_path / "cdn"
     data = make_blob(cdn / "a.bin", SIZE, seed=7)
-    tmp = tmp_path / "models" / "vae" / ".a.safetensors.partial"
+    tmp = tmp_path / "models" / "vae" / ".a.safetensors.0123456789abcdef.partial"  # left by a run
     tmp.parent.mkdir(parents=True)
     done = [(0, MIB // 2), (2 * MIB, 3 * MIB + 5), (4 * MIB, SIZE)]
     image = bytearray(SIZE)

@@ -146,7 +146,7 @@ def resumable_state(tmp: Path, remote: Remote) -> PartialState | None:
     return state
 
 
-class Progress:
+class DownloadProgress:
     """Byte counters for all transfers, and periodic lines with bytes, rate and ETA."""
 
     def __init__(self, log: Callable[[str], None], interval_s: float) -> None:
@@ -229,7 +229,7 @@ class OffsetWriter:
         fd: int,
         state: PartialState,
         state_path: Path,
-        progress: Progress,
+        progress: DownloadProgress,
         name: str,
         hasher: PrefixHasher | None = None,
         check: Callable[[], None] | None = None,
@@ -369,7 +369,7 @@ def transfer(
     connections: int,
     chunk_bytes: int,
     policy: RetryPolicy,
-    progress: Progress,
+    progress: DownloadProgress,
     name: str,
     log: Callable[[str], None],
     check: Callable[[], None] | None = None,
