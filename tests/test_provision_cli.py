@@ -1,4 +1,5 @@
-"""`python -m wan_worker.provision` as start.sh runs it: exit codes, messages, the models root."""
+"""`python -m wan_worker.provision` as a person (or a test) runs it: exit codes, messages, the
+models root, `--pin-manifest`."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def cli(
     env: dict[str, str], *args: str, mounts: dict[str, object] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """The command as start.sh's boot runs it; with `mounts`, RunPod's mounts in the test's own
+    """The command, run as a process; with `mounts`, RunPod's mounts in the test's own
     folders (tests/provision_run.py)."""
     base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     base.update({"PYTHONPATH": str(ROOT), "HF_ENDPOINT": "http://127.0.0.1:9"})

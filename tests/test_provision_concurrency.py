@@ -116,7 +116,7 @@ class Worker:
 def workers_running(
     count: int, env: dict[str, str], logs: Path, command: list[str]
 ) -> Iterator[list[Worker]]:
-    """`count` provisioning processes started at once, as start.sh runs one; any still
+    """`count` provisioning processes started at once, as workers boot at once; any still
     running when the test ends (a failure) are killed."""
     logs.mkdir(exist_ok=True)
     workers = []
