@@ -5,7 +5,8 @@ linking to `blobs/<sha256>`) holds a models bundle of the real models' sizes (38
 files: the sizes are real, the blocks are not, and nothing reads them). Each run starts from an
 empty models root, as a fresh worker on the container disk does, with MODELS_BUNDLE_REPO set
 and the Hub unreachable; interpreter start included. Then the same with the markers in place
-(a later boot of the same worker).
+(a later boot of the same worker). The command runs through tests/provision_run.py, which points
+it at the bench's cache instead of RunPod's place for it.
 
     python scripts/bench_bundle.py --runs 5
 """
@@ -24,6 +25,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import provision_run  # noqa: E402
+
 REPO = "bench/wan-bundle"
 REVISION = "b" * 40
 SIZES = {  # the six models of the manifest, as scripts/bench_provision.py stands them in
@@ -64,11 +69,9 @@ def make_cache(cache: Path) -> Path:
     return manifest
 
 
-def timed(env: dict[str, str]) -> float:
+def timed(env: dict[str, str], command: list[str]) -> float:
     started = time.monotonic()
-    subprocess.run(
-        [sys.executable, "-m", "wan_worker.provision"], env=env, check=True, capture_output=True
-    )
+    subprocess.run(command, env=env, check=True, capture_output=True)
     return time.monotonic() - started
 
 
@@ -90,15 +93,16 @@ def main() -> int:
             PYTHONPATH=str(ROOT),
             MODELS_MANIFEST=str(manifest),
             MODELS_ROOT=str(models_root),
-            RUNPOD_HF_CACHE=str(cache),
             MODELS_BUNDLE_REPO=REPO,
             HF_ENDPOINT="http://127.0.0.1:9",
         )
+        # RunPod's cache where the bench made it, not at /runpod-volume/huggingface-cache/hub.
+        command = provision_run.command(mounts={"hf_cache": cache})
         cold, warm = [], []
         for _ in range(args.runs):
             shutil.rmtree(models_root, ignore_errors=True)
-            cold.append(timed(env))
-            warm.append(timed(env))
+            cold.append(timed(env, command))
+            warm.append(timed(env, command))
         links = sum(1 for p in models_root.rglob("*") if p.is_symlink())
         gb = sum(SIZES.values()) / 1e9
         print(f"{gb:.1f} GB bundle in RunPod's cache, {args.runs} runs, interpreter included:")

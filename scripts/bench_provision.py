@@ -16,6 +16,8 @@
 
 Usage: python scripts/bench_provision.py [--files 3] [--mib 512] [--runs 7] [--workdir DIR]
        [--no-prime]
+The provisioner downloads three files at once, its fixed value: with more `--files`, the rest
+wait their turn, as at a boot.
 Needs nginx and aria2c on PATH.
 """
 
@@ -165,8 +167,6 @@ def bench_provisioner(port: int, files: list[Path], work: Path) -> tuple[float, 
         os.environ,
         MODELS_MANIFEST=str(manifest),
         MODELS_ROOT=str(models_root),
-        PROVISION_PARALLEL_FILES=str(len(files)),
-        PROVISION_MIN_FREE_MB="0",
         PYTHONPATH=str(ROOT),
     )
     started = time.monotonic()

@@ -6,7 +6,9 @@ and the boot's own timeline (BOOT_EVENTS_FILE) to check the order things happene
 (the last launch in FAKE_COMFY_RECORD, every launch as a line of FAKE_COMFY_RECORD.launches),
 then runs the double with the same command line (the double takes ComfyUI's flags). It dies
 at once when FAKE_COMFY_CRASH is set. `HANDLER` records the arguments and PID start.sh
-exec'd it with, then runs the real rp_handler.py in the same process.
+exec'd it with, puts RunPod's mounts in the test's folders (TEST_NETWORK_VOLUME, a mount point
+while it exists; TEST_POD_VOLUME; TEST_HF_CACHE), then runs the real rp_handler.py in the same
+process.
 """
 
 from __future__ import annotations
@@ -61,6 +63,15 @@ record = {"argv": sys.argv[1:], "pid": os.getpid()}
 with open(os.environ["FAKE_HANDLER_RECORD"], "w") as f:
     json.dump(record, f)
 sys.path.insert(0, os.environ["APP_DIR"])
+from pathlib import Path
+from wan_worker.settings import provisioning
+volume = Path(os.environ["TEST_NETWORK_VOLUME"])  # a mount point while it exists
+provisioning.RUNPOD = provisioning.RunPodMounts(
+    network_volume=volume,
+    pod_volume=Path(os.environ["TEST_POD_VOLUME"]),
+    hf_cache=Path(os.environ["TEST_HF_CACHE"]),
+    is_mount=lambda path: path == volume and path.is_dir(),
+)
 runpy.run_path(os.path.join(os.environ["APP_DIR"], "rp_handler.py"), run_name="__main__")
 """
 
@@ -87,13 +98,11 @@ def boot_env(tmp_path: Path) -> dict[str, str]:
             "COMFYUI_LOG": str(tmp_path / "run" / "comfyui.log"),
             "COMFYUI_READY_TIMEOUT_S": "60",
             "HANDLER": str(tmp_path / "handler.py"),
-            "RUNPOD_VOLUME_DIR": str(tmp_path / "volume"),
-            "WORKSPACE_DIR": str(tmp_path / "no-workspace"),
-            "RUNPOD_HF_CACHE": str(tmp_path / "hf-cache"),
+            "TEST_NETWORK_VOLUME": str(tmp_path / "volume"),
+            "TEST_POD_VOLUME": str(tmp_path / "no-workspace"),
+            "TEST_HF_CACHE": str(tmp_path / "hf-cache"),
             "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
             "SKIP_GPU_CHECK": "1",
-            "PROVISION_BACKOFF_S": "0",
-            "PROVISION_RETRIES": "1",
             "READAHEAD_RESERVE_MB": "0",
             "ATTENTION": "sdpa",
             "JOB_TIMEOUT_S": "120",

@@ -72,11 +72,14 @@ def volume(tmp_path: Path) -> Iterator[tuple[dict, FlakyFileServer]]:
             entry["sources"][0]["url"] = entry["sources"][0]["url"].replace("URL", server.url)
         earlier = [e for e in entries if f"{e['folder']}/{e['filename']}" != DOWNLOADED_AT_BOOT]
         env["MODELS_MANIFEST"] = str(write_manifest(tmp_path / "earlier.json", earlier))
+        root = tmp_path / "volume" / "models"  # the network volume, as the boot resolves it
         subprocess.run(
-            [sys.executable, "-m", "wan_worker.provision"], env=env, cwd=PROJECT, check=True
+            [sys.executable, "-m", "wan_worker.provision"],
+            env={**env, "MODELS_ROOT": str(root)},
+            cwd=PROJECT,
+            check=True,
         )
         env["MODELS_MANIFEST"] = str(write_manifest(tmp_path / "models.json", entries))
-        root = tmp_path / "volume" / "models"
         for use in USES:
             if use.relpath != DOWNLOADED_AT_BOOT:
                 drop_from_cache(root / use.relpath)

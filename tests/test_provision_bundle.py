@@ -146,10 +146,10 @@ def test_bundle_command_uploads_every_file_over_lfs_in_one_commit(tmp_path, hub,
         "MODELS_MANIFEST": str(models.manifest),
         "HF_ENDPOINT": hub.url,
         "HF_TOKEN": TOKEN,
-        "RUNPOD_HF_CACHE": str(tmp_path / "no-cache"),
     }
     staging = ("--models-root", str(tmp_path / "staging"))
-    first = cli(env, "bundle", "--repo", BUNDLE, "--private", *staging)
+    no_cache = {"hf_cache": tmp_path / "no-cache"}
+    first = cli(env, "bundle", "--repo", BUNDLE, "--private", *staging, mounts=no_cache)
     assert first.returncode == 0, first.stderr
     commit = hub.repos[BUNDLE].branches["main"]
     assert f"MODELS_BUNDLE_REPO={BUNDLE}" in first.stdout
@@ -189,7 +189,7 @@ def test_bundle_command_uploads_every_file_over_lfs_in_one_commit(tmp_path, hub,
     # Again: every file already verified (markers) and already on the Hub: nothing sent,
     # no new commit, the same revision printed.
     uploads = len(hub.seen("storage", "PUT"))
-    second = cli(env, "bundle", "--repo", BUNDLE, "--private", *staging)
+    second = cli(env, "bundle", "--repo", BUNDLE, "--private", *staging, mounts=no_cache)
     assert second.returncode == 0, second.stderr
     assert "2 already verified" in second.stderr
     assert len(hub.seen("storage", "PUT")) == uploads

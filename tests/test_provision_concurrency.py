@@ -1,5 +1,5 @@
-"""Many workers, one models root: real `python -m wan_worker.provision` processes started at
-once against a throttled HTTP server and against moto's S3 server (R2 style, behind a throttling
+"""Many workers, one models root: real provisioning processes (`python -m wan_worker.provision`,
+through tests/provision_run.py for shorter claim timings) started at once against a throttled HTTP server and against moto's S3 server (R2 style, behind a throttling
 proxy), some SIGKILLed in the middle of a download; and the claim protocol's takeover and wait
 bound, in one process.
 
@@ -17,7 +17,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests import provision_run
 from tests.provision_servers import (
     Fault,
     FlakyFileServer,
@@ -39,9 +39,8 @@ from tests.provision_servers import (
     write_manifest,
 )
 from tests.test_provision_download import settings_for
-from wan_worker.errors import ConfigError
 from wan_worker.provision import claims, verify
-from wan_worker.provision.claims import Claim, Heartbeat, Owner, Slot
+from wan_worker.provision.claims import Claim, Heartbeat, ModelFilePaths, Owner
 from wan_worker.provision.provisioner import Provisioner
 from wan_worker.provision.transfer import PartialState, state_path
 
@@ -62,19 +61,31 @@ def base_env(tmp_path: Path, manifest: Path, **extra: str) -> dict[str, str]:
         MODELS_MANIFEST=str(manifest),
         MODELS_ROOT=str(tmp_path / "models"),
         COMFYUI_DIR=str(tmp_path / "comfy"),
-        RUNPOD_HF_CACHE=str(tmp_path / "hf-cache"),
         HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
-        PROVISION_CONNECTIONS="2",
-        PROVISION_CHUNK_MB="1",
-        PROVISION_MIN_FREE_MB="0",
-        PROVISION_RETRIES="2",
-        PROVISION_BACKOFF_S="0",
-        PROVISION_PROGRESS_S="0.5",
-        PROVISION_CLAIM_STALE_S="3",
-        PROVISION_WAIT_S="120",
     )
     env.update(extra)
     return env
+
+
+#: The provisioner's fixed values, shortened so that a test's downloads and takeovers take
+#: seconds: small ranges, a quick failure, frequent progress lines, a 3 s stale bound.
+QUICK = {
+    "connections": 2,
+    "chunk_bytes": MIB,
+    "min_free_bytes": 0,
+    "retries": 2,
+    "backoff_s": 0,
+    "progress_interval_s": 0.5,
+    "claim_stale_s": 3,
+    "wait_s": 120,
+}
+
+
+def provisioning(tmp_path: Path, **changes: object) -> list[str]:
+    """The command line of one provisioning process with the QUICK values (and `changes`)."""
+    return provision_run.command(
+        mounts={"hf_cache": tmp_path / "hf-cache"}, settings={**QUICK, **changes}
+    )
 
 
 def wait_for(found: Callable[[], T | None], what: str, workers: list[Worker]) -> T:
@@ -102,8 +113,10 @@ class Worker:
 
 
 @contextmanager
-def workers_running(count: int, env: dict[str, str], logs: Path) -> Iterator[list[Worker]]:
-    """`count` provisioning processes started at once, as start.sh runs one; any still
+def workers_running(
+    count: int, env: dict[str, str], logs: Path, command: list[str]
+) -> Iterator[list[Worker]]:
+    """`count` provisioning processes started at once, as workers boot at once; any still
     running when the test ends (a failure) are killed."""
     logs.mkdir(exist_ok=True)
     workers = []
@@ -112,7 +125,7 @@ def workers_running(count: int, env: dict[str, str], logs: Path) -> Iterator[lis
             log = logs / f"worker-{i}.log"
             with log.open("wb") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "wan_worker.provision"],
+                    command,
                     env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=out,
@@ -153,14 +166,16 @@ class Kill:
 def claim_holders(root: Path) -> dict[str, Owner]:
     held = {}
     for rel in SIZES:
-        view = claims.look(Slot(root / rel).claim)
+        view = claims.read_claim(ModelFilePaths(root / rel).claim)
         if view is not None and view.owner is not None:
             held[rel] = view.owner
     return held
 
 
 def persisted(root: Path, rel: str, owner: Owner) -> int:
-    state = PartialState.load(state_path(Slot(root / rel).own(owner.token, "partial")))
+    state = PartialState.load(
+        state_path(ModelFilePaths(root / rel).of_owner(owner.token, "partial"))
+    )
     return state.done.total() if state is not None else 0
 
 
@@ -310,7 +325,7 @@ def test_five_workers_on_one_root_over_http_two_killed_mid_download(tmp_path):
         root = tmp_path / "models"
         killed: list[Kill] = []
         env = base_env(tmp_path, manifest)
-        with workers_running(5, env, tmp_path / "logs") as workers:
+        with workers_running(5, env, tmp_path / "logs", provisioning(tmp_path)) as workers:
             kill_mid_download(root, workers, server.requests, killed, least=MIB)
             assert all(w.proc.poll() is None for w in workers if w.proc.pid != killed[0].pid)
             kill_mid_download(root, workers, server.requests, killed, least=2 * MIB)
@@ -368,7 +383,7 @@ def test_four_workers_on_one_root_over_s3_one_killed_mid_download(tmp_path, s3_b
     )
     root = tmp_path / "models"
     killed: list[Kill] = []
-    with workers_running(4, env, tmp_path / "logs") as workers:
+    with workers_running(4, env, tmp_path / "logs", provisioning(tmp_path)) as workers:
         kill_mid_download(root, workers, proxy.requests, killed, least=MIB)
         check_run(
             root, data, workers, killed, proxy.requests, path_of,
@@ -376,6 +391,71 @@ def test_four_workers_on_one_root_over_s3_one_killed_mid_download(tmp_path, s3_b
         )  # fmt: skip
     for worker in workers:
         assert secret not in worker.text()
+
+
+# ---------------------------------------------------------------- an owner frozen past the bound
+def test_an_owner_frozen_past_the_stale_bound_stops_when_it_wakes(tmp_path):
+    """A SIGSTOPped owner's claim is taken over; SIGCONTed, it must not download on beside the
+    new owner. Its own heartbeat is not due for seconds when it wakes (a 60 s stale bound: a
+    beat every 10 s), as after a pause its monotonic clock did not see (a VM paused by its
+    host): so only its own check of the claim, on waking, can stop it."""
+    size = 10 * MIB + 9
+    cdn = tmp_path / "cdn"
+    blob = make_blob(cdn / "a.bin", size, seed=5)
+    rel = "vae/a.safetensors"
+    with running(FlakyFileServer(cdn, Fault(rate=RATE))) as server:
+        assert isinstance(server, FlakyFileServer)
+        manifest = manifest_for(
+            tmp_path, {rel: blob}, lambda _rel: {"type": "url", "url": f"{server.url}/a.bin"}
+        )
+        env = base_env(tmp_path, manifest)
+        root = tmp_path / "models"
+        paths = ModelFilePaths(root / rel)
+        frozen = tmp_path / "frozen"
+        with workers_running(1, env, frozen, provisioning(tmp_path, claim_stale_s=60)) as first:
+            [owner] = first
+
+            def holds_a_mib() -> Owner | None:
+                view = claims.read_claim(paths.claim)
+                if view is None or view.owner is None:
+                    return None
+                return view.owner if persisted(root, rel, view.owner) >= MIB else None
+
+            old = wait_for(holds_a_mib, "the first owner with a MiB on disk", first)
+            owner.proc.send_signal(signal.SIGSTOP)
+            try:
+                with workers_running(1, env, tmp_path / "new", provisioning(tmp_path)) as second:
+
+                    def new_owner(least: int) -> Owner | None:
+                        view = claims.read_claim(paths.claim)
+                        if view is None or view.owner is None or view.owner == old:
+                            return None
+                        return view.owner if persisted(root, rel, view.owner) >= least else None
+
+                    new = wait_for(lambda: new_owner(0), "the claim taken over", second)
+                    # From here on, asking for a range is the new owner's job alone: what the
+                    # old one had asked for before it froze is in the log already (seconds ago).
+                    taken_at = len(server.requests)
+                    wait_for(lambda: new_owner(MIB + 1), "the new owner fetching", second)
+                    owner.proc.send_signal(signal.SIGCONT)
+                    for worker in [*first, *second]:
+                        worker.proc.wait(timeout=120)
+            finally:
+                owner.proc.send_signal(signal.SIGCONT)
+        requests = list(server.requests)
+    logs = {"frozen": first[0].text(), "new": second[0].text()}
+    assert [w.proc.returncode for w in (*first, *second)] == [0, 0], logs
+    assert (root / rel).read_bytes() == blob
+    assert new.token != old.token
+    # Woken, the old owner asked for nothing more: every range asked for since the takeover was
+    # the new owner's, and none twice.
+    after = [span(r, size) for method, _path, r in requests[taken_at:] if method == "GET"]
+    assert after, requests
+    assert_disjoint(after, rel)
+    assert sum(e - s for s, e in after) <= size - MIB
+    assert f"{rel}: another worker took its download over" in logs["frozen"]
+    assert f"{rel}: ready (made ready by another worker)" in logs["frozen"]
+    assert logs["new"].count(f"{rel}: ready ({server.url}/a.bin)") == 1
 
 
 # ---------------------------------------------------------------- the protocol, in one process
@@ -407,12 +487,12 @@ def test_a_vanished_hosts_claim_is_taken_over_after_the_stale_bound(tmp_path):
         assert isinstance(server, FlakyFileServer)
         blob, manifest = one_file(tmp_path, server.url)
         dest = tmp_path / "models" / "vae" / "a.safetensors"
-        slot = Slot(dest)
+        paths = ModelFilePaths(dest)
         dest.parent.mkdir(parents=True)
         gone = ghost()
-        assert claims.create(slot.claim, gone)
+        assert claims.create(paths.claim, gone)
         # Its partial: the first MiB recorded as done (as its last state write left it).
-        partial = slot.own(gone.token, "partial")
+        partial = paths.of_owner(gone.token, "partial")
         partial.write_bytes(blob[:MIB] + bytes(len(blob) - MIB))
         state = PartialState(len(blob), f"sha256:{sha(blob)}", "x")
         state.done.add(0, MIB)
@@ -449,24 +529,17 @@ def test_a_live_claim_past_the_wait_bound_fails_saying_what_it_waited_for(tmp_pa
         dest = tmp_path / "models" / "vae" / "a.safetensors"
         dest.parent.mkdir(parents=True)
         busy = ghost("busy-host", 777)
-        slot = Slot(dest)
-        assert claims.create(slot.claim, busy)
-        with slot.own(busy.token, "partial").open("wb") as f:  # a MiB so far, the rest a hole
+        paths = ModelFilePaths(dest)
+        assert claims.create(paths.claim, busy)
+        with paths.of_owner(busy.token, "partial").open("wb") as f:  # a MiB so far, the rest a hole
             f.truncate(len(blob))
             f.write(blob[:MIB])
         beating = Heartbeat(0.1)  # the busy owner's heartbeat, alive all along
-        beating.add(Claim(slot, busy))
+        beating.add(Claim(paths, busy))
         try:
-            env = base_env(
-                tmp_path,
-                manifest,
-                PROVISION_WAIT_S="1.5",
-                PROVISION_CLAIM_STALE_S="1",
-                PROVISION_PROGRESS_S="0.5",
-            )
             done = subprocess.run(
-                [sys.executable, "-m", "wan_worker.provision"],
-                env=env,
+                provisioning(tmp_path, wait_s=1.5, claim_stale_s=1, progress_interval_s=0.5),
+                env=base_env(tmp_path, manifest),
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -478,54 +551,54 @@ def test_a_live_claim_past_the_wait_bound_fails_saying_what_it_waited_for(tmp_pa
     assert done.returncode == 3, done.stderr
     failed = [line for line in done.stderr.splitlines() if line.startswith("[provision] FAILED")]
     assert failed == [
-        "[provision] FAILED: vae/a.safetensors: waited 2s (PROVISION_WAIT_S=1.5) for another "
-        f"worker (host busy-host pid 777) that holds its download claim {slot.claim} with a "
+        "[provision] FAILED: vae/a.safetensors: waited 2s (at most 1.5s) for another "
+        f"worker (host busy-host pid 777) that holds its download claim {paths.claim} with a "
         "live heartbeat (1.0 MiB of 3.0 MiB on disk so far). Fix: if that worker is still "
-        "downloading from a slow source, raise PROVISION_WAIT_S; if it is stuck, stop it (its "
-        "claim is taken over 1s after its heartbeat stops, PROVISION_CLAIM_STALE_S); if no "
-        f"worker is running, delete {slot.claim}"
+        "downloading from a slow source, start this one again (RunPod does that itself for a "
+        "serverless worker): it waits anew; if it is stuck, stop it (its claim is taken over "
+        f"1s after its heartbeat stops); if no worker is running, delete {paths.claim}"
     ], done.stderr
     waiting = [line for line in done.stderr.splitlines() if ": waiting for host busy-host" in line]
-    # Logged every PROVISION_PROGRESS_S, not at every poll (six polls a second here).
+    # Logged every progress interval (0.5 s here), not at every poll (six polls a second here).
     assert 2 <= len(waiting) <= 4, waiting
     assert "(1.0 MiB of 3.0 MiB on disk so far; heartbeat seen" in waiting[0]
     assert asked == []  # it never touched the source
-    view = claims.look(slot.claim)
+    view = claims.read_claim(paths.claim)
     assert view is not None and view.owner == busy  # and did not take a live claim over
     assert not dest.exists()
 
 
 def test_one_waiter_wins_a_takeover_and_a_late_one_leaves_the_new_claim_alone(tmp_path):
-    slot = Slot(tmp_path / "vae" / "a.safetensors")
-    slot.dir.mkdir(parents=True)
+    paths = ModelFilePaths(tmp_path / "vae" / "a.safetensors")
+    paths.dir.mkdir(parents=True)
     dead, first, second, newcomer = ghost(), ghost("a"), ghost("b"), ghost("c")
-    assert claims.create(slot.claim, dead)
-    stale = claims.look(slot.claim)
-    assert stale is not None and stale.key == dead.token
-    assert not claims.create(slot.claim, first)  # held: the name exists
+    assert claims.create(paths.claim, dead)
+    stale = claims.read_claim(paths.claim)
+    assert stale is not None and stale.claim_id == dead.token
+    assert not claims.create(paths.claim, first)  # held: the name exists
 
-    assert claims.break_stale(slot, stale, first)  # the first waiter takes it over
-    assert claims.look(slot.claim) is None
-    assert claims.create(slot.claim, newcomer)  # someone claims it anew
-    fresh = os.stat(slot.claim).st_ino
+    assert claims.break_stale(paths, stale, first)  # the first waiter takes it over
+    assert claims.read_claim(paths.claim) is None
+    assert claims.create(paths.claim, newcomer)  # someone claims it anew
+    fresh = os.stat(paths.claim).st_ino
     # A second waiter that judged the same dead claim stale loses: the takeover is taken.
-    assert not claims.break_stale(slot, stale, second)
+    assert not claims.break_stale(paths, stale, second)
     # Even without the takeover name (say it was cleaned up), it moves the new claim aside,
     # sees it is not the stale one, and puts it back: the newcomer still holds its claim.
-    slot.takeover(dead.token).unlink()
-    assert not claims.break_stale(slot, stale, second)
-    view = claims.look(slot.claim)
-    assert view is not None and view.owner == newcomer and os.stat(slot.claim).st_ino == fresh
-    assert sorted(p.name for p in slot.dir.iterdir()) == [
+    paths.takeover(dead.token).unlink()
+    assert not claims.break_stale(paths, stale, second)
+    view = claims.read_claim(paths.claim)
+    assert view is not None and view.owner == newcomer and os.stat(paths.claim).st_ino == fresh
+    assert sorted(p.name for p in paths.dir.iterdir()) == [
         ".a.safetensors.claim",
         f".a.safetensors.claim.takeover-{dead.token}",
     ]
-    assert slot.leftovers() == [slot.takeover(dead.token)]
+    assert paths.leftovers() == [paths.takeover(dead.token)]
 
 
 def test_a_link_whose_reply_was_lost_still_counts_as_won(tmp_path, monkeypatch):
     """NFS: a retried `link` fails with EEXIST though the first one worked."""
-    slot = Slot(tmp_path / "a.safetensors")
+    paths = ModelFilePaths(tmp_path / "a.safetensors")
     real_link = os.link
 
     def link_then_lose_the_reply(src: Path, dst: Path) -> None:
@@ -534,24 +607,24 @@ def test_a_link_whose_reply_was_lost_still_counts_as_won(tmp_path, monkeypatch):
 
     monkeypatch.setattr(claims.os, "link", link_then_lose_the_reply)
     me = ghost("me")
-    assert claims.create(slot.claim, me)
+    assert claims.create(paths.claim, me)
     monkeypatch.setattr(claims.os, "link", real_link)
-    assert not claims.create(slot.claim, ghost("other"))
-    view = claims.look(slot.claim)
+    assert not claims.create(paths.claim, ghost("other"))
+    view = claims.read_claim(paths.claim)
     assert view is not None and view.owner == me
     assert [p.name for p in tmp_path.iterdir()] == [".a.safetensors.claim"]  # no owner file left
 
 
 def test_a_claim_taken_over_stops_its_old_owner_from_publishing(tmp_path):
-    slot = Slot(tmp_path / "a.safetensors")
+    paths = ModelFilePaths(tmp_path / "a.safetensors")
     me = ghost("me")
-    assert claims.create(slot.claim, me)
-    mine = Claim(slot, me)
+    assert claims.create(paths.claim, me)
+    mine = Claim(paths, me)
     mine.beat()
     mine.check()  # still ours: no error
-    stale = claims.look(slot.claim)
-    assert stale is not None and claims.break_stale(slot, stale, ghost("waiter"))
-    assert claims.create(slot.claim, ghost("new owner"))
+    stale = claims.read_claim(paths.claim)
+    assert stale is not None and claims.break_stale(paths, stale, ghost("waiter"))
+    assert claims.create(paths.claim, ghost("new owner"))
     mine.beat()  # the heartbeat notices
     with pytest.raises(claims.ClaimLost):
         mine.check()
@@ -559,39 +632,35 @@ def test_a_claim_taken_over_stops_its_old_owner_from_publishing(tmp_path):
         mine.confirm()
 
 
-def test_settings_read_the_claim_timings(tmp_path):
+def test_the_claim_timings_are_fixed_and_tests_give_their_own(tmp_path):
     from wan_worker.settings.provisioning import ProvisionSettings
 
-    default = ProvisionSettings.from_env({"MODELS_ROOT": str(tmp_path)})
+    env = {"MODELS_ROOT": str(tmp_path), "PROVISION_CLAIM_STALE_S": "5", "PROVISION_WAIT_S": "x"}
+    default = ProvisionSettings.from_env(env)  # no longer read: neither value, nor the bad one
     assert (default.claim_stale_s, default.wait_s) == (60.0, 1800.0)
-    tuned = ProvisionSettings.from_env(
-        {"MODELS_ROOT": str(tmp_path), "PROVISION_CLAIM_STALE_S": "5", "PROVISION_WAIT_S": "90"}
-    )
-    assert (tuned.claim_stale_s, tuned.wait_s) == (5.0, 90.0)
-    timing = Provisioner(replace(tuned)).timing
-    assert (timing.heartbeat_s, timing.poll_s) == (5 / 6, 5 / 6)
-    with pytest.raises(ConfigError):
-        ProvisionSettings.from_env({"MODELS_ROOT": str(tmp_path), "PROVISION_WAIT_S": "soon"})
+    assert (Provisioner(default).timing.heartbeat_s, Provisioner(default).timing.poll_s) == (10, 1)
+    tuned = replace(default, claim_stale_s=5.0, wait_s=90.0)
+    timing = Provisioner(tuned).timing
+    assert (timing.heartbeat_s, timing.poll_s, timing.wait_s) == (5 / 6, 5 / 6, 90.0)
 
 
 def test_clean_up_after_publishing_keeps_only_a_fresh_owner_file_of_another_creator(tmp_path):
-    slot = Slot(tmp_path / "a.safetensors")
+    paths = ModelFilePaths(tmp_path / "a.safetensors")
     me, other, killed = ghost("me"), ghost("other"), ghost("killed")
-    assert claims.create(slot.claim, me)
+    assert claims.create(paths.claim, me)
     left = [
-        slot.own(other.token, "partial"),
-        state_path(slot.own(other.token, "partial")),
-        slot.takeover(other.token),
-        slot.own(other.token, "stale"),
-        slot.legacy_partial,
+        paths.of_owner(other.token, "partial"),
+        state_path(paths.of_owner(other.token, "partial")),
+        paths.takeover(other.token),
+        paths.of_owner(other.token, "stale"),
     ]
-    fresh = slot.claim.with_name(f"{slot.claim.name}.{other.token}.owner")  # being created now
-    abandoned = slot.claim.with_name(f"{slot.claim.name}.{killed.token}.owner")
+    fresh = paths.claim.with_name(f"{paths.claim.name}.{other.token}.owner")  # being created now
+    abandoned = paths.claim.with_name(f"{paths.claim.name}.{killed.token}.owner")
     unrelated = tmp_path / ".a.safetensors.x.partial"  # not a name this code makes
     for path in [*left, fresh, abandoned, unrelated]:
         path.write_bytes(b"x")
-    claim_mtime = os.stat(slot.claim).st_mtime_ns
+    claim_mtime = os.stat(paths.claim).st_mtime_ns
     os.utime(abandoned, ns=(claim_mtime - 61 * 10**9, claim_mtime - 61 * 10**9))
-    Claim(slot, me).clean()
+    Claim(paths, me).clean()
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted([slot.claim.name, fresh.name, unrelated.name])
+    assert names == sorted([paths.claim.name, fresh.name, unrelated.name])

@@ -502,7 +502,7 @@ def test_r2_resumes_a_partial_download(tmp_path, r2):
         ],
     )
     # A previous run got the first 1.5 MiB; the rest of the file is still a hole.
-    tmp = tmp_path / "models" / "loras" / ".y.safetensors.partial"
+    tmp = tmp_path / "models" / "loras" / ".y.safetensors.0123456789abcdef.partial"
     tmp.parent.mkdir(parents=True)
     done = 3 * MIB // 2
     tmp.write_bytes(data[:done] + bytes(len(data) - done))

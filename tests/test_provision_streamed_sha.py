@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import provision_run
 from tests.provision_servers import (
     Fault,
     FlakyFileServer,
@@ -122,16 +123,17 @@ def test_download_killed_mid_file_resumes_and_hashes_what_was_on_disk(tmp_path, 
             PYTHONPATH=str(ROOT),
             MODELS_MANIFEST=str(manifest),
             MODELS_ROOT=str(tmp_path / "models"),
-            PROVISION_CONNECTIONS="1",
-            PROVISION_MIN_FREE_MB="0",
             HF_ENDPOINT="http://127.0.0.1:9",
         )
         # The state file is written every PERSIST_EVERY_BYTES; lowered so that a few MiB count.
         code = (
             "import sys; import wan_worker.provision.transfer as t; t.PERSIST_EVERY_BYTES = 1 << 20;"
-            "from wan_worker.provision.__main__ import main; sys.exit(main())"
+            "from tests.provision_run import run; sys.exit(run(sys.argv[1:]))"
         )
-        worker = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+        config = provision_run.config(settings={"connections": 1, "min_free_bytes": 0})
+        worker = subprocess.Popen(
+            [sys.executable, "-c", code, config], env=env, stderr=subprocess.PIPE
+        )
         try:
             deadline = time.monotonic() + 60
             state = None
@@ -181,7 +183,7 @@ def test_partial_with_a_hole_in_the_middle_resumes_to_the_right_sha256(
     at different places): the running hash must wait for the gap, then cover the rest."""
     cdn = tmp_path / "cdn"
     data = make_blob(cdn / "a.bin", SIZE, seed=7)
-    tmp = tmp_path / "models" / "vae" / ".a.safetensors.partial"
+    tmp = tmp_path / "models" / "vae" / ".a.safetensors.0123456789abcdef.partial"  # left by a run
     tmp.parent.mkdir(parents=True)
     done = [(0, MIB // 2), (2 * MIB, 3 * MIB + 5), (4 * MIB, SIZE)]
     image = bytearray(SIZE)

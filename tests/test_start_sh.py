@@ -128,7 +128,7 @@ def test_pod_mode_listens_publicly_and_serves_the_api_locally(tmp_path, boot):
         {
             "RUNPOD_POD_ID": "pod1",
             "SKIP_PROVISION": "1",
-            "WORKSPACE_DIR": str(tmp_path / "workspace"),
+            "TEST_POD_VOLUME": str(tmp_path / "workspace"),
         }
     )
     shutil.rmtree(tmp_path / "volume")

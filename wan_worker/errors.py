@@ -12,33 +12,49 @@ alone. So the `error` string stands on its own and starts with the code
 (`invalid_input: seed: must be an integer ...`); `error_code`, `field`, `fields`, `node_id`
 and the other details stay in the dict, where the SDK keeps them.
 
-The tree, with each class's `code` (* marks the ones that ask RunPod to replace the worker):
+The tree, with each class's `code` (* marks the ones that ask RunPod to replace the worker) and,
+for the ones a boot or `python -m wan_worker.provision` ends with, its exit status:
 
-    WorkerError                 worker_error
-    ├── ConfigError             config_error         the endpoint's environment is wrong
-    ├── InputError              invalid_input        a job input is wrong
-    ├── ComfyUnavailable        comfyui_unavailable  * ComfyUI is gone or not answering
-    ├── ComfyRejected           workflow_rejected    /prompt refused the workflow
-    ├── ComfyExecutionError     execution_error      a node failed
+    WorkerError                 worker_error             1
+    ├── ConfigError             config_error             2  the endpoint's environment is wrong
+    ├── InputError              invalid_input               a job input is wrong
+    ├── ComfyUnavailable        comfyui_unavailable  *      ComfyUI is gone or not answering
+    ├── ComfyRejected           workflow_rejected           /prompt refused the workflow
+    ├── ComfyExecutionError     execution_error             a node failed
     │   ├── OutOfMemory         out_of_memory
-    │   └── SageAttentionFailed execution_error      SageAttention would not load or run
-    ├── JobTimeout              timeout              the job's deadline passed
-    ├── JobCancelled            cancelled            the platform stopped the job
-    ├── OutputError             output_error         no video to return
+    │   └── SageAttentionFailed execution_error             SageAttention would not load or run
+    ├── JobTimeout              timeout                     the job's deadline passed
+    ├── JobCancelled            cancelled                   the platform stopped the job
+    ├── OutputError             output_error                no video to return
     │   └── DiskFull            disk_full
-    ├── StorageError            storage_error        the upload failed
-    ├── GpuNotReady             gpu_unavailable      * boot: CUDA never became usable
-    ├── ProvisionError          provision_failed     * boot: a model could not be had
-    │   └── DiskSpaceError      no_disk_space        * boot: the models do not fit
-    └── PublishError            publish_failed       bundle command: the Hub upload failed
+    ├── StorageError            storage_error               the upload failed
+    ├── GpuNotReady             gpu_unavailable      *   1  boot: CUDA never became usable
+    ├── ProvisionError          provision_failed     *   3  boot: a model could not be had
+    │   ├── DiskSpaceError      no_disk_space        *   4  boot: the models do not fit
+    │   ├── ClaimWaitTimeout    provision_failed     *   3  boot: another worker held a model's
+    │   │                                                   download claim past the wait bound
+    │   └── ProvisionSignal     (internal: never reaches a user, see below)
+    │       ├── SourceFailed        this source cannot deliver the file: try the next one
+    │       ├── RetryableError      one request failed, worth retrying: retry the range
+    │       ├── NoRangeSupport      the server ignored Range: fetch the file in one stream
+    │       └── ClaimLost           another worker took this file's download over: wait for it
+    └── PublishError            publish_failed           5  bundle command: the Hub upload failed
+
+`error_result` maps what is not a WorkerError: an `OSError` ENOSPC to `disk_full`, a
+`MemoryError` to `out_of_memory`, anything else to `internal_error`. No other code reaches a
+caller, and no other place turns an exception into one.
 
 Jobs raise the first twelve; the boot (`wan_worker.gpu_ready`, `python -m wan_worker.provision`)
-raises GpuNotReady, ProvisionError, DiskSpaceError and ConfigError, and reports them as exit
-statuses (a job that waits for the models gets the boot's error). The downloader's own signals
-(`SourceFailed`, `RetryableError`, `NoRangeSupport` in `wan_worker.provision.transfer`) never
-leave provisioning: a model that cannot be had is a ProvisionError naming every source tried.
-PublishError is raised only by `python -m wan_worker.provision bundle`, which a person runs to
-build the models bundle.
+raises GpuNotReady, ProvisionError and its subclasses, and ConfigError, and ends with their
+`exit_status` (a job that waits for the models gets the boot's error). PublishError is raised
+only by `python -m wan_worker.provision bundle`, which a person runs to build the models bundle.
+
+The `ProvisionSignal` branch is how provisioning's parts tell one another what to do next
+(`wan_worker.provision.transfer` and `.sources` raise the first three, `.claims` the last);
+each is caught inside `wan_worker.provision`: a model that no source can deliver becomes a
+ProvisionError naming every source tried, a lost claim means waiting for the file again. They
+sit under ProvisionError so that one escaping by a bug still ends the boot as `provision_failed`
+(exit status 3) rather than as an unexplained crash.
 """
 
 from __future__ import annotations
@@ -69,6 +85,8 @@ class WorkerError(Exception):
     """A failure with a message meant for the caller."""
 
     code: ClassVar[str] = "worker_error"
+    #: The exit status of a boot (or `python -m wan_worker.provision`) that ends with it.
+    exit_status: ClassVar[int] = 1
     #: When True the worker asks RunPod to replace it after this job (it cannot recover).
     refresh_worker: bool = False
 
@@ -84,6 +102,7 @@ class ConfigError(WorkerError):
     """The deployment's environment is wrong; the fix is in the endpoint's settings."""
 
     code = "config_error"
+    exit_status = 2
 
 
 @dataclass(frozen=True)
@@ -197,6 +216,7 @@ class ProvisionError(WorkerError):
     """At boot: a model could not be made available; the worker cannot start without it."""
 
     code = "provision_failed"
+    exit_status = 3
     refresh_worker = True
 
 
@@ -204,12 +224,43 @@ class DiskSpaceError(ProvisionError):
     """At boot: the models still to download do not fit on the models' disk."""
 
     code = "no_disk_space"
+    exit_status = 4
+
+
+class ClaimWaitTimeout(ProvisionError):
+    """At boot: another worker held a model file's download claim, its heartbeat alive, for
+    longer than a worker waits for one file (`wan_worker.provision.claims`)."""
+
+
+class ProvisionSignal(ProvisionError):
+    """Internal to `wan_worker.provision`: what one of its parts tells another to do next.
+    Always caught there; never shown to a user (see the module's docstring)."""
+
+
+class SourceFailed(ProvisionSignal):
+    """This source cannot deliver the file (after retries, or for a reason retries won't fix):
+    the next source is tried."""
+
+
+class RetryableError(ProvisionSignal):
+    """A transient failure of one request (connection, timeout, 5xx, short read): the range is
+    retried, and after the last attempt it becomes SourceFailed."""
+
+
+class NoRangeSupport(ProvisionSignal):
+    """The server ignored a Range request: the file is fetched in one stream instead."""
+
+
+class ClaimLost(ProvisionSignal):
+    """This process's claim on a file was taken over by another worker: it stops writing that
+    file and waits for it like the other workers."""
 
 
 class PublishError(WorkerError):
     """Building the models bundle: the Hugging Face Hub refused or the upload failed."""
 
     code = "publish_failed"
+    exit_status = 5
 
 
 #: The code of a failure nothing foresaw: any exception that is not a WorkerError.

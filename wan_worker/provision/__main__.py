@@ -3,9 +3,10 @@
 [--models-root DIR] [--xet]`.
 
 Exit status: 0 all models ready; 2 bad configuration or manifest; 3 a model could not be had
-(or another worker held it past PROVISION_WAIT_S); 4 not enough disk space; 5 (bundle) the
-upload to the Hub failed. Messages go to stderr, prefixed `[provision]` or `[bundle]`, secrets
-redacted.
+(or another worker held it past the wait bound); 4 not enough disk space; 5 (bundle) the
+upload to the Hub failed (each error's `exit_status`, `wan_worker.errors`). Messages go to
+stderr, prefixed `[provision]` or `[bundle]`, secrets redacted; a variable this version no
+longer reads is named there too, if it is set.
 
 `--pin-manifest`, after a run, writes into the manifest the sizes, and the sha256 sums checked
 against a published value, that the verified markers recorded for entries that had none, so
@@ -22,20 +23,39 @@ import argparse
 import json
 import logging
 import os
+import stat
 import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from wan_worker import logs
-from wan_worker.errors import ConfigError, DiskSpaceError, ProvisionError, PublishError, redact
+from wan_worker.errors import ConfigError, ProvisionError, PublishError, redact
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import load_manifest
 from wan_worker.provision.provisioner import Provisioner
+from wan_worker.settings.env import removed_still_set
 from wan_worker.settings.provisioning import ProvisionSettings
 
 
 def _log(text: str) -> None:
     print(redact(text), file=sys.stderr, flush=True)
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Replace `path` with `text` at once, its mode kept: written to a temporary name of this
+    writer's own in the same folder, then renamed over it. A fixed temporary name let two runs
+    at once rename each other's file (or a half-written one) away."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def pin_manifest(settings: ProvisionSettings) -> int:
@@ -63,9 +83,7 @@ def pin_manifest(settings: ProvisionSettings) -> int:
                     f"[provision] {model.relpath}: sha256 {marker.sha256} was computed but not "
                     "checked against a published value; not pinned"
                 )
-    tmp = Path(f"{settings.manifest_path}.tmp")
-    tmp.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, settings.manifest_path)
+    replace_file(settings.manifest_path, json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
     _log(f"[provision] pinned {pinned} value(s) in {settings.manifest_path}")
     return 0
 
@@ -89,7 +107,11 @@ def _bundle(settings: ProvisionSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    read_settings: Callable[[], ProvisionSettings] = ProvisionSettings.from_env,
+) -> int:
+    """The command; `read_settings` gives its settings (tests give their own mounts and values)."""
     parser = argparse.ArgumentParser(
         prog="python -m wan_worker.provision",
         description="Make every model in the manifest present and verified.",
@@ -131,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logs.configure(logging.WARNING)
+    for warning in removed_still_set():
+        _log(f"[provision] {warning}")
     try:
-        settings = ProvisionSettings.from_env()
+        settings = read_settings()
         if args.command == "bundle":
             return _bundle(settings, args)
         if args.print_root:
@@ -141,18 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         Provisioner(settings, log=_log).run()
         if args.pin_manifest:
             return pin_manifest(settings)
-    except PublishError as exc:
-        _log(f"[bundle] FAILED: {exc.message}")
-        return 5
     except ConfigError as exc:
         _log(f"[provision] configuration error: {exc.message}")
-        return 2
-    except DiskSpaceError as exc:
+        return exc.exit_status
+    except PublishError as exc:
+        _log(f"[bundle] FAILED: {exc.message}")
+        return exc.exit_status
+    except ProvisionError as exc:  # DiskSpaceError and ClaimWaitTimeout included
         _log(f"[provision] FAILED: {exc.message}")
-        return 4
-    except ProvisionError as exc:
-        _log(f"[provision] FAILED: {exc.message}")
-        return 3
+        return exc.exit_status
     return 0
 
 

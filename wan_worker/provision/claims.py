@@ -21,7 +21,9 @@ cannot be trusted. A claim is therefore a plain file, `.<name>.claim` beside the
   claim to a name of its own, checks that what it moved is still T's claim (else puts it back),
   and deletes it. Then every waiter competes for a new claim as at first.
 - **Lost** when the claim's name no longer holds its owner's token (an owner that stopped
-  beating for `stale_s`, then woke up): the owner stops writing and waits like the others.
+  beating for `stale_s`, then woke up): the owner stops writing and waits like the others. It
+  learns so from its heartbeat, or, after a pause in its download (`PAUSE_S`), from reading
+  the claim before its next request or write: a woken owner need not wait for its next beat.
 
 A partial download is the owner's own (`.<name>.<token>.partial`, beside the final file). A new
 owner adopts the largest partial a previous owner left, by renaming it to its own name, and
@@ -44,25 +46,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wan_worker.errors import ClaimLost, ClaimWaitTimeout
 from wan_worker.provision.transfer import PartialState, human_bytes, state_path
 
-Say = Callable[[str], None]
+Log = Callable[[str], None]
 ABANDONED_OWNER_FILE_NS = 60 * 10**9
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
 # What may follow `.<name>.` in a temporary name of the file's (the claim itself excepted).
 _LEFTOVER = re.compile(
-    r"^(?:(?:[0-9a-f]{16}\.)?partial(?:\.state\.json(?:\.tmp)?)?"
+    r"^(?:[0-9a-f]{16}\.partial(?:\.state\.json(?:\.tmp)?)?"
     r"|[0-9a-f]{16}\.(?:stale|link)"
     r"|claim(?:\.takeover-\w+)?(?:\.[0-9a-f]{16}\.(?:owner|stale))?)$"
 )
-
-
-class ClaimLost(Exception):
-    """This process's claim on a file was taken over; it must stop writing that file."""
-
-
-class ClaimWaitTimeout(Exception):
-    """Waited for another worker longer than the bound allows."""
 
 
 def _pid_namespace() -> str:
@@ -116,15 +111,16 @@ def pid_gone(pid: int) -> bool:
 
 
 @dataclass(frozen=True)
-class View:
-    """A claim as a waiter sees it."""
+class ClaimSnapshot:
+    """A claim file as read at one moment (`read_claim`): waiters compare two snapshots' mtime
+    to judge its heartbeat, and a takeover names the claim by its `claim_id`."""
 
     owner: Owner | None  # None: unreadable (being written, or not ours to parse)
-    key: str  # the owner's token, else the file's inode: what a takeover names
+    claim_id: str  # the owner's token, else the file's inode: what a takeover names
     mtime_ns: int
 
 
-def look(path: Path) -> View | None:
+def read_claim(path: Path) -> ClaimSnapshot | None:
     """Open and read the claim (an open revalidates NFS's cached attributes); None if absent."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -135,25 +131,26 @@ def look(path: Path) -> View | None:
         owner = Owner.decode(os.read(fd, 4096))
     finally:
         os.close(fd)
-    key = owner.token if owner is not None else f"inode{st.st_ino}"
-    return View(owner, key, st.st_mtime_ns)
+    claim_id = owner.token if owner is not None else f"inode{st.st_ino}"
+    return ClaimSnapshot(owner, claim_id, st.st_mtime_ns)
 
 
-class Slot:
-    """The names that belong to one model file: its claim and each owner's files."""
+class ModelFilePaths:
+    """The paths that belong to one model file: the file itself (`dest`), its claim, and the
+    temporary files of each process that owned it (partial, link, stale, owner, takeover)."""
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
         self.dir = dest.parent
         self.name = dest.name
         self.claim = self.dir / f".{self.name}.claim"
-        self.legacy_partial = self.dir / f".{self.name}.partial"  # older versions' fixed name
 
-    def own(self, token: str, kind: str) -> Path:
+    def of_owner(self, token: str, kind: str) -> Path:
+        """The temporary file `kind` (partial, link, stale, ...) of the owner `token`."""
         return self.dir / f".{self.name}.{token}.{kind}"
 
-    def takeover(self, key: str) -> Path:
-        return self.dir / f".{self.name}.claim.takeover-{key}"
+    def takeover(self, claim_id: str) -> Path:
+        return self.dir / f".{self.name}.claim.takeover-{claim_id}"
 
     def leftovers(self) -> list[Path]:
         """Every temporary name of this file's (its claim excepted), whoever made it."""
@@ -170,7 +167,7 @@ class Slot:
         return found
 
     def partials(self, exclude: str) -> list[Path]:
-        """Partial downloads of owners other than `exclude`, the older fixed name included."""
+        """Partial downloads of owners other than `exclude`."""
         return [
             p
             for p in self.leftovers()
@@ -216,47 +213,69 @@ def _create_exclusive(path: Path, owner: Owner) -> bool:
     return True
 
 
+#: A pause this long between two writes of a download (the process was frozen, its host paused,
+#: the source stalled) may have outlasted the stale bound: the claim is read again before the
+#: next write. A flowing download writes every few milliseconds, so this costs nothing then.
+PAUSE_S = 1.0
+
+
 class Claim:
     """A claim this process holds."""
 
-    def __init__(self, slot: Slot, owner: Owner) -> None:
-        self.slot = slot
+    def __init__(self, paths: ModelFilePaths, owner: Owner) -> None:
+        self.paths = paths
         self.owner = owner
         self.lost = threading.Event()
+        self._check_lock = threading.Lock()
+        self._checked_at = _clocks()
 
     @property
     def partial(self) -> Path:
-        return self.slot.own(self.owner.token, "partial")
+        return self.paths.of_owner(self.owner.token, "partial")
 
     def beat(self) -> None:
         """Refresh the heartbeat, or notice that the claim is no longer ours."""
         if self.lost.is_set():
             return
-        view = look(self.slot.claim)
-        if view is None or view.key != self.owner.token:
+        view = read_claim(self.paths.claim)
+        if view is None or view.claim_id != self.owner.token:
             self.lost.set()
             return
         with contextlib.suppress(FileNotFoundError):
-            os.utime(self.slot.claim)  # no time given: NFS sets the server's own
+            os.utime(self.paths.claim)  # no time given: NFS sets the server's own
 
     def check(self) -> None:
-        """Raise ClaimLost once the heartbeat has found the claim taken over (cheap: a flag)."""
+        """Before each write of the download: raise ClaimLost once the claim is known taken
+        over. Cheap while the download flows (the flag the heartbeat sets); after a pause of
+        PAUSE_S or more, the claim itself is read first, so a process that wakes up after its
+        claim was taken over stops before it writes or asks for another byte, whether or not
+        its heartbeat is due yet. The writers wait for that read."""
+        with self._check_lock:
+            now = _clocks()
+            paused = max(now[0] - self._checked_at[0], now[1] - self._checked_at[1])
+            if paused >= PAUSE_S and not self.lost.is_set():
+                self._read_owner()
+            self._checked_at = _clocks()
         if self.lost.is_set():
-            raise ClaimLost(f"{self.slot.dest.name}: another worker took the download over")
+            raise ClaimLost(f"{self.paths.dest.name}: another worker took the download over")
 
     def confirm(self) -> None:
         """Raise ClaimLost unless the claim is still ours (checked again, not remembered)."""
-        view = look(self.slot.claim)
-        if view is None or view.key != self.owner.token:
-            self.lost.set()
+        self._read_owner()
         if self.lost.is_set():
-            raise ClaimLost(f"{self.slot.dest.name}: another worker took the download over")
+            raise ClaimLost(f"{self.paths.dest.name}: another worker took the download over")
 
-    def adopt_partial(self, say: Say) -> None:
+    def _read_owner(self) -> None:
+        """Set `lost` unless the claim file still holds this process's token."""
+        view = read_claim(self.paths.claim)
+        if view is None or view.claim_id != self.owner.token:
+            self.lost.set()
+
+    def adopt_partial(self, say: Log) -> None:
         """Take over the largest partial another owner left (renamed to our name); delete the
         others, with their state files."""
         best: tuple[int, Path] | None = None
-        for path in self.slot.partials(self.owner.token):
+        for path in self.paths.partials(self.owner.token):
             state = PartialState.load(state_path(path))
             done = state.done.total() if state is not None else -1
             if best is None or done > best[0]:
@@ -278,7 +297,7 @@ class Claim:
             _remove_partial(path)
             _remove_partial(self.partial)
             return
-        say(f"{self.slot.dest.name}: adopted the partial download a previous owner left "
+        say(f"{self.paths.dest.name}: adopted the partial download a previous owner left "
             f"({human_bytes(done)} on disk)")  # fmt: skip
 
     def clean(self) -> None:
@@ -286,10 +305,10 @@ class Claim:
         creator's owner file lives for a moment only; one that is a minute older than our
         claim (the server's clock for both) was left by a process killed in that moment."""
         try:
-            now = os.stat(self.slot.claim).st_mtime_ns
+            now = os.stat(self.paths.claim).st_mtime_ns
         except FileNotFoundError:
             now = 0
-        for path in self.slot.leftovers():
+        for path in self.paths.leftovers():
             if path.name.endswith(".owner"):
                 with contextlib.suppress(FileNotFoundError):
                     if now - path.stat().st_mtime_ns < ABANDONED_OWNER_FILE_NS:
@@ -297,9 +316,15 @@ class Claim:
             path.unlink(missing_ok=True)
 
     def release(self) -> None:
-        view = look(self.slot.claim)
-        if view is not None and view.key == self.owner.token:
-            self.slot.claim.unlink(missing_ok=True)
+        view = read_claim(self.paths.claim)
+        if view is not None and view.claim_id == self.owner.token:
+            self.paths.claim.unlink(missing_ok=True)
+
+
+def _clocks() -> tuple[float, float]:
+    """Both clocks: a monotonic clock misses a pause of the whole machine (a VM paused by its
+    host), the wall clock jumps with NTP; a pause either one shows counts."""
+    return time.monotonic(), time.time()
 
 
 def _remove_partial(path: Path) -> None:
@@ -307,20 +332,22 @@ def _remove_partial(path: Path) -> None:
     state_path(path).unlink(missing_ok=True)
 
 
-def break_stale(slot: Slot, view: View, me: Owner) -> bool:
+def break_stale(paths: ModelFilePaths, view: ClaimSnapshot, me: Owner) -> bool:
     """Remove the claim seen as `view` if it is still that one; True if this process did."""
-    if not create(slot.takeover(view.key), me):
+    if not create(paths.takeover(view.claim_id), me):
         return False  # another waiter is taking it over
-    moved = slot.own(me.token, "stale")
+    moved = paths.of_owner(me.token, "stale")
     try:
-        os.rename(slot.claim, moved)
+        os.rename(paths.claim, moved)
     except FileNotFoundError:
         if not moved.exists():
             return False  # its owner released it meanwhile
-    now = look(moved)
-    if now is not None and now.key != view.key:  # a new claim replaced it: put that one back
+    now = read_claim(moved)
+    if (
+        now is not None and now.claim_id != view.claim_id
+    ):  # a new claim replaced it: put that one back
         with contextlib.suppress(FileExistsError):
-            os.link(moved, slot.claim)
+            os.link(moved, paths.claim)
         moved.unlink(missing_ok=True)
         return False
     moved.unlink(missing_ok=True)
@@ -367,7 +394,7 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
-class Timing:
+class ClaimTimings:
     stale_s: float  # a claim whose heartbeat has not moved for this long is taken over
     wait_s: float  # the longest one file waits for other workers
     log_s: float  # between two "waiting for" lines
@@ -381,11 +408,11 @@ class Timing:
         return min(1.0, self.stale_s / 6)
 
 
-def _partial_progress(slot: Slot, owner: Owner | None) -> str:
+def _partial_progress(paths: ModelFilePaths, owner: Owner | None) -> str:
     if owner is None:
         return "bytes so far unknown"
     try:
-        st = slot.own(owner.token, "partial").stat()
+        st = paths.of_owner(owner.token, "partial").stat()
     except OSError:
         return "no bytes on disk yet"
     written = min(st.st_blocks * 512, st.st_size)
@@ -393,20 +420,20 @@ def _partial_progress(slot: Slot, owner: Owner | None) -> str:
 
 
 def claim_or_wait(
-    slot: Slot,
+    paths: ModelFilePaths,
     relpath: str,
     me: Owner,
-    timing: Timing,
+    timing: ClaimTimings,
     *,
     ready: Callable[[], bool],
-    say: Say,
+    say: Log,
 ) -> Claim | None:
     """Hold the file's claim (returned), or see the file made ready by another worker (None).
 
     Waits while a live owner holds the claim, taking a stale one over, for at most
     `timing.wait_s`; then raises ClaimWaitTimeout with what it waited for.
     """
-    slot.dir.mkdir(parents=True, exist_ok=True)
+    paths.dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     logged = float("-inf")
     seen: tuple[str, int] | None = None
@@ -414,14 +441,14 @@ def claim_or_wait(
     while True:
         if ready():
             return None
-        if create(slot.claim, me):
-            return Claim(slot, me)
-        view = look(slot.claim)
+        if create(paths.claim, me):
+            return Claim(paths, me)
+        view = read_claim(paths.claim)
         if view is None:
             continue  # released between our two looks: compete again at once
         now = time.monotonic()
-        if seen != (view.key, view.mtime_ns):
-            seen, seen_since = (view.key, view.mtime_ns), now
+        if seen != (view.claim_id, view.mtime_ns):
+            seen, seen_since = (view.claim_id, view.mtime_ns), now
         who = view.owner.describe() if view.owner is not None else "an unknown owner"
         stale = ""
         owner = view.owner
@@ -436,27 +463,27 @@ def claim_or_wait(
         if not stale and now - seen_since >= timing.stale_s:
             stale = f"no heartbeat from {who} for {now - seen_since:.0f}s"
         if stale:
-            if break_stale(slot, view, me):
+            if break_stale(paths, view, me):
                 say(f"{relpath}: took over the claim: {stale}")
                 continue
             if now - seen_since >= 2 * timing.stale_s:  # a taker died mid-takeover
-                _drop(slot.takeover(view.key), me)
+                _drop(paths.takeover(view.claim_id), me)
         waited = now - started
         if waited >= timing.wait_s:
             raise ClaimWaitTimeout(
-                f"{relpath}: waited {waited:.0f}s (PROVISION_WAIT_S={timing.wait_s:g}) for "
+                f"{relpath}: waited {waited:.0f}s (at most {timing.wait_s:g}s) for "
                 f"another worker ({who}) that holds its download claim "
-                f"{slot.claim} with a live heartbeat ({_partial_progress(slot, view.owner)}). "
-                "Fix: if that worker is still downloading from a slow source, raise "
-                "PROVISION_WAIT_S; if it is stuck, stop it (its claim is taken over "
-                f"{timing.stale_s:g}s after its heartbeat stops, PROVISION_CLAIM_STALE_S); if no "
-                f"worker is running, delete {slot.claim}"
+                f"{paths.claim} with a live heartbeat ({_partial_progress(paths, view.owner)}). "
+                "Fix: if that worker is still downloading from a slow source, start this one "
+                "again (RunPod does that itself for a serverless worker): it waits anew; if it "
+                f"is stuck, stop it (its claim is taken over {timing.stale_s:g}s after its "
+                f"heartbeat stops); if no worker is running, delete {paths.claim}"
             )
         if now - logged >= timing.log_s:
             logged = now
             say(
                 f"{relpath}: waiting for {who}, which holds its claim "
-                f"({_partial_progress(slot, view.owner)}; heartbeat seen "
+                f"({_partial_progress(paths, view.owner)}; heartbeat seen "
                 f"{now - seen_since:.0f}s ago; waited {waited:.0f}s of at most "
                 f"{timing.wait_s:g}s)"
             )

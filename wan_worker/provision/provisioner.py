@@ -17,7 +17,8 @@ run with a message naming the file and every source tried, with the reason for e
 Steps 2-4 change files, so they run under the file's claim (`wan_worker.provision.claims`):
 any number of processes, on any number of hosts, may provision one models root at once; each
 file is verified, linked or downloaded by one of them while the others wait for it (or take
-its claim over when its owner dies), and nobody waits longer than `PROVISION_WAIT_S`.
+its claim over when its owner dies), and nobody waits longer than the wait bound
+(`ProvisionSettings.wait_s`, 1800 s).
 """
 
 from __future__ import annotations
@@ -31,26 +32,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wan_worker.errors import DiskSpaceError, ProvisionError, redact
+from wan_worker.errors import ClaimLost, DiskSpaceError, ProvisionError, SourceFailed, redact
 from wan_worker.provision import bundle, verify
 from wan_worker.provision.claims import (
     Claim,
-    ClaimLost,
-    ClaimWaitTimeout,
+    ClaimTimings,
     Heartbeat,
+    ModelFilePaths,
     Owner,
-    Slot,
-    Timing,
     claim_or_wait,
     create,
 )
 from wan_worker.provision.hfcache import find_cached
 from wan_worker.provision.manifest import Manifest, ModelSpec, load_manifest
 from wan_worker.provision.transfer import (
-    Progress,
+    DownloadProgress,
     Remote,
     RetryPolicy,
-    SourceFailed,
     human_bytes,
     resumable_state,
     transfer,
@@ -86,15 +84,17 @@ class Report:
 
 
 @dataclass
-class _Plan:
+class _PendingFile:
+    """A model file not yet ready at the start of the run, and the work on it so far."""
+
     model: ModelSpec
     dest: Path
-    slot: Slot
+    paths: ModelFilePaths
     claim: Claim | None = None  # held by this process while it works on the file
     tried: list[str] = field(default_factory=list)
     remote: Remote | None = None
     source_index: int = -1
-    need: int = 0
+    bytes_to_fetch: int = 0  # what its download still has to fetch (a partial holds the rest)
 
     def held(self) -> Claim:
         """The claim this process holds on the file; ClaimLost if it holds none."""
@@ -123,7 +123,7 @@ class Provisioner:
         self.report = Report(root=self.root)
         self._lock = threading.Lock()
         self.me = Owner.this_process()
-        self.timing = Timing(
+        self.timing = ClaimTimings(
             stale_s=settings.claim_stale_s,
             wait_s=settings.wait_s,
             log_s=settings.progress_interval_s,
@@ -162,7 +162,7 @@ class Provisioner:
             return False
         return not (model.sha256 and marker.sha256 != model.sha256)
 
-    def _verify_existing(self, model: ModelSpec, dest: Path, plan: _Plan) -> bool:
+    def _verify_existing(self, model: ModelSpec, dest: Path, plan: _PendingFile) -> bool:
         """A file without a valid marker: check size and sha256 once against the best facts
         available (manifest, else the first source that answers)."""
         size, sha, source = model.size, model.sha256, "manifest"
@@ -219,7 +219,7 @@ class Provisioner:
                 )
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp_link = Slot(dest).own(self.me.token, "link")
+            tmp_link = ModelFilePaths(dest).of_owner(self.me.token, "link")
             tmp_link.unlink(missing_ok=True)
             tmp_link.symlink_to(cached.path)
             os.replace(tmp_link, dest)
@@ -238,7 +238,7 @@ class Provisioner:
         return False
 
     # ---------------------------------------------------------------- phase 3: download
-    def _open_first(self, plan: _Plan, start: int = 0) -> Remote | None:
+    def _open_first(self, plan: _PendingFile, start: int = 0) -> Remote | None:
         from wan_worker.provision.sources import open_source
 
         for index in range(start, len(plan.model.sources)):
@@ -264,16 +264,16 @@ class Provisioner:
         plan.remote, plan.source_index = None, len(plan.model.sources)
         return None
 
-    def _partial_bytes(self, plan: _Plan) -> int:
+    def _partial_bytes(self, plan: _PendingFile) -> int:
         state = resumable_state(plan.tmp, plan.remote) if plan.remote is not None else None
         return state.done.total() if state is not None else 0
 
-    def _check_space(self, plans: list[_Plan]) -> None:
-        need = sum(p.need for p in plans)
+    def _check_space(self, plans: list[_PendingFile]) -> None:
+        need = sum(p.bytes_to_fetch for p in plans)
         free = self.free_bytes(self.root)
         if need + self.settings.min_free_bytes <= free:
             return
-        lines = ", ".join(f"{p.model.relpath} ({human_bytes(p.need)})" for p in plans)
+        lines = ", ".join(f"{p.model.relpath} ({human_bytes(p.bytes_to_fetch)})" for p in plans)
         raise DiskSpaceError(
             f"Not enough disk space under {self.root}: the models still to download need "
             f"{human_bytes(need)} plus a {human_bytes(self.settings.min_free_bytes)} margin, "
@@ -282,7 +282,7 @@ class Provisioner:
             "disk with room. Nothing was downloaded."
         )
 
-    def _download(self, plan: _Plan, progress: Progress) -> None:
+    def _download(self, plan: _PendingFile, progress: DownloadProgress) -> None:
         model = plan.model
         policy = RetryPolicy(self.settings.retries, self.settings.backoff_s)
         while plan.remote is not None:
@@ -326,7 +326,9 @@ class Provisioner:
             self._open_first(plan, plan.source_index + 1)
         raise ProvisionError(self._failure_text([plan]))
 
-    def _accept_download(self, plan: _Plan, remote: Remote, streamed_sha256: str | None) -> bool:
+    def _accept_download(
+        self, plan: _PendingFile, remote: Remote, streamed_sha256: str | None
+    ) -> bool:
         model, tmp = plan.model, plan.tmp
         size = tmp.stat().st_size
         if size != remote.size or (model.size is not None and size != model.size):
@@ -376,7 +378,7 @@ class Provisioner:
                 else:
                     self._say(f"{link} is a regular file; left as it is")
 
-    def _failure_text(self, plans: list[_Plan]) -> str:
+    def _failure_text(self, plans: list[_PendingFile]) -> str:
         parts = []
         for plan in plans:
             tried = (
@@ -401,15 +403,15 @@ class Provisioner:
         self._say(f"models root: {self.root} ({self.settings.models_root_reason})")
         if line := bundle.describe(self.settings):
             self._say(line)
-        pending: list[_Plan] = []
+        pending: list[_PendingFile] = []
         for model in manifest.models:
             dest = self._dest(model)
             if self._check_marker(model, dest):
                 self._done(Outcome(model.relpath, "marker"))
                 continue
-            pending.append(_Plan(model=model, dest=dest, slot=Slot(dest)))
+            pending.append(_PendingFile(model=model, dest=dest, paths=ModelFilePaths(dest)))
         if pending:
-            self._resolve(pending)
+            self._make_ready(pending)
         self._make_links(manifest)
         self.report.seconds = time.monotonic() - started
         self._say(
@@ -423,11 +425,11 @@ class Provisioner:
         return self.report
 
     # ---------------------------------------------------------------- claims
-    def _hold(self, plan: _Plan, claim: Claim) -> None:
+    def _hold(self, plan: _PendingFile, claim: Claim) -> None:
         plan.claim = claim
         self._heartbeat.add(claim)
 
-    def _let_go(self, plan: _Plan, *, ready: bool) -> None:
+    def _release(self, plan: _PendingFile, *, ready: bool) -> None:
         """Release the file's claim; once the file is in place, delete every temporary name of
         it too (a partial download is kept otherwise, for the next owner to resume)."""
         claim, plan.claim = plan.claim, None
@@ -438,7 +440,7 @@ class Provisioner:
             claim.clean()
         claim.release()
 
-    def _prepare(self, plan: _Plan) -> _Plan | None:
+    def _prepare(self, plan: _PendingFile) -> _PendingFile | None:
         """Under the file's claim: None when it is ready (verified on disk, linked from the
         cache, or made ready by another worker meanwhile), else the plan with a source opened."""
         model, dest = plan.model, plan.dest
@@ -459,36 +461,33 @@ class Provisioner:
             self._open_first(plan)
         return plan
 
-    def _first_look(self, plan: _Plan) -> _Plan | None:
+    def _claim_and_prepare(self, plan: _PendingFile) -> _PendingFile | None:
         """Claim the file if nobody holds it and prepare it; a plan held by another worker is
         returned without a claim, to wait for."""
-        plan.slot.dir.mkdir(parents=True, exist_ok=True)
-        if not create(plan.slot.claim, self.me):
+        plan.paths.dir.mkdir(parents=True, exist_ok=True)
+        if not create(plan.paths.claim, self.me):
             return plan
-        self._hold(plan, Claim(plan.slot, self.me))
+        self._hold(plan, Claim(plan.paths, self.me))
         try:
             result = self._prepare(plan)
         except BaseException:
-            self._let_go(plan, ready=False)
+            self._release(plan, ready=False)
             raise
         if result is None:
-            self._let_go(plan, ready=True)
+            self._release(plan, ready=True)
         return result
 
-    def _claim_later(self, plan: _Plan) -> bool:
+    def _wait_for_claim(self, plan: _PendingFile) -> bool:
         """Wait for the file's claim; True once held and the file still needs a download."""
         model = plan.model
-        try:
-            claim = claim_or_wait(
-                plan.slot,
-                model.relpath,
-                self.me,
-                self.timing,
-                ready=lambda: self._check_marker(model, plan.dest),
-                say=self._say,
-            )
-        except ClaimWaitTimeout as exc:
-            raise ProvisionError(str(exc)) from exc
+        claim = claim_or_wait(
+            plan.paths,
+            model.relpath,
+            self.me,
+            self.timing,
+            ready=lambda: self._check_marker(model, plan.dest),
+            say=self._say,
+        )
         if claim is None:
             self._say(f"{model.relpath}: ready (made ready by another worker)")
             self._done(Outcome(model.relpath, "shared"))
@@ -496,44 +495,46 @@ class Provisioner:
         self._hold(plan, claim)
         plan.remote, plan.source_index = None, -1
         if self._prepare(plan) is None:
-            self._let_go(plan, ready=True)
+            self._release(plan, ready=True)
             return False
         if plan.remote is None:
             raise ProvisionError(self._failure_text([plan]))
-        plan.need = plan.remote.size - self._partial_bytes(plan)
+        plan.bytes_to_fetch = plan.remote.size - self._partial_bytes(plan)
         self._check_space([plan])
         return True
 
-    def _provide(self, plan: _Plan, progress: Progress, downloads: threading.Semaphore) -> None:
+    def _download_under_claim(
+        self, plan: _PendingFile, progress: DownloadProgress, downloads: threading.Semaphore
+    ) -> None:
         """Download the file under its claim, waiting for it first if another worker holds
         it; a claim lost mid-download (taken over) means waiting again."""
         try:
             while True:
-                if plan.claim is None and not self._claim_later(plan):
+                if plan.claim is None and not self._wait_for_claim(plan):
                     return
                 try:
                     with downloads:
                         self._download(plan, progress)
                 except ClaimLost:
                     self._say(f"{plan.model.relpath}: another worker took its download over")
-                    self._let_go(plan, ready=False)
+                    self._release(plan, ready=False)
                     continue
-                self._let_go(plan, ready=True)
+                self._release(plan, ready=True)
                 return
         finally:
-            self._let_go(plan, ready=False)
+            self._release(plan, ready=False)
 
-    def _resolve(self, pending: list[_Plan]) -> None:
+    def _make_ready(self, pending: list[_PendingFile]) -> None:
         try:
-            self._resolve_claimed(pending)
+            self._make_ready_under_claims(pending)
         finally:
             for plan in pending:
-                self._let_go(plan, ready=False)
+                self._release(plan, ready=False)
             self._heartbeat.stop()
 
-    def _resolve_claimed(self, pending: list[_Plan]) -> None:
+    def _make_ready_under_claims(self, pending: list[_PendingFile]) -> None:
         with ThreadPoolExecutor(max_workers=len(pending)) as pool:
-            results = list(pool.map(self._first_look, pending))
+            results = list(pool.map(self._claim_and_prepare, pending))
         todo = [p for p in results if p is not None]
         if not todo:
             return
@@ -543,16 +544,19 @@ class Provisioner:
             raise ProvisionError(self._failure_text(unavailable))
         for plan in owned:
             if plan.remote is not None:  # each has one by now
-                plan.need = plan.remote.size - self._partial_bytes(plan)
+                plan.bytes_to_fetch = plan.remote.size - self._partial_bytes(plan)
         if owned:
             self._check_space(owned)
-        progress = Progress(self._say, self.settings.progress_interval_s)
+        progress = DownloadProgress(self._say, self.settings.progress_interval_s)
         progress.start()
         downloads = threading.Semaphore(self.settings.max_parallel_files)
         errors: list[ProvisionError] = []
         try:
             with ThreadPoolExecutor(max_workers=len(todo)) as pool:
-                futures = [pool.submit(self._provide, plan, progress, downloads) for plan in todo]
+                futures = [
+                    pool.submit(self._download_under_claim, plan, progress, downloads)
+                    for plan in todo
+                ]
                 for future in futures:
                     try:
                         future.result()

@@ -14,15 +14,9 @@ import threading
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlparse
 
-from wan_worker.errors import redact
+from wan_worker.errors import NoRangeSupport, RetryableError, SourceFailed, redact
 from wan_worker.provision.manifest import SHA256_RE, SourceSpec
-from wan_worker.provision.transfer import (
-    NoRangeSupport,
-    OffsetWriter,
-    RetryableError,
-    Sink,
-    SourceFailed,
-)
+from wan_worker.provision.transfer import OffsetWriter, Sink
 from wan_worker.s3 import s3_client
 from wan_worker.settings.provisioning import ProvisionSettings
 

@@ -21,23 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from wan_worker.errors import NoRangeSupport, RetryableError, SourceFailed
 from wan_worker.provision.verify import PrefixHasher
 
 STATE_SUFFIX = ".state.json"
 PERSIST_EVERY_BYTES = 256 * 1024 * 1024
 PERSIST_EVERY_S = 1.0  # and at least this often: what a takeover resumes from
-
-
-class SourceFailed(Exception):
-    """The source cannot deliver this file (after retries, or for a reason retries won't fix)."""
-
-
-class RetryableError(Exception):
-    """A transient failure (connection, timeout, 5xx, short read): retry the range."""
-
-
-class NoRangeSupport(Exception):
-    """The server ignored a Range request."""
 
 
 Sink = Callable[[int, bytes | memoryview], None]
@@ -157,7 +146,7 @@ def resumable_state(tmp: Path, remote: Remote) -> PartialState | None:
     return state
 
 
-class Progress:
+class DownloadProgress:
     """Byte counters for all transfers, and periodic lines with bytes, rate and ETA."""
 
     def __init__(self, log: Callable[[str], None], interval_s: float) -> None:
@@ -240,7 +229,7 @@ class OffsetWriter:
         fd: int,
         state: PartialState,
         state_path: Path,
-        progress: Progress,
+        progress: DownloadProgress,
         name: str,
         hasher: PrefixHasher | None = None,
         check: Callable[[], None] | None = None,
@@ -257,9 +246,13 @@ class OffsetWriter:
         self._persisted_at = time.monotonic()
         self._lock = threading.Lock()
 
-    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+    def check(self) -> None:
+        """Raise when this process may no longer write the file (its claim was taken over)."""
         if self._check is not None:
-            self._check()  # raises when this process may no longer write the file
+            self._check()
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        self.check()
         view = memoryview(data)
         pos = offset
         if self._hasher is not None:
@@ -350,6 +343,7 @@ def _fetch_range(
         position = offset + len(data)
 
     for attempt in range(policy.attempts):
+        writer.check()  # before asking for more: the file may have been taken over meanwhile
         try:
             remote.read_range(position, end, sink)
             if position < end:
@@ -375,13 +369,14 @@ def transfer(
     connections: int,
     chunk_bytes: int,
     policy: RetryPolicy,
-    progress: Progress,
+    progress: DownloadProgress,
     name: str,
     log: Callable[[str], None],
     check: Callable[[], None] | None = None,
 ) -> Transferred:
     """Fill `tmp` with the remote file, resuming a compatible partial. `check`, called before
-    each write, stops the transfer by raising (a download claim lost to another worker)."""
+    each request and each write, stops the transfer by raising (a download claim lost to
+    another worker)."""
     state_file = state_path(tmp)
     state = resumable_state(tmp, remote)
     if state is None:

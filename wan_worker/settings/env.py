@@ -27,7 +27,39 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 #: Variables that earlier versions read, and what became of each.
-REMOVED: dict[str, str] = {}
+REMOVED: dict[str, str] = {
+    # Provisioning: fixed values now (wan_worker/settings/provisioning.py says why each).
+    "PROVISION_PARALLEL_FILES": "three files download at once, a fixed value; unset it",
+    "PROVISION_CONNECTIONS": "each file downloads over 8 connections, a fixed value; unset it",
+    "PROVISION_CHUNK_MB": "files download in 64 MiB ranges, a fixed value; unset it",
+    "PROVISION_RETRIES": "each range is tried 5 times before the next source; unset it",
+    "PROVISION_BACKOFF_S": "a retry waits 1 s, doubling each time, at most 30 s; unset it",
+    "PROVISION_TIMEOUT_S": "one request times out after 60 s; unset it",
+    "PROVISION_MIN_FREE_MB": (
+        "1 GiB is kept free after the downloads; if the models do not fit, attach a larger "
+        "volume or point MODELS_ROOT at a disk with room"
+    ),
+    "PROVISION_PROGRESS_S": "download progress is logged every 10 s; unset it",
+    "PROVISION_CLAIM_STALE_S": (
+        "a download claim is taken over 60 s after its owner's heartbeat stops; unset it"
+    ),
+    "PROVISION_WAIT_S": (
+        "a worker waits at most 1800 s for another worker's download of a file, then fails and "
+        "RunPod starts it again; unset it"
+    ),
+    "RUNPOD_VOLUME_DIR": (
+        "the network volume is where RunPod mounts it, /runpod-volume; to keep the models in "
+        "another folder, set MODELS_ROOT"
+    ),
+    "WORKSPACE_DIR": (
+        "a pod's volume is where RunPod mounts it, /workspace; to keep the models in another "
+        "folder, set MODELS_ROOT"
+    ),
+    "RUNPOD_HF_CACHE": (
+        "RunPod's cached models are read where RunPod mounts them, "
+        "/runpod-volume/huggingface-cache/hub; unset it"
+    ),
+}
 
 
 def removed_still_set(env: Mapping[str, str] | None = None) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,45 +54,79 @@ class R2Settings:
 
 
 @dataclass(frozen=True)
+class RunPodMounts:
+    """Where RunPod mounts storage into a worker's container. RunPod fixes these places, so no
+    variable names them; tests pass folders of their own, and their own test of a mount point."""
+
+    network_volume: Path = Path("/runpod-volume")  # serverless: the network volume, if attached
+    pod_volume: Path = Path("/workspace")  # a pod's volume
+    hf_cache: Path = Path("/runpod-volume/huggingface-cache/hub")  # RunPod's cached models
+    is_mount: Callable[[Path], bool] = os.path.ismount
+
+
+#: RunPod's own places: what `ProvisionSettings.from_env` and `resolve_models_root` use when
+#: given no others (looked up when called, so a test harness may put its own here).
+RUNPOD = RunPodMounts()
+
+
+@dataclass(frozen=True)
 class ProvisionSettings:
-    """Everything the provisioner reads from the environment, with documented defaults."""
+    """Everything the provisioner reads from the environment, with documented defaults.
+
+    The fields from `max_parallel_files` on are fixed values, not read from the environment:
+    no measurement in the repository shows another value winning (each says why it is what it
+    is); tests pass their own, to make a run short or a failure quick.
+    """
 
     manifest_path: Path = DEFAULT_MANIFEST
     models_root: Path = Path("/opt/ComfyUI/models")
     models_root_reason: str = "local default"
     comfyui_dir: Path = Path("/opt/ComfyUI")
-    hf_cache_dir: Path = Path("/runpod-volume/huggingface-cache/hub")
+    hf_cache_dir: Path = RUNPOD.hf_cache
     hf_endpoint: str = "https://huggingface.co"
     hf_token: str = field(default="", repr=False)
     hf_offline: bool = False
     bundle_repo: str = ""  # the models bundle (docs/provisioning.md), "" when not used
     bundle_revision: str | None = None  # a 40-hex commit, or None for the cached/main one
     r2: R2Settings = field(default_factory=R2Settings)
+    mode: str = "local"
+    # Three files at once, eight ranges of 64 MiB each at a time: with these, three 512 MiB
+    # files from a local nginx came 1.42 times as fast as aria2c -x 16 (docs/provisioning.md,
+    # "Benchmark"); no other values were measured.
     max_parallel_files: int = 3
     connections: int = 8
     chunk_bytes: int = 64 * 1024 * 1024
+    # Five attempts a range, 1 s before the first retry, doubling: a source may falter for
+    # about 15 s before the next source is tried.
     retries: int = 5
     backoff_s: float = 1.0
-    timeout_s: float = 60.0
-    min_free_bytes: int = 1024 * 1024 * 1024
-    progress_interval_s: float = 10.0
-    claim_stale_s: float = 60.0  # a download claim whose heartbeat stopped this long is taken
-    wait_s: float = 1800.0  # the longest one file waits for another worker's download
-    mode: str = "local"
+    timeout_s: float = 60.0  # one request's network timeout
+    min_free_bytes: int = 1024 * 1024 * 1024  # left free after the downloads, for the jobs
+    progress_interval_s: float = 10.0  # between two progress (or "waiting for") lines
+    # A claim is stale after six missed heartbeats (one every 10 s): well above NFS's attribute
+    # cache and a network volume's hiccups (docs/provisioning.md, "Many workers, one volume").
+    claim_stale_s: float = 60.0
+    # The longest one file waits for another worker's live download: 38 GB at about 21 MB/s.
+    # A worker that waited that long fails; RunPod starts it again, and it waits anew while the
+    # owner's download goes on.
+    wait_s: float = 1800.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | EnvVars | None = None) -> ProvisionSettings:
+    def from_env(
+        cls, env: Mapping[str, str] | EnvVars | None = None, mounts: RunPodMounts | None = None
+    ) -> ProvisionSettings:
         var = EnvVars.of(env)
+        mounts = RUNPOD if mounts is None else mounts
         d = cls()
         mode = runpod_mode(var)
         comfyui_dir = var.path("COMFYUI_DIR", d.comfyui_dir)
-        root, reason = resolve_models_root(var, mode, comfyui_dir)
+        root, reason = resolve_models_root(var, mode, comfyui_dir, mounts)
         return cls(
             manifest_path=var.path("MODELS_MANIFEST", d.manifest_path),
             models_root=root,
             models_root_reason=reason,
             comfyui_dir=comfyui_dir,
-            hf_cache_dir=var.path("RUNPOD_HF_CACHE", d.hf_cache_dir),
+            hf_cache_dir=mounts.hf_cache,
             hf_endpoint=var.text("HF_ENDPOINT", d.hf_endpoint).rstrip("/"),
             hf_token=var.text("HF_TOKEN", "") or var.text("HUGGING_FACE_HUB_TOKEN", ""),
             hf_offline=var.flag("HF_HUB_OFFLINE", False),
@@ -104,38 +138,38 @@ class ProvisionSettings:
                 access_key=var.text("R2_ACCESS_KEY", ""),
                 secret_key=var.text("R2_SECRET_KEY", ""),
             ),
-            max_parallel_files=var.integer("PROVISION_PARALLEL_FILES", d.max_parallel_files, 1),
-            connections=var.integer("PROVISION_CONNECTIONS", d.connections, 1),
-            chunk_bytes=var.integer("PROVISION_CHUNK_MB", d.chunk_bytes >> 20, 1) << 20,
-            retries=var.integer("PROVISION_RETRIES", d.retries, 1),
-            backoff_s=var.number("PROVISION_BACKOFF_S", d.backoff_s, 0),
-            timeout_s=var.number("PROVISION_TIMEOUT_S", d.timeout_s, 1),
-            min_free_bytes=var.integer("PROVISION_MIN_FREE_MB", d.min_free_bytes >> 20, 0) << 20,
-            progress_interval_s=var.number("PROVISION_PROGRESS_S", d.progress_interval_s, 0.1),
-            claim_stale_s=var.number("PROVISION_CLAIM_STALE_S", d.claim_stale_s, 0.5, "seconds"),
-            wait_s=var.number("PROVISION_WAIT_S", d.wait_s, 1, "seconds"),
             mode=mode,
         )
 
 
 def resolve_models_root(
-    env: Mapping[str, str] | EnvVars, mode: str, comfyui_dir: Path
+    env: Mapping[str, str] | EnvVars,
+    mode: str,
+    comfyui_dir: Path,
+    mounts: RunPodMounts | None = None,
 ) -> tuple[Path, str]:
-    """Where models live, and why: MODELS_ROOT; else the network volume; else /workspace on
-    a pod; else ComfyUI's own models folder on the container disk."""
+    """Where models live, and why: MODELS_ROOT; else the network volume, if one is mounted;
+    else the volume on a pod; else ComfyUI's own models folder on the container disk.
+
+    A network volume is a mount point. The folder alone proves nothing: RunPod's cached models
+    are a Docker volume mounted at `/runpod-volume/huggingface-cache/hub`, which makes
+    `/runpod-volume` without any network volume, and an image may ship that folder too; models
+    written there would land on the container disk under a misleading name. MODELS_ROOT names
+    any folder, a volume's or not."""
     var = EnvVars.of(env)
+    mounts = RUNPOD if mounts is None else mounts
     explicit = var.text("MODELS_ROOT", "")
     if explicit:
         return Path(explicit), "MODELS_ROOT"
-    volume = var.path("RUNPOD_VOLUME_DIR", Path("/runpod-volume"))
-    if network_volume_at(volume):
+    volume = mounts.network_volume
+    if mounts.is_mount(volume):
         return volume / "models", f"network volume at {volume}"
-    workspace = var.path("WORKSPACE_DIR", Path("/workspace"))
-    if mode == "pod" and workspace.is_dir():
-        return workspace / "models", f"pod volume at {workspace}"
+    if mode == "pod" and mounts.pod_volume.is_dir():
+        return mounts.pod_volume / "models", f"pod volume at {mounts.pod_volume}"
     if volume.is_dir():
-        return comfyui_dir / "models", (
-            f"container disk (no network volume mounted; {volume} holds only RunPod's model cache)"
+        return (
+            comfyui_dir / "models",
+            f"container disk (no network volume mounted; {volume} {_what_is_in(volume)})",
         )
     return comfyui_dir / "models", "container disk (no network volume mounted)"
 
@@ -144,20 +178,15 @@ def resolve_models_root(
 HF_CACHE_FOLDER = "huggingface-cache"
 
 
-def network_volume_at(volume: Path) -> bool:
-    """Whether a network volume is mounted at `volume`. RunPod's cached models alone also make
-    that folder: their Docker volume is mounted at `volume/huggingface-cache/hub`. So a folder
-    that is not a mount point and holds nothing but that cache is no network volume, and models
-    written there would land on the container disk under a misleading name."""
-    if not volume.is_dir():
-        return False
-    if os.path.ismount(volume):
-        return True
+def _what_is_in(volume: Path) -> str:
+    """For the log: why a folder at the network volume's place is not one."""
     try:
         entries = {entry.name for entry in volume.iterdir()}
     except OSError:
-        return False
-    return entries != {HF_CACHE_FOLDER}
+        entries = set()
+    if entries == {HF_CACHE_FOLDER}:
+        return "holds only RunPod's model cache"
+    return "is a folder, not a mount point; set MODELS_ROOT to keep the models there"
 
 
 def bundle_repo(raw: str, name: str = "MODELS_BUNDLE_REPO") -> str:
