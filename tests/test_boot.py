@@ -241,32 +241,6 @@ def test_readahead_past_its_allowance_waits_for_comfyuis_answer(tmp_path, volume
     assert before.count("readahead_file") == 1  # only the text encoder before the answer
 
 
-def test_readahead_past_its_allowance_shares_the_disk_before_comfyuis_answer(
-    tmp_path, volume, queue
-):
-    """READAHEAD_SHARE_BEFORE_ANSWER: the files past the allowance are read while ComfyUI
-    still starts, in paced chunks: here they are small enough to be read before ComfyUI (6 s
-    late) answers."""
-    run = boot_with_allowance(
-        tmp_path,
-        volume,
-        queue,
-        "comfyui_answers",
-        READAHEAD_SHARE_BEFORE_ANSWER="0.5",
-        COMFYUI_EXTRA_ARGS="--start-delay-s 6",
-    )
-    names = run.names()
-    events = run.events()
-    shared = events[names.index("readahead_shared")]
-    assert shared["share"] == 0.5 and shared["mb"] == 1.0  # the text encoder's stand-in
-    assert names.index("readahead_done") < names.index("comfyui_answers")
-    read = {e["file"]: e["outcome"] for e in events if e["event"] == "readahead_file"}
-    assert read == {
-        use.relpath: "read" for use in USES if use.relpath != DOWNLOADED_AT_BOOT
-    }  # the VAE was downloaded at this boot: in the page cache already
-    assert "readahead_held" not in names
-
-
 def test_a_worker_without_its_models_takes_no_job(tmp_path, volume, queue):
     env, server = volume
     server.fault.status = 404  # the VAE cannot be downloaded

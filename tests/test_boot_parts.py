@@ -15,8 +15,6 @@ import pytest
 from tests.page_cache import cached_since_drop, drop_from_cache, resident_bytes
 from wan_worker.boot.gate import BootGate
 from wan_worker.boot.readahead import (
-    SHARED_CHUNK_BYTES,
-    BeforeAnswer,
     ModelUse,
     Readahead,
     ReadaheadReport,
@@ -24,7 +22,6 @@ from wan_worker.boot.readahead import (
     first_use_order,
     mem_available_bytes,
     memory_for_readahead,
-    pause_after,
 )
 from wan_worker.errors import ConfigError, JobTimeout, ProvisionError
 from wan_worker.settings.boot import BootSettings
@@ -89,15 +86,10 @@ USES = [
 def recorded_run(
     root: Path, uses: list[ModelUse] = USES, **options: object
 ) -> tuple[ReadaheadReport, list[tuple[str, dict]]]:
-    """One readahead over `uses` under `root` (nothing begun by ComfyUI, budget to spare, the
-    random-byte files not read for small tensors), with the events it marked."""
+    """One readahead over `uses` under `root` (nothing begun by ComfyUI, budget to spare), with
+    the events it marked."""
     events: list[tuple[str, dict]] = []
-    settings: dict[str, Any] = {
-        "budget": 10**9,
-        "started": lambda _stage: False,
-        "small_tensors_first": False,
-        **options,
-    }
+    settings: dict[str, Any] = {"budget": 10**9, "started": lambda _stage: False, **options}
     report = Readahead(
         uses, root, mark=lambda name, **kw: events.append((name, kw)), **settings
     ).run()
@@ -124,14 +116,12 @@ def test_readahead_holds_past_its_allowance_until_comfyui_answers(tmp_path):
     paths = [out_of_cache(tmp_path / u.relpath, 1_000_000) for u in USES]
     at_hold: list[int] = []
 
-    def comfyui_answers(timeout_s: float | None) -> bool:  # the page cache at the hold
-        assert timeout_s is None  # it waits for the answer, however long it takes
+    def comfyui_answers() -> None:  # the page cache at the hold
         at_hold.extend(cached_since_drop(p) for p in paths[:2])
         at_hold.append(resident_bytes(paths[2]))
-        return True
 
     report, events = recorded_run(
-        tmp_path, before_answer=BeforeAnswer(2_500_000, share=0, wait_for_answer=comfyui_answers)
+        tmp_path, cap_before_answer=2_500_000, wait_for_answer=comfyui_answers
     )
     assert at_hold[0] >= 1_000_000 and at_hold[1] >= 1_000_000
     assert at_hold[2] == 0  # the expert waited for ComfyUI's answer
@@ -156,9 +146,8 @@ def test_a_file_whose_stage_began_while_the_readahead_held_is_left(tmp_path):
         budget=10**9,
         started=lambda stage: stage in begun,
         # ComfyUI answered, and a job went straight to the VAE's stage meanwhile.
-        before_answer=BeforeAnswer(
-            1_000_000, share=0, wait_for_answer=lambda _t: begun.add("image_encode") is None
-        ),
+        cap_before_answer=1_000_000,
+        wait_for_answer=lambda: begun.add("image_encode"),
     ).run()
     assert [f.outcome for f in report.files] == [
         "read",
@@ -167,118 +156,35 @@ def test_a_file_whose_stage_began_while_the_readahead_held_is_left(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("allowance", [None, 10**9])
-def test_within_its_allowance_the_readahead_never_waits(tmp_path, allowance):
+@pytest.mark.parametrize("cap", [None, 10**9])
+def test_within_its_cap_the_readahead_never_waits(tmp_path, cap):
     for use in USES:
         out_of_cache(tmp_path / use.relpath, 1_000)
-    waited: list[float | None] = []
-
-    def wait(timeout_s: float | None) -> bool:
-        waited.append(timeout_s)
-        return False
-
-    ahead = None if allowance is None else BeforeAnswer(allowance, 0.5, wait)
-    report = Readahead(
-        USES, tmp_path, budget=10**9, started=lambda _s: False, before_answer=ahead
-    ).run()
-    assert waited == [] and [f.outcome for f in report.files] == ["read"] * 3
-
-
-def test_a_share_of_one_reads_at_full_speed_before_the_answer(tmp_path):
-    for use in USES:
-        out_of_cache(tmp_path / use.relpath, 1_000_000)
-    waited: list[float | None] = []
-    events: list[str] = []
+    waited: list[bool] = []
     report = Readahead(
         USES,
         tmp_path,
         budget=10**9,
         started=lambda _s: False,
-        mark=lambda name, **_kw: events.append(name),
-        before_answer=BeforeAnswer(1_000_000, 1.0, lambda t: waited.append(t) is None),
+        cap_before_answer=cap,
+        wait_for_answer=lambda: waited.append(True),
     ).run()
-    assert waited == [] and report.read == 3_000_000
-    assert not {"readahead_held", "readahead_shared"} & set(events)
+    assert waited == [] and [f.outcome for f in report.files] == ["read"] * 3
 
 
-def test_the_pause_after_a_chunk_leaves_the_disk_idle_for_the_rest_of_the_share():
-    assert pause_after(0.010, 0.5) == pytest.approx(0.010)  # read half the time
-    assert pause_after(0.010, 0.25) == pytest.approx(0.030)  # a quarter
-    assert pause_after(0.010, 0.8) == pytest.approx(0.0025)
-    assert pause_after(0.040, 0.5) == pytest.approx(0.040)  # slower reads, longer pauses
-
-
-def sharing_run(tmp_path: Path, answer_after: int | None):
-    """The text encoder (1 MB) within the allowance, then a 40 MB expert shared with ComfyUI's
-    imports; ComfyUI answers at the `answer_after`-th pause (None: not during the readahead)."""
-    uses = [USES[0], USES[2]]
-    out_of_cache(tmp_path / uses[0].relpath, 1_000_000)
-    out_of_cache(tmp_path / uses[1].relpath, 40 << 20)
-    asked: list[float | None] = []
-
-    def wait_for_answer(timeout_s: float | None) -> bool:
-        asked.append(timeout_s)
-        return answer_after is not None and len(asked) > answer_after
-
+def test_comfyui_building_the_models_does_not_stop_the_readahead(tmp_path):
+    """`load_models` is no file's stage: once ComfyUI has begun it (a job or the warm-up, after
+    the answer), every file is still read, the held ones included."""
+    for use in USES:
+        out_of_cache(tmp_path / use.relpath, 1_000)
     report, events = recorded_run(
-        tmp_path, uses, before_answer=BeforeAnswer(2_000_000, 0.5, wait_for_answer)
-    )
-    return report, asked, events
-
-
-def test_past_its_allowance_the_readahead_reads_in_small_chunks_with_pauses(tmp_path):
-    report, asked, events = sharing_run(tmp_path, answer_after=None)
-    assert [f.outcome for f in report.files] == ["read", "read"]
-    assert report.read == 1_000_000 + (40 << 20)
-    # First "has ComfyUI answered?" (no), then one pause after each 16 MiB chunk: 16, 16, 8.
-    assert SHARED_CHUNK_BYTES == 16 << 20
-    assert asked[0] == 0 and len(asked) == 1 + 3
-    assert all(t is not None and t > 0 for t in asked[1:])
-    names = [name for name, _ in events]
-    # The text encoder at full speed, then the expert shared; ComfyUI never answered meanwhile.
-    assert names == [
-        "readahead_started", "readahead_file", "readahead_shared", "readahead_file",
-        "readahead_done",
-    ]  # fmt: skip
-    assert events[2][1] == {"mb": round(1_000_000 / 2**20, 1), "share": 0.5}
-
-
-def test_once_comfyui_answers_the_readahead_goes_on_at_full_speed(tmp_path):
-    report, asked, events = sharing_run(tmp_path, answer_after=2)
-    assert report.read == 1_000_000 + (40 << 20)
-    assert len(asked) == 1 + 2  # the answer came during the second pause: no more pauses
-    resumed = [kw for name, kw in events if name == "readahead_resumed"]
-    assert len(resumed) == 1 and resumed[0]["shared_mb"] == 32.0
-
-
-def test_the_answer_ends_a_pause_at_once(tmp_path):
-    """With a share so small that one pause would last for days, the readahead still ends:
-    ComfyUI's answer (the boot's gate) cuts the pause short."""
-    uses = [USES[0], USES[2]]
-    out_of_cache(tmp_path / uses[0].relpath, 1_000)
-    out_of_cache(tmp_path / uses[1].relpath, 20 << 20)
-    gate = BootGate(booting=True)
-    sharing = threading.Event()
-    reports: list = []
-
-    def mark(name: str, **_kw: object) -> None:
-        if name == "readahead_shared":
-            sharing.set()
-
-    readahead = Readahead(
-        uses,
         tmp_path,
-        budget=10**9,
-        started=lambda _s: False,
-        mark=mark,
-        before_answer=BeforeAnswer(2_000, 1e-9, gate.comfyui_answered),
+        started=lambda stage: stage == "load_models",
+        cap_before_answer=1_500,
+        wait_for_answer=lambda: None,
     )
-    thread = threading.Thread(target=lambda: reports.append(readahead.run()), daemon=True)
-    thread.start()
-    assert sharing.wait(30)
-    gate.comfyui_answers()
-    thread.join(30)
-    assert not thread.is_alive() and reports[0].read == 1_000 + (20 << 20)
+    assert [f.outcome for f in report.files] == ["read"] * 3
+    assert "readahead_held" in [name for name, _ in events]
 
 
 def test_the_gate_says_whether_comfyui_has_answered():
@@ -467,10 +373,6 @@ def test_boot_settings_defaults_and_overrides():
     assert boot.readahead_before_answer_bytes == 6800 << 20
     everything = BootSettings.from_env(settings, {"READAHEAD_BEFORE_ANSWER_MB": "100000"})
     assert everything.readahead_before_answer_bytes == 100000 << 20
-    assert boot.readahead_share_before_answer == 0.0  # the experts wait for the answer
-    for text, share in (("0.5", 0.5), ("1", 1.0), ("0.25", 0.25)):
-        env = {"READAHEAD_SHARE_BEFORE_ANSWER": text}
-        assert BootSettings.from_env(settings, env).readahead_share_before_answer == share
 
 
 @pytest.mark.parametrize(
@@ -482,9 +384,6 @@ def test_boot_settings_defaults_and_overrides():
         ("COMFYUI_ARGS", "'x"),
         ("READAHEAD_BEFORE_ANSWER_MB", "-1"),
         ("READAHEAD_BEFORE_ANSWER_MB", "lots"),
-        ("READAHEAD_SHARE_BEFORE_ANSWER", "1.5"),
-        ("READAHEAD_SHARE_BEFORE_ANSWER", "-0.1"),
-        ("READAHEAD_SHARE_BEFORE_ANSWER", "half"),
     ],
 )
 def test_bad_boot_settings_name_the_variable(name, value):

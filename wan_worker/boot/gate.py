@@ -67,11 +67,6 @@ class BootGate:
             self._comfyui_answers = True
             self._cond.notify_all()
 
-    def wait_comfyui(self) -> WorkerError | None:
-        """Block until ComfyUI has answered once (None) or the boot failed (its error)."""
-        self.comfyui_answered(None)
-        return self.failure
-
     def comfyui_answered(self, timeout_s: float | None = None) -> bool:
         """Wait at most `timeout_s` (None: until it comes) for ComfyUI's first answer or the
         boot's failure; whether one of them has come."""

@@ -10,8 +10,8 @@ Under start.sh (WORKER_BOOT=1), in this order, each step as soon as it can run:
    page cache (`readahead`) while ComfyUI is still importing;
 4. a thread waits for ComfyUI to answer (COMFYUI_READY_TIMEOUT_S), then runs the warm-up
    (`warmup`) if it is on and no job needs ComfyUI;
-5. once the models are verified (and, with COMFYUI_WAIT_READY=1, ComfyUI answers), the runpod
-   SDK starts taking jobs; a job waits in the handler for ComfyUI (`gate.BootGate`).
+5. once the models are verified, the runpod SDK starts taking jobs; a job waits in the handler
+   for ComfyUI (`gate.BootGate`).
 
 A model that cannot be had ends the process before any job is taken (exit status 2, 3 or 4,
 as `python -m wan_worker.provision`); CUDA never working, or ComfyUI stopping or never answering,
@@ -154,8 +154,6 @@ class Boot:
         threading.Thread(target=self._comfyui, args=(worker,), name="comfyui", daemon=True).start()
 
         failure = self.gate.wait_settled()
-        if failure is None and self.boot.wait_comfyui:
-            failure = self.gate.wait_comfyui()
         if failure is not None:
             log.error("[boot] FAILED: %s", failure.message)
             if self.comfy is not None:
@@ -251,12 +249,7 @@ class Boot:
         return None
 
     def _read_ahead(self, provision: ProvisionSettings, just_read: set[str]) -> None:
-        from wan_worker.boot.readahead import (
-            BeforeAnswer,
-            Readahead,
-            first_use_order,
-            memory_for_readahead,
-        )
+        from wan_worker.boot.readahead import Readahead, first_use_order, memory_for_readahead
         from wan_worker.workflow import load_template
 
         memory = memory_for_readahead()
@@ -270,15 +263,11 @@ class Boot:
             provision.models_root,
             budget=max(0, available - self.boot.readahead_reserve_bytes),
             budget_from=limited_by,
-            small_tensors_first=self.boot.readahead_small_tensors,
             started=self.gate.started,
             skip=just_read,
             mark=self.timeline.mark,
-            before_answer=BeforeAnswer(
-                full_bytes=self.boot.readahead_before_answer_bytes,
-                share=self.boot.readahead_share_before_answer,
-                wait_for_answer=self.gate.comfyui_answered,
-            ),
+            cap_before_answer=self.boot.readahead_before_answer_bytes,
+            wait_for_answer=self.gate.comfyui_answered,
         ).run()
 
     # -- ComfyUI: wait for its first answer, then warm it up --------------------------------------

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from wan_worker.errors import ConfigError
 from wan_worker.settings.cuda import CudaWaitSettings
 from wan_worker.settings.env import EnvVars
 from wan_worker.settings.provisioning import runpod_mode
@@ -23,13 +22,6 @@ from wan_worker.settings.worker import PROJECT_ROOT, WorkerSettings
 DEFAULT_COMFYUI_ARGS = "--preview-method none --disable-auto-launch"
 #: COMFYUI_NODE_PACKS: the packs the workflow uses (`wan_worker.node_packs`), or every one.
 NODE_PACK_MODES = ("workflow", "all")
-
-
-def _share(var: EnvVars, name: str, default: float) -> float:
-    value = var.number(name, default, 0)
-    if value > 1:
-        raise ConfigError(f"{name}={var.env.get(name)!r} must be a share of the time, from 0 to 1")
-    return value
 
 
 @dataclass(frozen=True)
@@ -54,16 +46,14 @@ class BootSettings:
     launch: ComfyLaunchSettings
     comfyui_url: str
     skip_provision: bool = False
-    wait_comfyui: bool = False
     readahead: bool = True
     readahead_reserve_bytes: int = 16 * 1024**3
-    #: The text encoder and the VAE of the fixed workflow (6662 MB) fit; the experts wait.
+    #: READAHEAD_BEFORE_ANSWER_MB: the text encoder and the VAE of the fixed workflow (6662 MB)
+    #: are read before ComfyUI first answers; the experts wait for the answer. Measured in
+    #: docs/benchmarks.md, "The read before the answer against none, in the first video": at
+    #: 720x1280, the default size, the first video came 1.4-2.3 s sooner than with 0; at 480x832
+    #: 0.1-3.5 s later, so a deployment that serves mostly 480x832 sets 0.
     readahead_before_answer_bytes: int = 6800 << 20
-    #: Past that, until ComfyUI answers, the readahead reads this share of the time (0: waits;
-    #: on an H200, reading half the time slowed ComfyUI's start more than it saved the job).
-    readahead_share_before_answer: float = 0.0
-    #: Before that wait, read the small tensors of the files to come (readahead.small_tensors).
-    readahead_small_tensors: bool = True
     warmup: bool = False
     warmup_size: tuple[int, int] = (480, 832)
     warmup_frames: int = 9
@@ -100,12 +90,9 @@ class BootSettings:
             ),
             comfyui_url=url,
             skip_provision=var.flag("SKIP_PROVISION", False),
-            wait_comfyui=var.flag("COMFYUI_WAIT_READY", False),
             readahead=var.flag("READAHEAD", True),
             readahead_reserve_bytes=var.integer("READAHEAD_RESERVE_MB", 16384, 0) << 20,
             readahead_before_answer_bytes=var.integer("READAHEAD_BEFORE_ANSWER_MB", 6800, 0) << 20,
-            readahead_share_before_answer=_share(var, "READAHEAD_SHARE_BEFORE_ANSWER", 0.0),
-            readahead_small_tensors=var.flag("READAHEAD_SMALL_TENSORS", True),
             warmup=var.flag("WARMUP", runpod_mode(var) == "serverless"),
             warmup_size=var.size("WARMUP_SIZE", "480x832"),
             warmup_frames=var.integer("WARMUP_FRAMES", 9, 1),

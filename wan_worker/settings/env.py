@@ -27,7 +27,21 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 #: Variables that earlier versions read, and what became of each.
-REMOVED: dict[str, str] = {}
+REMOVED: dict[str, str] = {
+    "READAHEAD_SHARE_BEFORE_ANSWER": (
+        "the readahead always holds what passes READAHEAD_BEFORE_ANSWER_MB until ComfyUI "
+        "answers (reading during ComfyUI's imports was measured as no gain, "
+        "docs/benchmarks.md); unset it"
+    ),
+    "READAHEAD_SMALL_TENSORS": (
+        "the pass over the experts' small tensors is gone (its gain to the first video was "
+        "not settled, docs/benchmarks.md); unset it"
+    ),
+    "COMFYUI_WAIT_READY": (
+        "the worker always takes jobs once its models are verified, and a job waits for "
+        "ComfyUI to answer; unset it"
+    ),
+}
 
 
 def removed_still_set(env: Mapping[str, str] | None = None) -> list[str]:
