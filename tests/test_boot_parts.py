@@ -4,15 +4,19 @@ the gate between jobs and the warm-up, and the boot's settings."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.boot_events import parse_events
 from tests.page_cache import cached_since_drop, drop_from_cache, resident_bytes
+from wan_worker import logs
 from wan_worker.boot.gate import BootGate
 from wan_worker.boot.readahead import (
     ModelUse,
@@ -23,6 +27,7 @@ from wan_worker.boot.readahead import (
     mem_available_bytes,
     memory_for_readahead,
 )
+from wan_worker.boot.timeline import Timeline
 from wan_worker.errors import ConfigError, JobTimeout, ProvisionError
 from wan_worker.settings.boot import BootSettings
 from wan_worker.settings.worker import WorkerSettings
@@ -389,3 +394,49 @@ def test_boot_settings_defaults_and_overrides():
 def test_bad_boot_settings_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         BootSettings.from_env(WorkerSettings(), {name: value})
+
+
+# -- the boot's events in its log --------------------------------------------------------------
+
+
+def test_every_event_reads_back_from_the_log_with_its_values(caplog):
+    """The timeline's lines, formatted as the worker's log formats them, read back into the
+    values they were written with: texts with spaces, quotes and newlines, texts that look like
+    numbers, paths, numbers, flags, dicts."""
+    values = {
+        "file": "text_encoders/te.safetensors",
+        "outcome": "left: ComfyUI began text_encode",
+        "error": 'line one\nline "two"\ttabbed',
+        "seed": "7",
+        "flag_text": "true",
+        "empty": "",
+        "root": Path("/runpod-volume/models"),
+        "mb": 6419.6,
+        "files": 5,
+        "preempts_warmup": True,
+        "nothing": None,
+        "stages": {"text_encode": 2.1, "sample high": 3.0},
+        "argv": "--listen 127.0.0.1 --port 8188",
+    }
+    formatter = logging.Formatter(logs.FORMAT)
+    caplog.set_level(logging.INFO, logger="wan_worker.boot")
+    before = time.time()
+    timeline = Timeline()
+    timeline.mark("readahead_file", **values)
+    timeline.mark("jobs_open")
+    text = "".join(formatter.format(record) + "\n" for record in caplog.records)
+    text += "2025-01-01 00:00:00,000 INFO other: [boot] +1.0s not_an_event_line"  # unfinished
+    first, second = parse_events(text)
+    assert first["event"] == "readahead_file" and second == {
+        "event": "jobs_open",
+        "t": second["t"],
+        "elapsed_s": second["elapsed_s"],
+    }
+    assert {k: v for k, v in first.items() if k not in ("event", "t", "elapsed_s")} == {
+        **values,
+        "root": "/runpod-volume/models",
+    }
+    assert before - 1 <= first["t"] <= time.time()  # the log's timestamp, to the millisecond
+    # Still plain to read:
+    assert 'file=text_encoders/te.safetensors outcome="left: ComfyUI began text_encode"' in text
+    assert " mb=6419.6 files=5 preempts_warmup=true " in text

@@ -97,7 +97,7 @@ def test_serverless_boot_provisions_starts_comfyui_and_runs_the_job(tmp_path, bo
     assert (models_root / "vae" / "wan2.1_vae.safetensors").read_bytes() == data
     assert "[provision] all 1 models ready" in done.stderr
     assert comfy["models_root"] == str(models_root)
-    assert f"models_root root={models_root} reason=network volume at" in done.stderr
+    assert f'models_root root={models_root} reason="network volume at' in done.stderr
     # ComfyUI on loopback with the default flags, no global sage attention, our model paths.
     argv = comfy["argv"]
     assert argv[:6] == [

@@ -120,7 +120,7 @@ class Boot:
     def __init__(self, settings: WorkerSettings, boot: BootSettings) -> None:
         self.settings = replace(settings, comfyui_url=boot.comfyui_url)
         self.boot = boot
-        self.timeline = Timeline(boot.events_file)
+        self.timeline = Timeline()
         self.gate = BootGate(booting=True, event=self.timeline.mark)
         self.comfy: LaunchedComfy | None = None
         self.launched_at = time.monotonic()

@@ -57,7 +57,6 @@ class BootSettings:
     warmup: bool = False
     warmup_size: tuple[int, int] = (480, 832)
     warmup_frames: int = 9
-    events_file: Path | None = None
     node_packs: str = "workflow"
     #: None when SKIP_GPU_CHECK=1 (CPU-only local runs and tests).
     gpu_check: CudaWaitSettings | None = None
@@ -71,7 +70,6 @@ class BootSettings:
         port = var.integer("COMFYUI_PORT", url_port or 8188, 1)
         url = settings.comfyui_url if var.is_set("COMFYUI_URL") else f"http://127.0.0.1:{port}"
         comfyui_dir = settings.comfyui_dir
-        events = var.text("BOOT_EVENTS_FILE", "")
         return cls(
             enabled=var.flag("WORKER_BOOT", False),
             launch=ComfyLaunchSettings(
@@ -96,7 +94,6 @@ class BootSettings:
             warmup=var.flag("WARMUP", runpod_mode(var) == "serverless"),
             warmup_size=var.size("WARMUP_SIZE", "480x832"),
             warmup_frames=var.integer("WARMUP_FRAMES", 9, 1),
-            events_file=Path(events) if events else None,
             node_packs=var.choice("COMFYUI_NODE_PACKS", "workflow", NODE_PACK_MODES),
             gpu_check=(
                 None if var.flag("SKIP_GPU_CHECK", False) else CudaWaitSettings.from_env(var)

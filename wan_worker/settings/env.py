@@ -37,6 +37,10 @@ REMOVED: dict[str, str] = {
         "the pass over the experts' small tensors is gone (its gain to the first video was "
         "not settled, docs/benchmarks.md); unset it"
     ),
+    "BOOT_EVENTS_FILE": (
+        "the boot's events are in its log only, one `[boot] +SECONDSs NAME key=value ...` line "
+        "each, with the log's timestamp; read them there and unset it"
+    ),
     "COMFYUI_WAIT_READY": (
         "the worker always takes jobs once its models are verified, and a job waits for "
         "ComfyUI to answer; unset it"
