@@ -166,8 +166,6 @@ def base_env(args: argparse.Namespace, manifest: Path, workflow: Path | None) ->
         env["SKIP_GPU_CHECK"] = "1"
     if workflow is not None:
         env["WORKFLOW_PATH"] = str(workflow)
-    if args.comfyui_args is not None:
-        env["COMFYUI_ARGS"] = args.comfyui_args
     if args.extra_comfyui_args:
         env["COMFYUI_EXTRA_ARGS"] = args.extra_comfyui_args
     for item in args.env:
@@ -405,8 +403,10 @@ def run_boot(
             **boot_env(args.boot_env, name),
             **queue.env(),
             "APP_DIR": str(checkout),
+            "COMFYUI_URL": f"http://127.0.0.1:{port}",
+            # An older checkout's start.sh started ComfyUI on COMFYUI_PORT (this one takes the
+            # port from COMFYUI_URL, and logs that COMFYUI_PORT is no longer read).
             "COMFYUI_PORT": str(port),
-            "COMFYUI_URL": f"http://127.0.0.1:{port}",  # the old boot's handler reads only this
             "COMFYUI_PID_FILE": str(pid_file),
             "COMFYUI_LOG": str(args.out / f"comfyui-{tag}.log"),
         }
@@ -728,7 +728,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="before each boot, drop only the model files from the page cache (no root needed)",
     )
     parser.add_argument("--attention", default="sage", choices=("sage", "sdpa"))
-    parser.add_argument("--comfyui-args", default=None, help="replace the boot's COMFYUI_ARGS")
     parser.add_argument("--extra-comfyui-args", default="", help="COMFYUI_EXTRA_ARGS, e.g. --cpu")
     parser.add_argument(
         "--env",

@@ -90,7 +90,7 @@ def boot_env(tmp_path: Path) -> dict[str, str]:
             "APP_DIR": str(ROOT),
             "PYTHON": sys.executable,
             "COMFYUI_DIR": str(comfy),
-            "COMFYUI_PORT": str(free_port()),
+            "COMFYUI_URL": f"http://127.0.0.1:{free_port()}",
             "COMFYUI_PID_FILE": str(tmp_path / "run" / "comfyui.pid"),
             "COMFYUI_LOG": str(tmp_path / "run" / "comfyui.log"),
             "COMFYUI_READY_TIMEOUT_S": "60",

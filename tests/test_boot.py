@@ -141,21 +141,19 @@ def test_boot_order_with_a_job_waiting_at_boot(tmp_path, volume, queue):
         assert cached_since_drop(root / relpath) >= size, relpath
 
 
-def double_stats(port: str) -> dict:
-    return requests.get(f"http://127.0.0.1:{port}/__double__/stats", timeout=5).json()
+def double_stats(url: str) -> dict:
+    return requests.get(f"{url}/__double__/stats", timeout=5).json()
 
 
-def clear_faults(port: str) -> None:
-    requests.post(
-        f"http://127.0.0.1:{port}/__double__/fault", json={}, timeout=5
-    ).raise_for_status()
+def clear_faults(url: str) -> None:
+    requests.post(f"{url}/__double__/fault", json={}, timeout=5).raise_for_status()
 
 
-def wait_until_sampling(port: str, timeout_s: float = 30) -> None:
+def wait_until_sampling(url: str, timeout_s: float = 30) -> None:
     """Until the double runs a prompt (its non-sampling nodes take no time, so it samples)."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
-        queue = requests.get(f"http://127.0.0.1:{port}/queue", timeout=5).json()
+        queue = requests.get(f"{url}/queue", timeout=5).json()
         if queue["queue_running"]:
             return
         time.sleep(0.05)
@@ -171,13 +169,13 @@ def test_warmup_runs_while_idle_and_a_job_that_arrives_stops_it(tmp_path, volume
     run = BootRun(env, tmp_path)
     try:
         run.wait_event("warmup_started")
-        wait_until_sampling(env["COMFYUI_PORT"])
+        wait_until_sampling(env["COMFYUI_URL"])
         job_id = queue.submit(job_input())
         run.wait_event("job_reaches_comfyui")
-        clear_faults(env["COMFYUI_PORT"])
+        clear_faults(env["COMFYUI_URL"])
         job = queue.wait(job_id, timeout_s=120)
         preempted = run.wait_event("warmup_preempted")
-        stats = double_stats(env["COMFYUI_PORT"])
+        stats = double_stats(env["COMFYUI_URL"])
     finally:
         run.stop()
     assert job.state == "COMPLETED", run.output[-3000:]
@@ -203,7 +201,7 @@ def test_warmup_finishes_when_no_job_comes_and_the_next_job_runs(tmp_path, volum
     try:
         done = run.wait_event("warmup_done")
         job = queue.wait(queue.submit(job_input()), timeout_s=120)
-        stats = double_stats(env["COMFYUI_PORT"])
+        stats = double_stats(env["COMFYUI_URL"])
     finally:
         run.stop()
     assert job.state == "COMPLETED", run.output[-3000:]

@@ -28,8 +28,11 @@ from wan_worker.boot.readahead import (
     memory_for_readahead,
 )
 from wan_worker.boot.timeline import Timeline
+from wan_worker.boot.warmup import WarmupPlan
 from wan_worker.errors import ConfigError, JobTimeout, ProvisionError
 from wan_worker.settings.boot import BootSettings
+from wan_worker.settings.cuda import CudaWaitSettings
+from wan_worker.settings.env import REMOVED, EnvVars, removed_still_set
 from wan_worker.settings.worker import WorkerSettings
 from wan_worker.workflow import STAGES, load_template
 
@@ -365,30 +368,51 @@ def test_no_warmup_after_the_boot_failed():
 
 def test_boot_settings_defaults_and_overrides():
     settings = WorkerSettings()
-    boot = BootSettings.from_env(settings, {"RUNPOD_ENDPOINT_ID": "e1", "COMFYUI_PORT": "9999"})
-    assert boot.comfyui_url == "http://127.0.0.1:9999" and boot.launch.port == 9999
-    assert boot.warmup is True and (boot.warmup_size, boot.warmup_frames) == ((480, 832), 9)
+    boot = BootSettings.from_env(settings, {"RUNPOD_ENDPOINT_ID": "e1"})
+    assert boot.launch.port == 8188 and boot.warmup is True
+    assert (WarmupPlan().width, WarmupPlan().height, WarmupPlan().frames) == (480, 832, 9)
     assert boot.launch.args == ("--preview-method", "none", "--disable-auto-launch")
+    elsewhere = WorkerSettings.from_env({"COMFYUI_URL": "http://127.0.0.1:9999"})
+    assert BootSettings.from_env(elsewhere, {}).launch.port == 9999  # ComfyUI where it is asked
     local = BootSettings.from_env(settings, {"COMFYUI_EXTRA_ARGS": "--a 'b c'", "WARMUP": ""})
     assert local.warmup is False and local.launch.extra_args == ("--a", "b c")
-    assert local.comfyui_url == "http://127.0.0.1:8188"
     pod = BootSettings.from_env(settings, {"RUNPOD_POD_ID": "p", "WARMUP": "1"})
     assert pod.warmup is True
     # The text encoder and the VAE before ComfyUI answers, the experts after (measured best).
     assert boot.readahead_before_answer_bytes == 6800 << 20
     everything = BootSettings.from_env(settings, {"READAHEAD_BEFORE_ANSWER_MB": "100000"})
     assert everything.readahead_before_answer_bytes == 100000 << 20
+    cuda = BootSettings.from_env(settings, {"GPU_READY_TIMEOUT_S": "300"}).gpu_check
+    assert cuda == CudaWaitSettings(timeout_s=300, interval_s=2, probe_timeout_s=60)
+    assert BootSettings.from_env(settings, {"SKIP_GPU_CHECK": "1"}).gpu_check is None
+
+
+#: Every variable the boot read before issue 23 and no longer reads.
+BOOT_VARIABLES_REMOVED = (
+    "READAHEAD_SHARE_BEFORE_ANSWER", "READAHEAD_SMALL_TENSORS", "COMFYUI_WAIT_READY",
+    "BOOT_EVENTS_FILE", "COMFYUI_PORT", "COMFYUI_ARGS", "EXTRA_MODEL_PATHS", "READAHEAD",
+    "WARMUP_SIZE", "WARMUP_FRAMES", "GPU_READY_INTERVAL_S", "GPU_PROBE_TIMEOUT_S",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BOOT_VARIABLES_REMOVED)
+def test_a_removed_boot_variable_is_not_read_and_a_set_one_is_warned_about(name):
+    var = EnvVars({})
+    BootSettings.from_env(WorkerSettings(), var)
+    assert name not in var.kinds
+    (warning,) = removed_still_set({name: "1"})
+    assert warning.startswith(f"{name} is set but no longer read: ")
+    assert len(REMOVED[name]) > 40  # a sentence that says what to do instead
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("WARMUP_SIZE", "480"),
-        ("WARMUP_SIZE", "8x8"),
         ("WARMUP", "maybe"),
-        ("COMFYUI_ARGS", "'x"),
+        ("COMFYUI_EXTRA_ARGS", "'x"),
         ("READAHEAD_BEFORE_ANSWER_MB", "-1"),
         ("READAHEAD_BEFORE_ANSWER_MB", "lots"),
+        ("GPU_READY_TIMEOUT_S", "soon"),
     ],
 )
 def test_bad_boot_settings_name_the_variable(name, value):

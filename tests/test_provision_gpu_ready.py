@@ -105,7 +105,7 @@ def test_ready_gpu_passes_at_once(fake_torch, tmp_path):
 
 
 def test_late_gpu_is_waited_for_in_fresh_processes(fake_torch, tmp_path):
-    done = gate(fake_torch, tmp_path, FAKE_CUDA="after:3", GPU_READY_INTERVAL_S="0")
+    done = gate(fake_torch, tmp_path, FAKE_CUDA="after:3")
     assert done.returncode == 0, done.stderr
     assert "ready after 3 probe(s)" in done.stdout
     assert done.stdout.count("not ready yet") == 2
@@ -113,9 +113,7 @@ def test_late_gpu_is_waited_for_in_fresh_processes(fake_torch, tmp_path):
 
 
 def test_gpu_that_never_comes_fails_clearly_within_the_bound(fake_torch, tmp_path):
-    done = gate(
-        fake_torch, tmp_path, FAKE_CUDA="raise", GPU_READY_TIMEOUT_S="0", GPU_READY_INTERVAL_S="0"
-    )
+    done = gate(fake_torch, tmp_path, FAKE_CUDA="raise", GPU_READY_TIMEOUT_S="0")
     assert done.returncode == 1
     assert "[gpu] FAILED: CUDA did not become ready within 0s (1 probes)" in done.stderr
     assert "CUDA driver initialization failed" in done.stderr

@@ -27,7 +27,6 @@ import os
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -118,7 +117,7 @@ def run() -> None:
 
 class Boot:
     def __init__(self, settings: WorkerSettings, boot: BootSettings) -> None:
-        self.settings = replace(settings, comfyui_url=boot.comfyui_url)
+        self.settings = settings
         self.boot = boot
         self.timeline = Timeline()
         self.gate = BootGate(booting=True, event=self.timeline.mark)
@@ -229,8 +228,7 @@ class Boot:
                                                                 "downloaded")},
             )  # fmt: skip
         self.gate.models_verified()
-        if self.boot.readahead:
-            self._read_ahead(provision, just_read)
+        self._read_ahead(provision, just_read)
 
     def _provision(self, provision: ProvisionSettings) -> Report | None:
         from wan_worker.provision.provisioner import Provisioner
@@ -290,9 +288,7 @@ class Boot:
             return
         from wan_worker.boot.warmup import WarmupPlan, warm_up
 
-        width, height = self.boot.warmup_size
-        plan = WarmupPlan(width=width, height=height, frames=self.boot.warmup_frames)
-        warm_up(worker, plan, wait_s=self.settings.job_timeout_s, mark=self.timeline.mark)
+        warm_up(worker, WarmupPlan(), wait_s=self.settings.job_timeout_s, mark=self.timeline.mark)
 
     def _comfyui_failed(self, worker: Worker, timeout_s: float) -> None:
         process = worker.client.process
