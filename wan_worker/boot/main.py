@@ -4,7 +4,7 @@ Under start.sh (WORKER_BOOT=1), in this order, each step as soon as it can run:
 
 1. the models root is resolved, once (`ProvisionSettings`), and logged with its reason;
 2. ComfyUI is started with that root, before anything slow is imported here, while a probe
-   checks that CUDA works (`gpu_check`; a failed probe stops ComfyUI, waits for CUDA as
+   checks that CUDA works (`cuda_check`; a failed probe stops ComfyUI, waits for CUDA as
    GPU_READY_TIMEOUT_S allows, and starts it again);
 3. a thread verifies or downloads the models (`Provisioner`), then reads them ahead into the
    page cache (`readahead`) while ComfyUI is still importing;
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wan_worker import logs
+from wan_worker.boot.cuda_check import BackgroundProbe, wait_for_gpu
 from wan_worker.boot.gate import BootGate
-from wan_worker.boot.gpu_check import FirstProbe
 from wan_worker.boot.timeline import Timeline
 from wan_worker.comfy.launch import LaunchedComfy, comfyui_command, launch
 from wan_worker.errors import (
@@ -43,7 +43,6 @@ from wan_worker.errors import (
     ProvisionError,
     WorkerError,
 )
-from wan_worker.gpu_ready import wait_for_gpu
 from wan_worker.node_packs import selection_for
 from wan_worker.settings.boot import BootSettings
 from wan_worker.settings.env import removed_still_set
@@ -139,7 +138,7 @@ class Boot:
         except ConfigError as exc:
             log.error("[boot] FAILED: %s", exc.message)
             return 2
-        probe = FirstProbe(self.boot.gpu_check) if self.boot.gpu_check is not None else None
+        probe = BackgroundProbe(self.boot.gpu_check) if self.boot.gpu_check is not None else None
         if not self._launch(root, node_args):
             return 1
 
@@ -178,9 +177,9 @@ class Boot:
         )
         return True
 
-    # -- CUDA: checked while ComfyUI starts (gpu_check) --------------------------------------------
+    # -- CUDA: checked while ComfyUI starts (cuda_check) -------------------------------------------
 
-    def _gpu_ready(self, probe: FirstProbe, root: Path, node_args: tuple[str, ...]) -> bool:
+    def _gpu_ready(self, probe: BackgroundProbe, root: Path, node_args: tuple[str, ...]) -> bool:
         first = probe.result()
         if first.ok:
             log.info("[gpu] ready, checked while ComfyUI starts (%.1fs): %s", first.seconds,
