@@ -1,5 +1,6 @@
 """The boot's parts on their own: the readahead (order, budget, early stops, the page cache),
-the gate between jobs and the warm-up, and the boot's settings."""
+the boot's settings, and its events in the log. The gate the boot shares with jobs has
+tests/test_worker_gate.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,6 @@ import pytest
 from tests.boot_events import parse_events
 from tests.page_cache import cached_since_drop, drop_from_cache, resident_bytes
 from wan_worker import logs
-from wan_worker.boot.gate import BootGate
 from wan_worker.boot.readahead import (
     ModelUse,
     Readahead,
@@ -29,11 +28,12 @@ from wan_worker.boot.readahead import (
 )
 from wan_worker.boot.timeline import Timeline
 from wan_worker.boot.warmup import WarmupPlan
-from wan_worker.errors import ConfigError, JobTimeout, ProvisionError
+from wan_worker.errors import ConfigError
 from wan_worker.settings.boot import BootSettings
 from wan_worker.settings.cuda import CudaWaitSettings
 from wan_worker.settings.env import REMOVED, EnvVars, removed_still_set
 from wan_worker.settings.worker import WorkerSettings
+from wan_worker.worker_gate import WorkerGate
 from wan_worker.workflow import STAGES, load_template
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -195,17 +195,6 @@ def test_comfyui_building_the_models_does_not_stop_the_readahead(tmp_path):
     assert "readahead_held" in [name for name, _ in events]
 
 
-def test_the_gate_says_whether_comfyui_has_answered():
-    gate = BootGate(booting=True)
-    assert gate.comfyui_answered(0) is False
-    assert gate.comfyui_answered(0.01) is False
-    gate.comfyui_answers()
-    assert gate.comfyui_answered(0) is True and gate.comfyui_answered(None) is True
-    failed = BootGate(booting=True)
-    failed.fail(ProvisionError("no models"))
-    assert failed.comfyui_answered(None) is True  # nothing left to wait for
-
-
 def test_readahead_stops_at_the_first_file_over_budget(tmp_path):
     for use, size in zip(USES, (1_000_000, 1_000_000, 5_000_000), strict=True):
         out_of_cache(tmp_path / use.relpath, size)
@@ -218,7 +207,7 @@ def test_readahead_stops_at_the_first_file_over_budget(tmp_path):
 def test_readahead_leaves_a_file_comfyui_has_begun_and_skips_what_it_needs_no_more(tmp_path):
     for use in USES:
         out_of_cache(tmp_path / use.relpath, 4_000_000)
-    gate = BootGate()
+    gate = WorkerGate()
     reads = {"n": 0}
 
     def started(stage: str) -> bool:
@@ -311,56 +300,6 @@ def test_a_limit_above_memavailable_leaves_memavailable_the_budget(tmp_path):
         1 << 40,
         "the container's memory limit",
     )
-
-
-# -- the gate ----------------------------------------------------------------------------------
-
-
-def test_a_job_waits_for_the_models_and_gets_the_boots_failure():
-    gate = BootGate(booting=True)
-    with pytest.raises(JobTimeout, match=r"still verifying its models 0\.05 s"):
-        gate.wait_models(0.05)
-    waiter_error: list[BaseException] = []
-
-    def job() -> None:
-        try:
-            gate.wait_models(30)
-        except ProvisionError as exc:
-            waiter_error.append(exc)
-
-    thread = threading.Thread(target=job)
-    thread.start()
-    gate.fail(ProvisionError("vae could not be downloaded"))
-    thread.join(10)
-    assert [e.message for e in waiter_error] == ["vae could not be downloaded"]  # type: ignore[attr-defined]
-    assert waiter_error[0].refresh_worker  # type: ignore[attr-defined]
-    assert gate.wait_settled() is gate.failure
-
-
-def test_the_warmup_waits_for_jobs_in_hand_and_a_job_reaching_comfyui_stops_it():
-    gate = BootGate(booting=True)
-    gate.models_verified()
-    gate.job_arrived()  # a job in hand (validating its input)
-    began: list[threading.Event | None] = []
-    thread = threading.Thread(target=lambda: began.append(gate.begin_warmup(30)))
-    thread.start()
-    gate.job_left()  # it failed validation without using ComfyUI: the warm-up may run
-    thread.join(10)
-    cancel = began[0]
-    assert cancel is not None and not cancel.is_set()
-    gate.job_arrived()
-    gate.reach_comfyui("job-1")
-    assert cancel.is_set()
-    gate.end_warmup()
-    assert gate.begin_warmup(0.01) is None
-    assert gate.why_no_warmup() == "a job reached ComfyUI first"
-
-
-def test_no_warmup_after_the_boot_failed():
-    gate = BootGate(booting=True)
-    gate.fail(ProvisionError("no models"))
-    assert gate.begin_warmup(5) is None
-    assert gate.why_no_warmup() == "the boot failed"
 
 
 # -- settings ----------------------------------------------------------------------------------

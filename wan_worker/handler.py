@@ -20,16 +20,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from wan_worker.boot.gate import BootGate
-from wan_worker.comfy.client import ComfyClient
 from wan_worker.comfy.follower import INTERRUPT_GRACE_S, RunOutcome, run_prompt
-from wan_worker.comfy.process import ComfyProcess
-from wan_worker.delivery import deliver, make_store
+from wan_worker.delivery import deliver
 from wan_worker.errors import (
     JobCancelled,
     OutputError,
@@ -40,46 +37,14 @@ from wan_worker.errors import (
 )
 from wan_worker.job_files import JobFiles
 from wan_worker.job_input import JobRequest, read_job_input
-from wan_worker.progress import JobProgress, Sender, runpod_sender
+from wan_worker.progress import JobProgress
 from wan_worker.settings.worker import WorkerSettings
-from wan_worker.storage import VideoStore
 from wan_worker.video_check import FrameReport
 from wan_worker.video_check import inspect as inspect_frames
-from wan_worker.workflow import OUTPUT_NODE, STAGES, WorkflowTemplate, load_template
+from wan_worker.worker import Worker
+from wan_worker.workflow import OUTPUT_NODE, STAGES
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Worker:
-    """What a job needs that outlives it: settings, the workflow, ComfyUI, the bucket."""
-
-    settings: WorkerSettings
-    template: WorkflowTemplate
-    client: ComfyClient
-    store: VideoStore | None = None
-    send_progress: Sender | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Files of failed jobs whose prompts ComfyUI may still be running (a time-out it did not
-    #: act on at once): removed again after each later job, until ComfyUI has finished them.
-    abandoned: list[JobFiles] = field(default_factory=list)
-    #: Why SageAttention cannot load on this worker, once it has failed to (not installed, no
-    #: kernel for this GPU); later jobs then use PyTorch attention without trying it.
-    sage_unusable: str | None = None
-    #: The models' state while the worker boots, the jobs in hand, the warm-up (open when
-    #: there is no boot in this process).
-    gate: BootGate = field(default_factory=BootGate)
-
-    @classmethod
-    def from_settings(cls, settings: WorkerSettings) -> Worker:
-        process = ComfyProcess(settings.comfyui_pid_file, settings.comfyui_log)
-        return cls(
-            settings=settings,
-            template=load_template(settings.workflow_path),
-            client=ComfyClient(settings.comfyui_url, process),
-            store=make_store(settings),
-            send_progress=runpod_sender(),
-        )
 
 
 class StageTimer:

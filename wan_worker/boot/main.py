@@ -1,38 +1,36 @@
-"""The handler process's entry: boot the worker (when start.sh asks), then serve jobs.
+"""The worker's boot, in the handler's process: `Boot.run` (under start.sh, WORKER_BOOT=1).
 
-Under start.sh (WORKER_BOOT=1), in this order, each step as soon as it can run:
+In this order, each step as soon as it can run:
 
 1. the models root is resolved, once (`ProvisionSettings`), and logged with its reason;
-2. ComfyUI is started with that root, before anything slow is imported here, while a probe
-   checks that CUDA works (`cuda_check`; a failed probe stops ComfyUI, waits for CUDA as
-   GPU_READY_TIMEOUT_S allows, and starts it again);
+2. ComfyUI is started with that root, before anything slow is imported, while a probe checks
+   that CUDA works (`cuda_check`; a failed probe stops ComfyUI, waits for CUDA as
+   GPU_READY_TIMEOUT_S allows, and starts it again); the caller's slow imports come after the
+   launch (`while_comfyui_starts`);
 3. a thread verifies or downloads the models (`Provisioner`), then reads them ahead into the
    page cache (`readahead`) while ComfyUI is still importing;
 4. a thread waits for ComfyUI to answer (COMFYUI_READY_TIMEOUT_S), then runs the warm-up
    (`warmup`) if it is on and no job needs ComfyUI;
-5. once the models are verified, the runpod SDK starts taking jobs; a job waits in the handler
-   for ComfyUI (`gate.BootGate`).
+5. once the models are verified, `run` returns the `Worker`, and the entry
+   (`wan_worker.entry`) has the runpod SDK take jobs; a job waits for ComfyUI at the worker's
+   gate (`wan_worker.worker_gate`).
 
-A model that cannot be had ends the process before any job is taken (exit status 2, 3 or 4,
-as `python -m wan_worker.provision`); CUDA never working, or ComfyUI stopping or never answering,
-ends it with status 1
-(a job in hand gets the error, which asks RunPod to replace the worker). Without WORKER_BOOT,
-the handler serves jobs on the ComfyUI at COMFYUI_URL (local runs, tests).
+A model that cannot be had ends the boot before any job is taken (exit status 2, 3 or 4, as
+`python -m wan_worker.provision`); CUDA never working, or ComfyUI stopping or never answering,
+ends it with status 1 (a job in hand gets the error, which asks RunPod to replace the worker).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wan_worker import logs
 from wan_worker.boot.cuda_check import BackgroundProbe, wait_for_gpu
-from wan_worker.boot.gate import BootGate
 from wan_worker.boot.timeline import Timeline
 from wan_worker.comfy.launch import LaunchedComfy, comfyui_command, launch
 from wan_worker.errors import (
@@ -45,13 +43,13 @@ from wan_worker.errors import (
 )
 from wan_worker.node_packs import selection_for
 from wan_worker.settings.boot import BootSettings
-from wan_worker.settings.env import removed_still_set
 from wan_worker.settings.provisioning import ProvisionSettings
 from wan_worker.settings.worker import WorkerSettings
+from wan_worker.worker_gate import WorkerGate
 
 if TYPE_CHECKING:
-    from wan_worker.handler import JobHandler, Worker
     from wan_worker.provision.provisioner import Report
+    from wan_worker.worker import Worker
 
 log = logging.getLogger("wan_worker.boot")
 TAIL_LINES = 20
@@ -79,51 +77,18 @@ def custom_node_args(settings: WorkerSettings, boot: BootSettings) -> tuple[str,
     return tuple(selection.comfyui_args())
 
 
-def serve(handler: JobHandler) -> None:
-    """Hand this process to the runpod SDK (it parses the command line: --rp_serve_api, ...)."""
-    import runpod
-
-    runpod.serverless.start({"handler": handler})
-
-
-def run() -> None:
-    """rp_handler.py's entry."""
-    logs.configure()
-    for warning in removed_still_set():
-        log.warning("[boot] %s", warning)
-    try:
-        settings = WorkerSettings.from_env()
-        boot = BootSettings.from_env(settings)
-    except ConfigError as exc:
-        from wan_worker.handler import job_handler
-
-        # As without a boot: every job says what to fix, until it is fixed.
-        log.error("[boot] configuration error, every job will fail with it: %s", exc.message)
-        error = exc
-
-        def broken() -> Worker:
-            raise error
-
-        serve(job_handler(broken))
-        return
-    if not boot.enabled:
-        from wan_worker.handler import handler
-
-        serve(handler)
-        return
-    sys.exit(Boot(settings, boot).run())
-
-
 class Boot:
     def __init__(self, settings: WorkerSettings, boot: BootSettings) -> None:
         self.settings = settings
         self.boot = boot
         self.timeline = Timeline()
-        self.gate = BootGate(booting=True, event=self.timeline.mark)
+        self.gate = WorkerGate(booting=True, event=self.timeline.mark)
         self.comfy: LaunchedComfy | None = None
         self.launched_at = time.monotonic()
 
-    def run(self) -> int:
+    def run(self, while_comfyui_starts: Callable[[], object] = lambda: None) -> int | Worker:
+        """Boot; return the exit status of a failed boot, or the worker once its models are
+        verified. `while_comfyui_starts` runs right after ComfyUI's launch (slow imports)."""
         mark = self.timeline.mark
         mark("boot_started", pid=os.getpid())
         try:
@@ -141,11 +106,10 @@ class Boot:
         probe = BackgroundProbe(self.boot.gpu_check) if self.boot.gpu_check is not None else None
         if not self._launch(root, node_args):
             return 1
+        while_comfyui_starts()
+        from wan_worker.worker import Worker  # slow imports (requests, ...), after the launch
 
-        from wan_worker.handler import Worker, job_handler  # slow imports, after the launch
-
-        worker = Worker.from_settings(self.settings)
-        worker.gate = self.gate
+        worker = Worker.from_settings(self.settings, gate=self.gate)
         threading.Thread(target=self._models, args=(provision,), name="models", daemon=True).start()
         if probe is not None and not self._gpu_ready(probe, root, node_args):
             return 1
@@ -158,8 +122,7 @@ class Boot:
                 self.comfy.stop()
             return exit_status(failure)
         mark("jobs_open")
-        serve(job_handler(lambda: worker))
-        return 0
+        return worker
 
     def _launch(self, root: Path, node_args: tuple[str, ...], **extra: object) -> bool:
         spec = self.boot.launch

@@ -7,8 +7,8 @@ One 480x832 run of 9 frames pays all of it (the 720x1280 job after it took 65.5 
 the warm-up (`WarmupPlan`): the fixed workflow with the frame count changed, a generated start
 image, a fixed seed, the configured attention and fp16 accumulation.
 
-It never stands in a job's way (`gate.BootGate`): it starts only while no job is in hand and
-none has used ComfyUI, and a job that reaches ComfyUI while it runs stops it. ComfyUI then
+It never stands in a job's way (`wan_worker.worker_gate`): it starts only while no job is in
+hand and none has used ComfyUI, and a job that reaches ComfyUI while it runs stops it. ComfyUI then
 interrupts the warm-up's prompt at the end of the node it is in; every model that node and the
 ones before it loaded stays loaded (ComfyUI keeps the outputs of the loader nodes, and the job's
 loaders have the same inputs), so the job waits at most for one node, and that node is one
@@ -23,12 +23,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from wan_worker.boot.gate import Event as Mark
 from wan_worker.comfy.follower import run_prompt
 from wan_worker.errors import JobCancelled, WorkerError
-from wan_worker.handler import Worker
 from wan_worker.job_files import JobFiles
 from wan_worker.progress import JobProgress
+from wan_worker.worker import Worker
+from wan_worker.worker_gate import Event as Mark
 from wan_worker.workflow import FRAMES_NODE, OUTPUT_NODE, STAGES, JobParameters
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """What stands between a job and ComfyUI: the models, the boot's failures, the warm-up.
 
-One `BootGate` per handler process, shared by the boot's threads and by every job:
+One `WorkerGate` per handler process, shared by the boot's threads (`wan_worker.boot`) and by
+every job (`wan_worker.handler`), so it lives below both:
 
 - **Models.** Pending until the provisioner has verified them; a job that reaches ComfyUI
   first waits here (bounded). A failure of the boot (a model that cannot be had, a ComfyUI
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 Event = Callable[..., None]
 
 
-class BootGate:
+class WorkerGate:
     def __init__(self, *, booting: bool = False, event: Event | None = None) -> None:
         """`booting`: the models are not verified yet and ComfyUI has not answered yet;
         otherwise the gate is open."""
@@ -175,7 +176,7 @@ class BootGate:
 
 
 class _Watched:
-    def __init__(self, gate: BootGate, sink: ProgressSink) -> None:
+    def __init__(self, gate: WorkerGate, sink: ProgressSink) -> None:
         self.gate = gate
         self.sink = sink
 
