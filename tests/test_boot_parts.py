@@ -97,7 +97,7 @@ def recorded_run(
     """One readahead over `uses` under `root` (nothing begun by ComfyUI, budget to spare), with
     the events it marked."""
     events: list[tuple[str, dict]] = []
-    settings: dict[str, Any] = {"budget": 10**9, "started": lambda _stage: False, **options}
+    settings: dict[str, Any] = {"budget": 10**9, "stage_begun": lambda _stage: False, **options}
     report = Readahead(
         uses, root, mark=lambda name, **kw: events.append((name, kw)), **settings
     ).run()
@@ -152,7 +152,7 @@ def test_a_file_whose_stage_began_while_the_readahead_held_is_left(tmp_path):
         USES,
         tmp_path,
         budget=10**9,
-        started=lambda stage: stage in begun,
+        stage_begun=lambda stage: stage in begun,
         # ComfyUI answered, and a job went straight to the VAE's stage meanwhile.
         cap_before_answer=1_000_000,
         wait_for_answer=lambda: begun.add("image_encode"),
@@ -173,7 +173,7 @@ def test_within_its_cap_the_readahead_never_waits(tmp_path, cap):
         USES,
         tmp_path,
         budget=10**9,
-        started=lambda _s: False,
+        stage_begun=lambda _s: False,
         cap_before_answer=cap,
         wait_for_answer=lambda: waited.append(True),
     ).run()
@@ -187,7 +187,7 @@ def test_comfyui_building_the_models_does_not_stop_the_readahead(tmp_path):
         out_of_cache(tmp_path / use.relpath, 1_000)
     report, events = recorded_run(
         tmp_path,
-        started=lambda stage: stage == "load_models",
+        stage_begun=lambda stage: stage == "load_models",
         cap_before_answer=1_500,
         wait_for_answer=lambda: None,
     )
@@ -198,7 +198,7 @@ def test_comfyui_building_the_models_does_not_stop_the_readahead(tmp_path):
 def test_readahead_stops_at_the_first_file_over_budget(tmp_path):
     for use, size in zip(USES, (1_000_000, 1_000_000, 5_000_000), strict=True):
         out_of_cache(tmp_path / use.relpath, size)
-    report = Readahead(USES, tmp_path, budget=3_000_000, started=lambda _s: False).run()
+    report = Readahead(USES, tmp_path, budget=3_000_000, stage_begun=lambda _s: False).run()
     assert [f.outcome for f in report.files] == ["read", "read", "skipped: over budget"]
     assert report.read == 2_000_000
     assert "the budget is spent" in report.stopped
@@ -215,10 +215,10 @@ def test_readahead_leaves_a_file_comfyui_has_begun_and_skips_what_it_needs_no_mo
         reads["n"] += 1
         if reads["n"] > 3:
             gate.stage_started("text_encode")
-        return gate.started(stage)
+        return gate.stage_begun(stage)
 
     report = Readahead(
-        USES, tmp_path, budget=10**9, started=started, skip={"vae/vae.safetensors"},
+        USES, tmp_path, budget=10**9, stage_begun=started, already_cached={"vae/vae.safetensors"},
         chunk_bytes=1 << 20,
     ).run()  # fmt: skip
     te, vae, high = report.files
@@ -230,7 +230,7 @@ def test_readahead_leaves_a_file_comfyui_has_begun_and_skips_what_it_needs_no_mo
 def test_readahead_ends_once_comfyui_has_begun_every_stage(tmp_path):
     for use in USES:
         out_of_cache(tmp_path / use.relpath, 100_000)
-    report = Readahead(USES, tmp_path, budget=10**9, started=lambda _s: True).run()
+    report = Readahead(USES, tmp_path, budget=10**9, stage_begun=lambda _s: True).run()
     assert report.read == 0 and report.stopped == "ComfyUI has begun every stage"
 
 
@@ -321,9 +321,9 @@ def test_boot_settings_defaults_and_overrides():
     assert boot.readahead_before_answer_bytes == 6800 << 20
     everything = BootSettings.from_env(settings, {"READAHEAD_BEFORE_ANSWER_MB": "100000"})
     assert everything.readahead_before_answer_bytes == 100000 << 20
-    cuda = BootSettings.from_env(settings, {"GPU_READY_TIMEOUT_S": "300"}).gpu_check
+    cuda = BootSettings.from_env(settings, {"GPU_READY_TIMEOUT_S": "300"}).cuda_check
     assert cuda == CudaWaitSettings(timeout_s=300, interval_s=2, probe_timeout_s=60)
-    assert BootSettings.from_env(settings, {"SKIP_GPU_CHECK": "1"}).gpu_check is None
+    assert BootSettings.from_env(settings, {"SKIP_GPU_CHECK": "1"}).cuda_check is None
 
 
 #: Every variable the boot read before issue 23 and no longer reads.

@@ -14,13 +14,13 @@ from wan_worker.worker_gate import WorkerGate
 
 def test_the_gate_says_whether_comfyui_has_answered():
     gate = WorkerGate(booting=True)
-    assert gate.comfyui_answered(0) is False
-    assert gate.comfyui_answered(0.01) is False
-    gate.comfyui_answers()
-    assert gate.comfyui_answered(0) is True and gate.comfyui_answered(None) is True
+    assert gate.wait_for_comfyui(0) is False
+    assert gate.wait_for_comfyui(0.01) is False
+    gate.comfyui_answered()
+    assert gate.wait_for_comfyui(0) is True and gate.wait_for_comfyui(None) is True
     failed = WorkerGate(booting=True)
     failed.fail(ProvisionError("no models"))
-    assert failed.comfyui_answered(None) is True  # nothing left to wait for
+    assert failed.wait_for_comfyui(None) is True  # nothing left to wait for
 
 
 def test_a_job_waits_for_the_models_and_gets_the_boots_failure():

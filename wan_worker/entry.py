@@ -41,7 +41,7 @@ def run() -> None:
         log.warning("[boot] %s", warning)
     try:
         settings = WorkerSettings.from_env()
-        boot = BootSettings.from_env(settings)
+        boot_settings = BootSettings.from_env(settings)
     except ConfigError as exc:
         from wan_worker.handler import job_handler
 
@@ -53,12 +53,12 @@ def run() -> None:
 
         serve(job_handler(broken))
         return
-    if not boot.enabled:
+    if not boot_settings.enabled:
         from wan_worker.handler import handler
 
         serve(handler)
         return
-    outcome = Boot(settings, boot).run(while_comfyui_starts=import_job_path)
+    outcome = Boot(settings, boot_settings).run(while_comfyui_starts=import_job_path)
     if isinstance(outcome, int):
         sys.exit(outcome)
     from wan_worker.handler import job_handler

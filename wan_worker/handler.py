@@ -62,7 +62,7 @@ class StageTimer:
         self._lap_start = now
 
     @contextmanager
-    def apart(self) -> Iterator[None]:
+    def outside_laps(self) -> Iterator[None]:
         """A stretch that is no lap: the next lap starts where it ends (ComfyUI's run is timed
         by the run itself)."""
         try:
@@ -126,7 +126,7 @@ def _generate(
             fp16_accumulation=fp16,
         )
         try:
-            with timer.apart():
+            with timer.outside_laps():
                 outcome = run_prompt(
                     worker.client,
                     prompt,
@@ -134,7 +134,7 @@ def _generate(
                     output_node=OUTPUT_NODE,
                     deadline=deadline,
                     stage_of=STAGES.get,
-                    progress=worker.gate.watch(JobProgress(job, worker.send_progress)),
+                    progress=worker.gate.noting_stages(JobProgress(job, worker.send_progress)),
                     cancel=cancel,
                 )
         except SageAttentionFailed as exc:
@@ -199,7 +199,9 @@ def _stop_if_cancelled(cancel: threading.Event | None) -> None:
 
 
 @contextmanager
-def _holding(lock: threading.Lock, cancel: threading.Event | None) -> Iterator[None]:
+def _locked_unless_cancelled(
+    lock: threading.Lock, cancel: threading.Event | None
+) -> Iterator[None]:
     """`lock`, waited for while looking at `cancel` (a warm-up being stopped, a job before)."""
     while not lock.acquire(timeout=0.25):
         _stop_if_cancelled(cancel)
@@ -230,7 +232,8 @@ def handle(
         wait_s = min(settings.ready_timeout_s, max(0.0, deadline - time.monotonic()))
         worker.gate.wait_models(wait_s)
         worker.gate.reach_comfyui(job_id)
-        with _holding(worker.lock, cancel):  # ComfyUI runs one prompt at a time; so do we
+        # ComfyUI runs one prompt at a time; so do we.
+        with _locked_unless_cancelled(worker.lock, cancel):
             worker.client.wait_ready(wait_s)
             timer.lap("wait_ready_s")
             _stop_if_cancelled(cancel)

@@ -78,11 +78,11 @@ def custom_node_args(settings: WorkerSettings, boot: BootSettings) -> tuple[str,
 
 
 class Boot:
-    def __init__(self, settings: WorkerSettings, boot: BootSettings) -> None:
+    def __init__(self, settings: WorkerSettings, boot_settings: BootSettings) -> None:
         self.settings = settings
-        self.boot = boot
+        self.boot_settings = boot_settings
         self.timeline = Timeline()
-        self.gate = WorkerGate(booting=True, event=self.timeline.mark)
+        self.gate = WorkerGate(booting=True, mark=self.timeline.mark)
         self.comfy: LaunchedComfy | None = None
         self.launched_at = time.monotonic()
 
@@ -99,21 +99,26 @@ class Boot:
         root = provision.models_root
         mark("models_root", root=root, reason=provision.models_root_reason)
         try:
-            node_args = custom_node_args(self.settings, self.boot)
+            node_args = custom_node_args(self.settings, self.boot_settings)
         except ConfigError as exc:
             log.error("[boot] FAILED: %s", exc.message)
             return 2
-        probe = BackgroundProbe(self.boot.gpu_check) if self.boot.gpu_check is not None else None
+        cuda = self.boot_settings.cuda_check
+        probe = BackgroundProbe(cuda) if cuda is not None else None
         if not self._launch(root, node_args):
             return 1
         while_comfyui_starts()
         from wan_worker.worker import Worker  # slow imports (requests, ...), after the launch
 
         worker = Worker.from_settings(self.settings, gate=self.gate)
-        threading.Thread(target=self._models, args=(provision,), name="models", daemon=True).start()
-        if probe is not None and not self._gpu_ready(probe, root, node_args):
+        threading.Thread(
+            target=self._verify_then_read_ahead, args=(provision,), name="models", daemon=True
+        ).start()
+        if probe is not None and not self._cuda_ready_or_relaunched(probe, root, node_args):
             return 1
-        threading.Thread(target=self._comfyui, args=(worker,), name="comfyui", daemon=True).start()
+        threading.Thread(
+            target=self._wait_for_comfyui_then_warm_up, args=(worker,), name="comfyui", daemon=True
+        ).start()
 
         failure = self.gate.wait_settled()
         if failure is not None:
@@ -125,7 +130,7 @@ class Boot:
         return worker
 
     def _launch(self, root: Path, node_args: tuple[str, ...], **extra: object) -> bool:
-        spec = self.boot.launch
+        spec = self.boot_settings.launch
         try:
             self.comfy = launch(spec, root, node_args)
         except OSError as exc:
@@ -142,7 +147,9 @@ class Boot:
 
     # -- CUDA: checked while ComfyUI starts (cuda_check) -------------------------------------------
 
-    def _gpu_ready(self, probe: BackgroundProbe, root: Path, node_args: tuple[str, ...]) -> bool:
+    def _cuda_ready_or_relaunched(
+        self, probe: BackgroundProbe, root: Path, node_args: tuple[str, ...]
+    ) -> bool:
         first = probe.result()
         if first.ok:
             log.info("[gpu] ready, checked while ComfyUI starts (%.1fs): %s", first.seconds,
@@ -169,10 +176,10 @@ class Boot:
 
     # -- the models: verify or download, then read ahead ----------------------------------------
 
-    def _models(self, provision: ProvisionSettings) -> None:
+    def _verify_then_read_ahead(self, provision: ProvisionSettings) -> None:
         began = time.monotonic()
         just_read: set[str] = set()
-        if self.boot.skip_provision:
+        if self.boot_settings.skip_provision:
             log.info("[boot] SKIP_PROVISION is set: using the models under %s as they are",
                      provision.models_root)  # fmt: skip
             self.timeline.mark("models_verified", s=0, skipped=True)
@@ -221,18 +228,18 @@ class Boot:
         Readahead(
             first_use_order(graph),
             provision.models_root,
-            budget=max(0, available - self.boot.readahead_reserve_bytes),
+            budget=max(0, available - self.boot_settings.readahead_reserve_bytes),
             budget_from=limited_by,
-            started=self.gate.started,
-            skip=just_read,
+            stage_begun=self.gate.stage_begun,
+            already_cached=just_read,
             mark=self.timeline.mark,
-            cap_before_answer=self.boot.readahead_before_answer_bytes,
-            wait_for_answer=self.gate.comfyui_answered,
+            cap_before_answer=self.boot_settings.readahead_before_answer_bytes,
+            wait_for_answer=self.gate.wait_for_comfyui,
         ).run()
 
     # -- ComfyUI: wait for its first answer, then warm it up --------------------------------------
 
-    def _comfyui(self, worker: Worker) -> None:
+    def _wait_for_comfyui_then_warm_up(self, worker: Worker) -> None:
         from wan_worker.comfy.client import ComfyClient
 
         process = worker.client.process
@@ -245,8 +252,8 @@ class Boot:
             return
         since_launch = round(time.monotonic() - self.launched_at, 2)
         self.timeline.mark("comfyui_answers", s_since_launch=since_launch)
-        self.gate.comfyui_answers()
-        if not self.boot.warmup:
+        self.gate.comfyui_answered()
+        if not self.boot_settings.warmup:
             return
         from wan_worker.boot.warmup import WarmupPlan, warm_up
 

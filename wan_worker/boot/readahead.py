@@ -190,8 +190,8 @@ class Readahead:
         models_root: Path,
         *,
         budget: int,
-        started: Callable[[str], bool],
-        skip: Iterable[str] = (),
+        stage_begun: Callable[[str], bool],
+        already_cached: Iterable[str] = (),
         stop: threading.Event | None = None,
         mark: Mark | None = None,
         chunk_bytes: int = CHUNK_BYTES,
@@ -204,8 +204,9 @@ class Readahead:
         self.budget = budget
         #: What set the budget (the log says it): MemAvailable, or the container's memory limit.
         self.budget_from = budget_from
-        self.started = started
-        self.skip = set(skip)
+        self.stage_begun = stage_begun
+        #: Files in the page cache already (the provisioner has just read them): skipped.
+        self.already_cached = set(already_cached)
         self.stop = stop or threading.Event()
         self.mark: Mark = mark or (lambda *_args, **_kwargs: None)
         self.chunk_bytes = chunk_bytes
@@ -237,20 +238,20 @@ class Readahead:
                 report.stopped = "the boot stopped it"
                 entry.outcome = "skipped: stopped"
                 break
-            if all(self.started(stage) for stage in STAGE_ORDER if stage != "load_models"):
+            if all(self.stage_begun(stage) for stage in STAGE_ORDER if stage != "load_models"):
                 report.stopped = "ComfyUI has begun every stage"
                 entry.outcome = "skipped: every stage begun"
                 break
-            if use.relpath in self.skip:
+            if use.relpath in self.already_cached:
                 entry.outcome = "skipped: read by verification at this boot"
                 continue
-            if self.started(use.stage):
+            if self.stage_begun(use.stage):
                 entry.outcome = f"skipped: ComfyUI began {use.stage}"
                 continue
             cap = self.cap_before_answer
             if cap is not None and report.read + size > cap:
                 self._hold_until_answer(report.read)
-                if self.started(use.stage):
+                if self.stage_begun(use.stage):
                     entry.outcome = f"skipped: ComfyUI began {use.stage}"
                     continue
             if size > left:
@@ -297,7 +298,7 @@ class Readahead:
                     if self.stop.is_set():
                         entry.outcome = "left: the boot stopped it"
                         break
-                    if self.started(entry.stage):
+                    if self.stage_begun(entry.stage):
                         entry.outcome = f"left: ComfyUI began {entry.stage}"
                         break
                     count = min(self.chunk_bytes, entry.size - entry.read)

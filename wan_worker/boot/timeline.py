@@ -25,7 +25,7 @@ log = logging.getLogger("wan_worker.boot")
 _BARE = re.compile(r"[^\s\"'{}\[\]]+")
 
 
-def shown(value: Any) -> str:
+def format_value(value: Any) -> str:
     """`value` as the event line writes it (see the module's docstring)."""
     if value is None or isinstance(value, bool | int | float):
         return json.dumps(value)
@@ -51,5 +51,5 @@ class Timeline:
 
     def mark(self, name: str, **detail: Any) -> None:
         elapsed = time.monotonic() - self.started
-        values = "".join(f" {key}={shown(value)}" for key, value in detail.items())
+        values = "".join(f" {key}={format_value(value)}" for key, value in detail.items())
         log.info("[boot] +%.1fs %s%s", elapsed, name, values)

@@ -28,7 +28,7 @@ from wan_worker.errors import JobCancelled, WorkerError
 from wan_worker.job_files import JobFiles
 from wan_worker.progress import JobProgress
 from wan_worker.worker import Worker
-from wan_worker.worker_gate import Event as Mark
+from wan_worker.worker_gate import Mark
 from wan_worker.workflow import FRAMES_NODE, OUTPUT_NODE, STAGES, JobParameters
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class WarmupPlan:
     seed: int = 0
 
 
-def start_image(width: int = 64, height: int = 64) -> bytes:
+def gradient_png(width: int = 64, height: int = 64) -> bytes:
     """A small PNG with a gradient (the workflow scales it to the warm-up's size)."""
     from PIL import Image
 
@@ -82,7 +82,7 @@ def warm_up(worker: Worker, plan: WarmupPlan, *, wait_s: float, mark: Mark) -> s
             if cancel.is_set():
                 raise JobCancelled("a job reached ComfyUI before the warm-up began")
             worker.client.wait_ready(settings.ready_timeout_s)
-            files.uploaded_as = worker.client.upload_image(start_image(), files.image_name)
+            files.uploaded_as = worker.client.upload_image(gradient_png(), files.image_name)
             prompt = worker.template.build(
                 JobParameters(PROMPT, worker.template.default_negative_prompt, plan.seed,
                               plan.width, plan.height),
@@ -99,7 +99,7 @@ def warm_up(worker: Worker, plan: WarmupPlan, *, wait_s: float, mark: Mark) -> s
                 output_node=OUTPUT_NODE,
                 deadline=time.monotonic() + settings.job_timeout_s,
                 stage_of=STAGES.get,
-                progress=gate.watch(JobProgress({"id": "warmup"}, None)),
+                progress=gate.noting_stages(JobProgress({"id": "warmup"}, None)),
                 cancel=cancel,
             )
         seconds = round(time.monotonic() - began, 1)

@@ -71,7 +71,7 @@ class BootSettings:
     warmup: bool = False
     node_packs: str = "workflow"
     #: None when SKIP_GPU_CHECK=1 (CPU-only local runs and tests).
-    gpu_check: CudaWaitSettings | None = None
+    cuda_check: CudaWaitSettings | None = None
 
     @classmethod
     def from_env(
@@ -99,7 +99,7 @@ class BootSettings:
             readahead_before_answer_bytes=var.integer("READAHEAD_BEFORE_ANSWER_MB", 6800, 0) << 20,
             warmup=var.flag("WARMUP", runpod_mode(var) == "serverless"),
             node_packs=var.choice("COMFYUI_NODE_PACKS", "workflow", NODE_PACK_MODES),
-            gpu_check=(
+            cuda_check=(
                 None if var.flag("SKIP_GPU_CHECK", False) else CudaWaitSettings.from_env(var)
             ),
         )
