@@ -13,6 +13,8 @@ every job (`wan_worker.handler`), so it lives below both:
   ComfyUI interrupts the warm-up's prompt, and whatever it loaded stays loaded).
 - **Stages.** The stages of the workflow that ComfyUI has begun (warm-up or job), so the
   readahead stops reading a file that ComfyUI is already loading itself.
+- **ComfyUI's first answer**, which the readahead waits for before it reads past its cap
+  (`wait_for_comfyui`).
 
 Without a boot (rp_handler.py against a ComfyUI started elsewhere, and the tests) the gate is
 open: models verified, no warm-up.
