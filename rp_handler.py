@@ -5,7 +5,8 @@ python rp_handler.py --rp_serve_api       # local HTTP API on :8000 (/run, /runs
 python rp_handler.py --test_input '{...}' # one job from the command line (or test_input.json)
 
 Under start.sh (WORKER_BOOT=1) this process also boots the worker: it starts ComfyUI, verifies
-the models and warms up (wan_worker/boot/); otherwise it uses the ComfyUI at COMFYUI_URL.
+the models and warms up (wan_worker/boot/); otherwise it uses the ComfyUI at COMFYUI_URL. Both
+go through wan_worker/entry.py.
 """
 
 import importlib.util
@@ -18,7 +19,7 @@ if importlib.util.find_spec("runpod") is None:  # the system's Python, not the p
         "virtualenv README.md makes (. .venv/bin/activate) or with the image's Python."
     )
 
-from wan_worker.boot.main import run
+from wan_worker.entry import run
 
 if __name__ == "__main__":
     run()

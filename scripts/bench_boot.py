@@ -24,10 +24,10 @@ image compiles them at build, and the GPU is initialised once, so a fresh host's
 neither inside its timed start. The models are full-size synthetic weights (`--weights full`,
 written by scripts/make_synthetic_weights.py when missing) under `--models-root`, listed in a
 manifest of their real sizes, so both boots verify them by marker as on a warm network volume.
-Every time is read on this process's clock; the new boot's own events (BOOT_EVENTS_FILE) give its
-stages. Results: `--out`/bench_boot.json and bench_boot.md, with each boot's log. Run from the
-project root with the project's virtualenv (the handlers of both boots run with `--python`, ComfyUI
-with `--comfyui-python`):
+Every time is read on this process's clock; the new boot's own events, read from its log
+(`tests.boot_events`), give its stages. Results: `--out`/bench_boot.json and bench_boot.md, with
+each boot's log. Run from the project root with the project's virtualenv (the handlers of both
+boots run with `--python`, ComfyUI with `--comfyui-python`):
 
     python scripts/bench_boot.py --boot old=/path/to/old --boot new=. \\
         --comfyui-dir /opt/ComfyUI --comfyui-python /opt/venv/bin/python \\
@@ -60,6 +60,7 @@ from scripts.gpu_bench.jobs import PROMPTS, start_image_b64  # noqa: E402
 from scripts.gpu_bench.jobs import workflow_with_frames as gpu_bench_workflow  # noqa: E402
 from scripts.gpu_bench.memory import VramBallast  # noqa: E402
 from scripts.gpu_bench.weights import ensure_weights  # noqa: E402
+from tests.boot_events import parse_events  # noqa: E402
 from tests.provision_servers import closed_port, free_port  # noqa: E402
 from tests.runpod_queue import QueuedJob, RunPodQueue  # noqa: E402
 
@@ -165,8 +166,6 @@ def base_env(args: argparse.Namespace, manifest: Path, workflow: Path | None) ->
         env["SKIP_GPU_CHECK"] = "1"
     if workflow is not None:
         env["WORKFLOW_PATH"] = str(workflow)
-    if args.comfyui_args is not None:
-        env["COMFYUI_ARGS"] = args.comfyui_args
     if args.extra_comfyui_args:
         env["COMFYUI_EXTRA_ARGS"] = args.extra_comfyui_args
     for item in args.env:
@@ -282,12 +281,12 @@ def job_time(job: QueuedJob, since: float) -> JobTime:
     )
 
 
-def read_events(path: Path, t0_wall: float) -> dict[str, float]:
-    """The boot's events (first of each name), in seconds since start.sh's first line."""
+def read_events(log: Path, t0_wall: float) -> dict[str, float]:
+    """The boot's events in its log (first of each name), in seconds since start.sh's first
+    line."""
     marks: dict[str, float] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            event = json.loads(line)
+    if log.exists():
+        for event in parse_events(log.read_text(encoding="utf-8", errors="replace")):
             marks.setdefault(event["event"], round(event["t"] - t0_wall, 2))
             if event["event"] == "comfyui_answers":
                 marks["comfyui_start_s"] = float(event["s_since_launch"])
@@ -395,8 +394,6 @@ def run_boot(
     label = f"{size[0]}x{size[1]}"
     run = Run(name, scenario, label, index)
     tag = f"{name}-{scenario}-{label}-{index}"
-    events = args.out / f"events-{tag}.jsonl"
-    events.unlink(missing_ok=True)
     log_path = args.out / f"boot-{tag}.log"
     pid_file = args.out / "comfyui.pid"
     port = free_port()
@@ -406,11 +403,12 @@ def run_boot(
             **boot_env(args.boot_env, name),
             **queue.env(),
             "APP_DIR": str(checkout),
+            "COMFYUI_URL": f"http://127.0.0.1:{port}",
+            # An older checkout's start.sh started ComfyUI on COMFYUI_PORT (this one takes the
+            # port from COMFYUI_URL, and logs that COMFYUI_PORT is no longer read).
             "COMFYUI_PORT": str(port),
-            "COMFYUI_URL": f"http://127.0.0.1:{port}",  # the old boot's handler reads only this
             "COMFYUI_PID_FILE": str(pid_file),
             "COMFYUI_LOG": str(args.out / f"comfyui-{tag}.log"),
-            "BOOT_EVENTS_FILE": str(events),
         }
         first_id = queue.submit(job_input(size, 1)) if scenario != "warmup" else None
         if args.drop_caches:
@@ -424,7 +422,7 @@ def run_boot(
         try:
             if scenario == "answer":
                 wait_for(
-                    lambda: answered(read_events(events, t0_wall), log_path),
+                    lambda: answered(read_events(log_path, t0_wall), log_path),
                     args.timeout,
                     "ComfyUI answered",
                     proc,
@@ -433,7 +431,7 @@ def run_boot(
                 first_id = None  # the job that woke the worker is left to the boot's end
             elif first_id is None:
                 wait_for(
-                    lambda: idle(queue, read_events(events, t0_wall), env),
+                    lambda: idle(queue, read_events(log_path, t0_wall), env),
                     args.timeout,
                     "the worker became idle",
                     proc,
@@ -448,7 +446,7 @@ def run_boot(
             run.error = str(exc)
         finally:
             stop_boot(proc, pid_file)
-    run.marks.update(read_events(events, t0_wall))
+    run.marks.update(read_events(log_path, t0_wall))
     run.comfyui_start_s = run.marks.pop("comfyui_start_s", None) or old_comfyui_start(
         log_path.read_text(errors="replace")
     )
@@ -730,7 +728,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="before each boot, drop only the model files from the page cache (no root needed)",
     )
     parser.add_argument("--attention", default="sage", choices=("sage", "sdpa"))
-    parser.add_argument("--comfyui-args", default=None, help="replace the boot's COMFYUI_ARGS")
     parser.add_argument("--extra-comfyui-args", default="", help="COMFYUI_EXTRA_ARGS, e.g. --cpu")
     parser.add_argument(
         "--env",

@@ -1,11 +1,14 @@
 """The whole boot outside the image, for tests: start.sh from its first line, the real handler
 process (it boots ComfyUI and the models), the ComfyUI double standing in for ComfyUI's main.py,
-and the boot's own timeline (BOOT_EVENTS_FILE) to check the order things happened in.
+and the boot's own events, read from its log (`tests.boot_events`), to check the order things
+happened in.
 
 `COMFY_MAIN` records the command line, working directory and MODELS_ROOT ComfyUI was given
 (the last launch in FAKE_COMFY_RECORD, every launch as a line of FAKE_COMFY_RECORD.launches),
 then runs the double with the same command line (the double takes ComfyUI's flags). It dies
-at once when FAKE_COMFY_CRASH is set. `HANDLER` records the arguments and PID start.sh
+at once when FAKE_COMFY_CRASH is set. With FAKE_COMFY_ANSWER_WHEN set (`hold_comfyui`) it
+stands for ComfyUI's imports until that file exists: it listens, and so answers, only once the
+test says so (`BootRun.let_comfyui_answer`). `HANDLER` records the arguments and PID start.sh
 exec'd it with, puts RunPod's mounts in the test's folders (TEST_NETWORK_VOLUME, a mount point
 while it exists; TEST_POD_VOLUME; TEST_HF_CACHE), then runs the real rp_handler.py in the same
 process.
@@ -14,7 +17,6 @@ process.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.boot_events import parse_events
 from tests.provision_servers import closed_port, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +44,11 @@ print("stand-in ComfyUI starting", flush=True)
 if os.environ.get("FAKE_COMFY_CRASH"):
     print("Exception: stand-in crash on start-up", flush=True)
     sys.exit(1)
+answer_when = os.environ.get("FAKE_COMFY_ANSWER_WHEN")
+if answer_when:
+    import time
+    while not os.path.exists(answer_when):  # "importing" until the test lets it answer
+        time.sleep(0.02)
 from tests.comfy_double import main
 main(sys.argv[1:])
 """
@@ -93,7 +101,7 @@ def boot_env(tmp_path: Path) -> dict[str, str]:
             "APP_DIR": str(ROOT),
             "PYTHON": sys.executable,
             "COMFYUI_DIR": str(comfy),
-            "COMFYUI_PORT": str(free_port()),
+            "COMFYUI_URL": f"http://127.0.0.1:{free_port()}",
             "COMFYUI_PID_FILE": str(tmp_path / "run" / "comfyui.pid"),
             "COMFYUI_LOG": str(tmp_path / "run" / "comfyui.log"),
             "COMFYUI_READY_TIMEOUT_S": "60",
@@ -106,13 +114,18 @@ def boot_env(tmp_path: Path) -> dict[str, str]:
             "READAHEAD_RESERVE_MB": "0",
             "ATTENTION": "sdpa",
             "JOB_TIMEOUT_S": "120",
-            "BOOT_EVENTS_FILE": str(tmp_path / "events.jsonl"),
             "FAKE_COMFY_RECORD": str(tmp_path / "comfy.json"),
             "FAKE_HANDLER_RECORD": str(tmp_path / "handler.json"),
             "PYTHONUNBUFFERED": "1",
         }
     )
     return env
+
+
+def hold_comfyui(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """`env` with the stand-in ComfyUI holding back its first answer until the test calls
+    `BootRun.let_comfyui_answer` (ComfyUI's imports, for as long as the test needs)."""
+    return {**env, "FAKE_COMFY_ANSWER_WHEN": str(tmp_path / "comfyui-may-answer")}
 
 
 class BootRun:
@@ -123,7 +136,6 @@ class BootRun:
         self.env = env
         self.out_path = tmp_path / "start.out"
         self.err_path = tmp_path / "start.err"
-        self.events_path = Path(env["BOOT_EVENTS_FILE"])
         with self.out_path.open("w") as out, self.err_path.open("w") as err:
             self.proc = subprocess.Popen(
                 ["bash", str(START), *args], env=env, stdout=out, stderr=err
@@ -146,9 +158,8 @@ class BootRun:
         return self.stdout + self.stderr
 
     def events(self) -> list[dict[str, Any]]:
-        if not self.events_path.exists():
-            return []
-        return [json.loads(line) for line in self.events_path.read_text().splitlines() if line]
+        """The boot's events so far, from its log (stderr)."""
+        return parse_events(self.stderr) if self.err_path.exists() else []
 
     def names(self) -> list[str]:
         return [event["event"] for event in self.events()]
@@ -169,6 +180,10 @@ class BootRun:
                 break
             time.sleep(0.05)
         raise AssertionError(f"no {name} event in {self.names()}\n{self.stderr[-3000:]}")
+
+    def let_comfyui_answer(self) -> None:
+        """A stand-in ComfyUI held by `hold_comfyui` now listens, and answers."""
+        Path(self.env["FAKE_COMFY_ANSWER_WHEN"]).touch()
 
     def stop(self) -> None:
         """End the boot and the ComfyUI it started."""

@@ -25,9 +25,9 @@ from PIL import Image
 
 from wan_worker.comfy.client import ComfyClient
 from wan_worker.comfy.process import ComfyProcess
-from wan_worker.handler import Worker
 from wan_worker.provision import verify
 from wan_worker.settings.worker import WorkerSettings
+from wan_worker.worker import Worker
 from wan_worker.workflow import load_template
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -154,16 +154,19 @@ def test_priming_is_on_unless_turned_off(tmp_path):
 
 # -- answer runs: real boots of a stand-in start.sh, stopped once ComfyUI answers ------------
 
-# The new boot writes its events (BOOT_EVENTS_FILE); the old one logs the answer. Each shows the
-# setting that --env and --boot-env give, records its pid, then waits to be stopped.
+# The new boot logs its events (wan_worker.boot.timeline's lines); the old one logs the answer.
+# Each shows the setting that --env and --boot-env give, records its pid, then waits to be
+# stopped.
 NEW_START = """#!/usr/bin/env bash
 set -euo pipefail
 echo "$$" > "$APP_DIR/pid"
 echo "READAHEAD=${READAHEAD_BEFORE_ANSWER_MB:-unset} PROBE=${SKIP_GPU_CHECK:-unset}"
-printf '{"event": "comfyui_launched", "t": %s}\\n' "$(date +%s.%N)" >> "$BOOT_EVENTS_FILE"
-printf '{"event": "gpu_ready", "t": %s}\\n' "$(date +%s.%N)" >> "$BOOT_EVENTS_FILE"
-printf '{"event": "comfyui_answers", "t": %s, "s_since_launch": 2.5}\\n' "$(date +%s.%N)" \\
-  >> "$BOOT_EVENTS_FILE"
+mark() {
+  printf '%s INFO wan_worker.boot: [boot] +0.1s %s\\n' "$(date '+%Y-%m-%d %H:%M:%S,%3N')" "$*" >&2
+}
+mark comfyui_launched pid=1
+mark gpu_ready s=0.1 probes=1
+mark comfyui_answers s_since_launch=2.5
 exec sleep 600
 """
 OLD_START = """#!/usr/bin/env bash

@@ -1,6 +1,8 @@
 """The whole boot in serverless mode, start.sh's first line to the first job's result, on the
 ComfyUI double with RunPod's queue on loopback (tests/runpod_queue.py). Not timed: these check
-the order of the boot's events (its timeline, BOOT_EVENTS_FILE) and what they left behind.
+the order of the boot's events (its timeline, read from its log) and what they left behind.
+Where the order depends on when ComfyUI answers, the stand-in ComfyUI answers only once the test
+has seen what must come first (`hold_comfyui`): the tests wait on events, never on delays.
 
 - ComfyUI is started before the models are verified, and a download still runs after it;
 - no job reaches ComfyUI before "models verified", and the queue is not read before it;
@@ -25,7 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.boot_harness import BootRun, boot_env
+from tests.boot_harness import BootRun, boot_env, hold_comfyui
 from tests.conftest import make_png
 from tests.page_cache import cached_since_drop, drop_from_cache, resident_bytes
 from tests.provision_servers import Fault, FlakyFileServer, make_blob, running, write_manifest
@@ -100,11 +102,13 @@ def serverless(env: dict, queue: RunPodQueue, **extra: str) -> dict:
 def test_boot_order_with_a_job_waiting_at_boot(tmp_path, volume, queue):
     env, _server = volume
     job_id = queue.submit(job_input())
-    # ComfyUI's imports take 15-30 s; the double stands in with a shorter wait, during which
-    # the job is taken and the readahead runs.
-    env = serverless(env, queue, COMFYUI_EXTRA_ARGS="--start-delay-s 8")
-    run = BootRun(env, tmp_path)
+    # ComfyUI's imports take 15-30 s, during which the job is taken and the readahead runs: the
+    # stand-in answers once both have happened.
+    run = BootRun(hold_comfyui(serverless(env, queue), tmp_path), tmp_path)
     try:
+        run.wait_event("job_reaches_comfyui")
+        run.wait_event("readahead_done")
+        run.let_comfyui_answer()
         job = queue.wait(job_id, timeout_s=120)
     finally:
         run.stop()
@@ -140,15 +144,19 @@ def test_boot_order_with_a_job_waiting_at_boot(tmp_path, volume, queue):
         assert cached_since_drop(root / relpath) >= size, relpath
 
 
-def double_stats(port: str) -> dict:
-    return requests.get(f"http://127.0.0.1:{port}/__double__/stats", timeout=5).json()
+def double_stats(url: str) -> dict:
+    return requests.get(f"{url}/__double__/stats", timeout=5).json()
 
 
-def wait_until_sampling(port: str, timeout_s: float = 30) -> None:
+def clear_faults(url: str) -> None:
+    requests.post(f"{url}/__double__/fault", json={}, timeout=5).raise_for_status()
+
+
+def wait_until_sampling(url: str, timeout_s: float = 30) -> None:
     """Until the double runs a prompt (its non-sampling nodes take no time, so it samples)."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
-        queue = requests.get(f"http://127.0.0.1:{port}/queue", timeout=5).json()
+        queue = requests.get(f"{url}/queue", timeout=5).json()
         if queue["queue_running"]:
             return
         time.sleep(0.05)
@@ -157,17 +165,20 @@ def wait_until_sampling(port: str, timeout_s: float = 30) -> None:
 
 def test_warmup_runs_while_idle_and_a_job_that_arrives_stops_it(tmp_path, volume, queue):
     env, _server = volume
-    # Slow sampling steps: the warm-up is mid-sampling when the job comes.
-    fault = '{"step_delay_s": 1.0}'
+    # Slow sampling steps (a minute for the warm-up's six): it is mid-sampling when the job
+    # comes. ComfyUI's interrupt ends a step at once, and the job's steps are fast again.
+    fault = '{"step_delay_s": 10.0}'
     env = serverless(env, queue, COMFYUI_EXTRA_ARGS=f"--fault '{fault}'")
     run = BootRun(env, tmp_path)
     try:
         run.wait_event("warmup_started")
-        wait_until_sampling(env["COMFYUI_PORT"])
+        wait_until_sampling(env["COMFYUI_URL"])
         job_id = queue.submit(job_input())
+        run.wait_event("job_reaches_comfyui")
+        clear_faults(env["COMFYUI_URL"])
         job = queue.wait(job_id, timeout_s=120)
         preempted = run.wait_event("warmup_preempted")
-        stats = double_stats(env["COMFYUI_PORT"])
+        stats = double_stats(env["COMFYUI_URL"])
     finally:
         run.stop()
     assert job.state == "COMPLETED", run.output[-3000:]
@@ -193,7 +204,7 @@ def test_warmup_finishes_when_no_job_comes_and_the_next_job_runs(tmp_path, volum
     try:
         done = run.wait_event("warmup_done")
         job = queue.wait(queue.submit(job_input()), timeout_s=120)
-        stats = double_stats(env["COMFYUI_PORT"])
+        stats = double_stats(env["COMFYUI_URL"])
     finally:
         run.stop()
     assert job.state == "COMPLETED", run.output[-3000:]
@@ -216,25 +227,19 @@ def test_warmup_is_off_with_its_setting(tmp_path, volume, queue):
     assert not [n for n in run.names() if n.startswith("warmup")]
 
 
-def boot_with_allowance(
-    tmp_path: Path, volume: tuple[dict, FlakyFileServer], queue: RunPodQueue, until: str, **env
-) -> BootRun:
-    """A boot whose readahead may read 1 MiB (the text encoder's 1.0 MB stand-in) at full speed
-    before ComfyUI answers; stopped once `until` has happened."""
-    run = BootRun(
-        serverless(volume[0], queue, WARMUP="0", READAHEAD_BEFORE_ANSWER_MB="1", **env), tmp_path
-    )
+def test_readahead_past_its_cap_waits_for_comfyuis_answer(tmp_path, volume, queue):
+    """READAHEAD_BEFORE_ANSWER_MB=1: the text encoder's 1.0 MB stand-in is read while ComfyUI
+    imports, then the readahead holds; ComfyUI answers once the test has seen the hold, and
+    the readahead goes on from there."""
+    env = serverless(volume[0], queue, WARMUP="0", READAHEAD_BEFORE_ANSWER_MB="1")
+    run = BootRun(hold_comfyui(env, tmp_path), tmp_path)
     try:
-        run.wait_event(until)
+        run.wait_event("readahead_held")
+        assert "readahead_done" not in run.names()  # held, not finished
+        run.let_comfyui_answer()
+        run.wait_event("readahead_done")
     finally:
         run.stop()
-    return run
-
-
-def test_readahead_past_its_allowance_waits_for_comfyuis_answer(tmp_path, volume, queue):
-    run = boot_with_allowance(
-        tmp_path, volume, queue, "readahead_done", COMFYUI_EXTRA_ARGS="--start-delay-s 3"
-    )
     names = run.names()
     read = [e["file"] for e in run.events() if e["event"] == "readahead_file"]
     assert read[0] == USES[0].relpath
@@ -242,32 +247,9 @@ def test_readahead_past_its_allowance_waits_for_comfyuis_answer(tmp_path, volume
     assert names.index("comfyui_answers") <= names.index("readahead_resumed")
     before = names[: names.index("readahead_held")]
     assert before.count("readahead_file") == 1  # only the text encoder before the answer
-
-
-def test_readahead_past_its_allowance_shares_the_disk_before_comfyuis_answer(
-    tmp_path, volume, queue
-):
-    """READAHEAD_SHARE_BEFORE_ANSWER: the files past the allowance are read while ComfyUI
-    still starts, in paced chunks: here they are small enough to be read before ComfyUI (6 s
-    late) answers."""
-    run = boot_with_allowance(
-        tmp_path,
-        volume,
-        queue,
-        "comfyui_answers",
-        READAHEAD_SHARE_BEFORE_ANSWER="0.5",
-        COMFYUI_EXTRA_ARGS="--start-delay-s 6",
-    )
-    names = run.names()
-    events = run.events()
-    shared = events[names.index("readahead_shared")]
-    assert shared["share"] == 0.5 and shared["mb"] == 1.0  # the text encoder's stand-in
-    assert names.index("readahead_done") < names.index("comfyui_answers")
-    read = {e["file"]: e["outcome"] for e in events if e["event"] == "readahead_file"}
-    assert read == {
-        use.relpath: "read" for use in USES if use.relpath != DOWNLOADED_AT_BOOT
-    }  # the VAE was downloaded at this boot: in the page cache already
-    assert "readahead_held" not in names
+    assert run.event("readahead_held")["mb"] == 1.0
+    # The files after the hold were read too, the VAE excepted (just downloaded and hashed).
+    assert read == [u.relpath for u in USES if u.relpath != DOWNLOADED_AT_BOOT]
 
 
 def test_a_worker_without_its_models_takes_no_job(tmp_path, volume, queue):

@@ -1,22 +1,23 @@
 """The boot's parts on their own: the readahead (order, budget, early stops, the page cache),
-the gate between jobs and the warm-up, and the boot's settings."""
+the boot's settings, and its events in the log. The gate the boot shares with jobs has
+tests/test_worker_gate.py."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.boot_events import parse_events
 from tests.page_cache import cached_since_drop, drop_from_cache, resident_bytes
-from wan_worker.boot.gate import BootGate
+from wan_worker import logs
 from wan_worker.boot.readahead import (
-    SHARED_CHUNK_BYTES,
-    BeforeAnswer,
     ModelUse,
     Readahead,
     ReadaheadReport,
@@ -24,11 +25,15 @@ from wan_worker.boot.readahead import (
     first_use_order,
     mem_available_bytes,
     memory_for_readahead,
-    pause_after,
 )
-from wan_worker.errors import ConfigError, JobTimeout, ProvisionError
+from wan_worker.boot.timeline import Timeline
+from wan_worker.boot.warmup import WarmupPlan
+from wan_worker.errors import ConfigError
 from wan_worker.settings.boot import BootSettings
+from wan_worker.settings.cuda import CudaWaitSettings
+from wan_worker.settings.env import REMOVED, EnvVars, removed_still_set
 from wan_worker.settings.worker import WorkerSettings
+from wan_worker.worker_gate import WorkerGate
 from wan_worker.workflow import STAGES, load_template
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -89,15 +94,10 @@ USES = [
 def recorded_run(
     root: Path, uses: list[ModelUse] = USES, **options: object
 ) -> tuple[ReadaheadReport, list[tuple[str, dict]]]:
-    """One readahead over `uses` under `root` (nothing begun by ComfyUI, budget to spare, the
-    random-byte files not read for small tensors), with the events it marked."""
+    """One readahead over `uses` under `root` (nothing begun by ComfyUI, budget to spare), with
+    the events it marked."""
     events: list[tuple[str, dict]] = []
-    settings: dict[str, Any] = {
-        "budget": 10**9,
-        "started": lambda _stage: False,
-        "small_tensors_first": False,
-        **options,
-    }
+    settings: dict[str, Any] = {"budget": 10**9, "stage_begun": lambda _stage: False, **options}
     report = Readahead(
         uses, root, mark=lambda name, **kw: events.append((name, kw)), **settings
     ).run()
@@ -124,14 +124,12 @@ def test_readahead_holds_past_its_allowance_until_comfyui_answers(tmp_path):
     paths = [out_of_cache(tmp_path / u.relpath, 1_000_000) for u in USES]
     at_hold: list[int] = []
 
-    def comfyui_answers(timeout_s: float | None) -> bool:  # the page cache at the hold
-        assert timeout_s is None  # it waits for the answer, however long it takes
+    def comfyui_answers() -> None:  # the page cache at the hold
         at_hold.extend(cached_since_drop(p) for p in paths[:2])
         at_hold.append(resident_bytes(paths[2]))
-        return True
 
     report, events = recorded_run(
-        tmp_path, before_answer=BeforeAnswer(2_500_000, share=0, wait_for_answer=comfyui_answers)
+        tmp_path, cap_before_answer=2_500_000, wait_for_answer=comfyui_answers
     )
     assert at_hold[0] >= 1_000_000 and at_hold[1] >= 1_000_000
     assert at_hold[2] == 0  # the expert waited for ComfyUI's answer
@@ -154,11 +152,10 @@ def test_a_file_whose_stage_began_while_the_readahead_held_is_left(tmp_path):
         USES,
         tmp_path,
         budget=10**9,
-        started=lambda stage: stage in begun,
+        stage_begun=lambda stage: stage in begun,
         # ComfyUI answered, and a job went straight to the VAE's stage meanwhile.
-        before_answer=BeforeAnswer(
-            1_000_000, share=0, wait_for_answer=lambda _t: begun.add("image_encode") is None
-        ),
+        cap_before_answer=1_000_000,
+        wait_for_answer=lambda: begun.add("image_encode"),
     ).run()
     assert [f.outcome for f in report.files] == [
         "read",
@@ -167,135 +164,41 @@ def test_a_file_whose_stage_began_while_the_readahead_held_is_left(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("allowance", [None, 10**9])
-def test_within_its_allowance_the_readahead_never_waits(tmp_path, allowance):
+@pytest.mark.parametrize("cap", [None, 10**9])
+def test_within_its_cap_the_readahead_never_waits(tmp_path, cap):
     for use in USES:
         out_of_cache(tmp_path / use.relpath, 1_000)
-    waited: list[float | None] = []
-
-    def wait(timeout_s: float | None) -> bool:
-        waited.append(timeout_s)
-        return False
-
-    ahead = None if allowance is None else BeforeAnswer(allowance, 0.5, wait)
-    report = Readahead(
-        USES, tmp_path, budget=10**9, started=lambda _s: False, before_answer=ahead
-    ).run()
-    assert waited == [] and [f.outcome for f in report.files] == ["read"] * 3
-
-
-def test_a_share_of_one_reads_at_full_speed_before_the_answer(tmp_path):
-    for use in USES:
-        out_of_cache(tmp_path / use.relpath, 1_000_000)
-    waited: list[float | None] = []
-    events: list[str] = []
+    waited: list[bool] = []
     report = Readahead(
         USES,
         tmp_path,
         budget=10**9,
-        started=lambda _s: False,
-        mark=lambda name, **_kw: events.append(name),
-        before_answer=BeforeAnswer(1_000_000, 1.0, lambda t: waited.append(t) is None),
+        stage_begun=lambda _s: False,
+        cap_before_answer=cap,
+        wait_for_answer=lambda: waited.append(True),
     ).run()
-    assert waited == [] and report.read == 3_000_000
-    assert not {"readahead_held", "readahead_shared"} & set(events)
+    assert waited == [] and [f.outcome for f in report.files] == ["read"] * 3
 
 
-def test_the_pause_after_a_chunk_leaves_the_disk_idle_for_the_rest_of_the_share():
-    assert pause_after(0.010, 0.5) == pytest.approx(0.010)  # read half the time
-    assert pause_after(0.010, 0.25) == pytest.approx(0.030)  # a quarter
-    assert pause_after(0.010, 0.8) == pytest.approx(0.0025)
-    assert pause_after(0.040, 0.5) == pytest.approx(0.040)  # slower reads, longer pauses
-
-
-def sharing_run(tmp_path: Path, answer_after: int | None):
-    """The text encoder (1 MB) within the allowance, then a 40 MB expert shared with ComfyUI's
-    imports; ComfyUI answers at the `answer_after`-th pause (None: not during the readahead)."""
-    uses = [USES[0], USES[2]]
-    out_of_cache(tmp_path / uses[0].relpath, 1_000_000)
-    out_of_cache(tmp_path / uses[1].relpath, 40 << 20)
-    asked: list[float | None] = []
-
-    def wait_for_answer(timeout_s: float | None) -> bool:
-        asked.append(timeout_s)
-        return answer_after is not None and len(asked) > answer_after
-
+def test_comfyui_building_the_models_does_not_stop_the_readahead(tmp_path):
+    """`load_models` is no file's stage: once ComfyUI has begun it (a job or the warm-up, after
+    the answer), every file is still read, the held ones included."""
+    for use in USES:
+        out_of_cache(tmp_path / use.relpath, 1_000)
     report, events = recorded_run(
-        tmp_path, uses, before_answer=BeforeAnswer(2_000_000, 0.5, wait_for_answer)
-    )
-    return report, asked, events
-
-
-def test_past_its_allowance_the_readahead_reads_in_small_chunks_with_pauses(tmp_path):
-    report, asked, events = sharing_run(tmp_path, answer_after=None)
-    assert [f.outcome for f in report.files] == ["read", "read"]
-    assert report.read == 1_000_000 + (40 << 20)
-    # First "has ComfyUI answered?" (no), then one pause after each 16 MiB chunk: 16, 16, 8.
-    assert SHARED_CHUNK_BYTES == 16 << 20
-    assert asked[0] == 0 and len(asked) == 1 + 3
-    assert all(t is not None and t > 0 for t in asked[1:])
-    names = [name for name, _ in events]
-    # The text encoder at full speed, then the expert shared; ComfyUI never answered meanwhile.
-    assert names == [
-        "readahead_started", "readahead_file", "readahead_shared", "readahead_file",
-        "readahead_done",
-    ]  # fmt: skip
-    assert events[2][1] == {"mb": round(1_000_000 / 2**20, 1), "share": 0.5}
-
-
-def test_once_comfyui_answers_the_readahead_goes_on_at_full_speed(tmp_path):
-    report, asked, events = sharing_run(tmp_path, answer_after=2)
-    assert report.read == 1_000_000 + (40 << 20)
-    assert len(asked) == 1 + 2  # the answer came during the second pause: no more pauses
-    resumed = [kw for name, kw in events if name == "readahead_resumed"]
-    assert len(resumed) == 1 and resumed[0]["shared_mb"] == 32.0
-
-
-def test_the_answer_ends_a_pause_at_once(tmp_path):
-    """With a share so small that one pause would last for days, the readahead still ends:
-    ComfyUI's answer (the boot's gate) cuts the pause short."""
-    uses = [USES[0], USES[2]]
-    out_of_cache(tmp_path / uses[0].relpath, 1_000)
-    out_of_cache(tmp_path / uses[1].relpath, 20 << 20)
-    gate = BootGate(booting=True)
-    sharing = threading.Event()
-    reports: list = []
-
-    def mark(name: str, **_kw: object) -> None:
-        if name == "readahead_shared":
-            sharing.set()
-
-    readahead = Readahead(
-        uses,
         tmp_path,
-        budget=10**9,
-        started=lambda _s: False,
-        mark=mark,
-        before_answer=BeforeAnswer(2_000, 1e-9, gate.comfyui_answered),
+        stage_begun=lambda stage: stage == "load_models",
+        cap_before_answer=1_500,
+        wait_for_answer=lambda: None,
     )
-    thread = threading.Thread(target=lambda: reports.append(readahead.run()), daemon=True)
-    thread.start()
-    assert sharing.wait(30)
-    gate.comfyui_answers()
-    thread.join(30)
-    assert not thread.is_alive() and reports[0].read == 1_000 + (20 << 20)
-
-
-def test_the_gate_says_whether_comfyui_has_answered():
-    gate = BootGate(booting=True)
-    assert gate.comfyui_answered(0) is False
-    assert gate.comfyui_answered(0.01) is False
-    gate.comfyui_answers()
-    assert gate.comfyui_answered(0) is True and gate.comfyui_answered(None) is True
-    failed = BootGate(booting=True)
-    failed.fail(ProvisionError("no models"))
-    assert failed.comfyui_answered(None) is True  # nothing left to wait for
+    assert [f.outcome for f in report.files] == ["read"] * 3
+    assert "readahead_held" in [name for name, _ in events]
 
 
 def test_readahead_stops_at_the_first_file_over_budget(tmp_path):
     for use, size in zip(USES, (1_000_000, 1_000_000, 5_000_000), strict=True):
         out_of_cache(tmp_path / use.relpath, size)
-    report = Readahead(USES, tmp_path, budget=3_000_000, started=lambda _s: False).run()
+    report = Readahead(USES, tmp_path, budget=3_000_000, stage_begun=lambda _s: False).run()
     assert [f.outcome for f in report.files] == ["read", "read", "skipped: over budget"]
     assert report.read == 2_000_000
     assert "the budget is spent" in report.stopped
@@ -304,7 +207,7 @@ def test_readahead_stops_at_the_first_file_over_budget(tmp_path):
 def test_readahead_leaves_a_file_comfyui_has_begun_and_skips_what_it_needs_no_more(tmp_path):
     for use in USES:
         out_of_cache(tmp_path / use.relpath, 4_000_000)
-    gate = BootGate()
+    gate = WorkerGate()
     reads = {"n": 0}
 
     def started(stage: str) -> bool:
@@ -312,10 +215,10 @@ def test_readahead_leaves_a_file_comfyui_has_begun_and_skips_what_it_needs_no_mo
         reads["n"] += 1
         if reads["n"] > 3:
             gate.stage_started("text_encode")
-        return gate.started(stage)
+        return gate.stage_begun(stage)
 
     report = Readahead(
-        USES, tmp_path, budget=10**9, started=started, skip={"vae/vae.safetensors"},
+        USES, tmp_path, budget=10**9, stage_begun=started, already_cached={"vae/vae.safetensors"},
         chunk_bytes=1 << 20,
     ).run()  # fmt: skip
     te, vae, high = report.files
@@ -327,7 +230,7 @@ def test_readahead_leaves_a_file_comfyui_has_begun_and_skips_what_it_needs_no_mo
 def test_readahead_ends_once_comfyui_has_begun_every_stage(tmp_path):
     for use in USES:
         out_of_cache(tmp_path / use.relpath, 100_000)
-    report = Readahead(USES, tmp_path, budget=10**9, started=lambda _s: True).run()
+    report = Readahead(USES, tmp_path, budget=10**9, stage_begun=lambda _s: True).run()
     assert report.read == 0 and report.stopped == "ComfyUI has begun every stage"
 
 
@@ -399,94 +302,104 @@ def test_a_limit_above_memavailable_leaves_memavailable_the_budget(tmp_path):
     )
 
 
-# -- the gate ----------------------------------------------------------------------------------
-
-
-def test_a_job_waits_for_the_models_and_gets_the_boots_failure():
-    gate = BootGate(booting=True)
-    with pytest.raises(JobTimeout, match=r"still verifying its models 0\.05 s"):
-        gate.wait_models(0.05)
-    waiter_error: list[BaseException] = []
-
-    def job() -> None:
-        try:
-            gate.wait_models(30)
-        except ProvisionError as exc:
-            waiter_error.append(exc)
-
-    thread = threading.Thread(target=job)
-    thread.start()
-    gate.fail(ProvisionError("vae could not be downloaded"))
-    thread.join(10)
-    assert [e.message for e in waiter_error] == ["vae could not be downloaded"]  # type: ignore[attr-defined]
-    assert waiter_error[0].refresh_worker  # type: ignore[attr-defined]
-    assert gate.wait_settled() is gate.failure
-
-
-def test_the_warmup_waits_for_jobs_in_hand_and_a_job_reaching_comfyui_stops_it():
-    gate = BootGate(booting=True)
-    gate.models_verified()
-    gate.job_arrived()  # a job in hand (validating its input)
-    began: list[threading.Event | None] = []
-    thread = threading.Thread(target=lambda: began.append(gate.begin_warmup(30)))
-    thread.start()
-    gate.job_left()  # it failed validation without using ComfyUI: the warm-up may run
-    thread.join(10)
-    cancel = began[0]
-    assert cancel is not None and not cancel.is_set()
-    gate.job_arrived()
-    gate.reach_comfyui("job-1")
-    assert cancel.is_set()
-    gate.end_warmup()
-    assert gate.begin_warmup(0.01) is None
-    assert gate.why_no_warmup() == "a job reached ComfyUI first"
-
-
-def test_no_warmup_after_the_boot_failed():
-    gate = BootGate(booting=True)
-    gate.fail(ProvisionError("no models"))
-    assert gate.begin_warmup(5) is None
-    assert gate.why_no_warmup() == "the boot failed"
-
-
 # -- settings ----------------------------------------------------------------------------------
 
 
 def test_boot_settings_defaults_and_overrides():
     settings = WorkerSettings()
-    boot = BootSettings.from_env(settings, {"RUNPOD_ENDPOINT_ID": "e1", "COMFYUI_PORT": "9999"})
-    assert boot.comfyui_url == "http://127.0.0.1:9999" and boot.launch.port == 9999
-    assert boot.warmup is True and (boot.warmup_size, boot.warmup_frames) == ((480, 832), 9)
+    boot = BootSettings.from_env(settings, {"RUNPOD_ENDPOINT_ID": "e1"})
+    assert boot.launch.port == 8188 and boot.warmup is True
+    assert (WarmupPlan().width, WarmupPlan().height, WarmupPlan().frames) == (480, 832, 9)
     assert boot.launch.args == ("--preview-method", "none", "--disable-auto-launch")
+    elsewhere = WorkerSettings.from_env({"COMFYUI_URL": "http://127.0.0.1:9999"})
+    assert BootSettings.from_env(elsewhere, {}).launch.port == 9999  # ComfyUI where it is asked
     local = BootSettings.from_env(settings, {"COMFYUI_EXTRA_ARGS": "--a 'b c'", "WARMUP": ""})
     assert local.warmup is False and local.launch.extra_args == ("--a", "b c")
-    assert local.comfyui_url == "http://127.0.0.1:8188"
     pod = BootSettings.from_env(settings, {"RUNPOD_POD_ID": "p", "WARMUP": "1"})
     assert pod.warmup is True
     # The text encoder and the VAE before ComfyUI answers, the experts after (measured best).
     assert boot.readahead_before_answer_bytes == 6800 << 20
     everything = BootSettings.from_env(settings, {"READAHEAD_BEFORE_ANSWER_MB": "100000"})
     assert everything.readahead_before_answer_bytes == 100000 << 20
-    assert boot.readahead_share_before_answer == 0.0  # the experts wait for the answer
-    for text, share in (("0.5", 0.5), ("1", 1.0), ("0.25", 0.25)):
-        env = {"READAHEAD_SHARE_BEFORE_ANSWER": text}
-        assert BootSettings.from_env(settings, env).readahead_share_before_answer == share
+    cuda = BootSettings.from_env(settings, {"GPU_READY_TIMEOUT_S": "300"}).cuda_check
+    assert cuda == CudaWaitSettings(timeout_s=300, interval_s=2, probe_timeout_s=60)
+    assert BootSettings.from_env(settings, {"SKIP_GPU_CHECK": "1"}).cuda_check is None
+
+
+#: Every variable the boot read before issue 23 and no longer reads.
+BOOT_VARIABLES_REMOVED = (
+    "READAHEAD_SHARE_BEFORE_ANSWER", "READAHEAD_SMALL_TENSORS", "COMFYUI_WAIT_READY",
+    "BOOT_EVENTS_FILE", "COMFYUI_PORT", "COMFYUI_ARGS", "EXTRA_MODEL_PATHS", "READAHEAD",
+    "WARMUP_SIZE", "WARMUP_FRAMES", "GPU_READY_INTERVAL_S", "GPU_PROBE_TIMEOUT_S",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BOOT_VARIABLES_REMOVED)
+def test_a_removed_boot_variable_is_not_read_and_a_set_one_is_warned_about(name):
+    var = EnvVars({})
+    BootSettings.from_env(WorkerSettings(), var)
+    assert name not in var.kinds
+    (warning,) = removed_still_set({name: "1"})
+    assert warning.startswith(f"{name} is set but no longer read: ")
+    assert len(REMOVED[name]) > 40  # a sentence that says what to do instead
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("WARMUP_SIZE", "480"),
-        ("WARMUP_SIZE", "8x8"),
         ("WARMUP", "maybe"),
-        ("COMFYUI_ARGS", "'x"),
+        ("COMFYUI_EXTRA_ARGS", "'x"),
         ("READAHEAD_BEFORE_ANSWER_MB", "-1"),
         ("READAHEAD_BEFORE_ANSWER_MB", "lots"),
-        ("READAHEAD_SHARE_BEFORE_ANSWER", "1.5"),
-        ("READAHEAD_SHARE_BEFORE_ANSWER", "-0.1"),
-        ("READAHEAD_SHARE_BEFORE_ANSWER", "half"),
+        ("GPU_READY_TIMEOUT_S", "soon"),
     ],
 )
 def test_bad_boot_settings_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         BootSettings.from_env(WorkerSettings(), {name: value})
+
+
+# -- the boot's events in its log --------------------------------------------------------------
+
+
+def test_every_event_reads_back_from_the_log_with_its_values(caplog):
+    """The timeline's lines, formatted as the worker's log formats them, read back into the
+    values they were written with: texts with spaces, quotes and newlines, texts that look like
+    numbers, paths, numbers, flags, dicts."""
+    values = {
+        "file": "text_encoders/te.safetensors",
+        "outcome": "left: ComfyUI began text_encode",
+        "error": 'line one\nline "two"\ttabbed',
+        "seed": "7",
+        "flag_text": "true",
+        "empty": "",
+        "root": Path("/runpod-volume/models"),
+        "mb": 6419.6,
+        "files": 5,
+        "preempts_warmup": True,
+        "nothing": None,
+        "stages": {"text_encode": 2.1, "sample high": 3.0},
+        "argv": "--listen 127.0.0.1 --port 8188",
+    }
+    formatter = logging.Formatter(logs.FORMAT)
+    caplog.set_level(logging.INFO, logger="wan_worker.boot")
+    before = time.time()
+    timeline = Timeline()
+    timeline.mark("readahead_file", **values)
+    timeline.mark("jobs_open")
+    text = "".join(formatter.format(record) + "\n" for record in caplog.records)
+    text += "2025-01-01 00:00:00,000 INFO other: [boot] +1.0s not_an_event_line"  # unfinished
+    first, second = parse_events(text)
+    assert first["event"] == "readahead_file" and second == {
+        "event": "jobs_open",
+        "t": second["t"],
+        "elapsed_s": second["elapsed_s"],
+    }
+    assert {k: v for k, v in first.items() if k not in ("event", "t", "elapsed_s")} == {
+        **values,
+        "root": "/runpod-volume/models",
+    }
+    assert before - 1 <= first["t"] <= time.time()  # the log's timestamp, to the millisecond
+    # Still plain to read:
+    assert 'file=text_encoders/te.safetensors outcome="left: ComfyUI began text_encode"' in text
+    assert " mb=6419.6 files=5 preempts_warmup=true " in text

@@ -16,7 +16,8 @@ from typing import Any
 from runpod.serverless.modules.rp_job import run_job
 
 from tests.conftest import ComfyServer, make_png
-from wan_worker.handler import Worker, handle
+from wan_worker.handler import handle
+from wan_worker.worker import Worker
 
 
 def sdk_run(worker: Worker, job_input: Any) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from typing import Any
 from tests.conftest import ComfyServer, make_png
 from tests.media import probe
 from tests.tcp_proxy import proxy_to
-from wan_worker.handler import Worker, handle
+from wan_worker.handler import handle
+from wan_worker.worker import Worker
 
 
 def job(name: str) -> dict[str, Any]:

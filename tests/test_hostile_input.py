@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ComfyServer, make_png
-from wan_worker.handler import Worker, handle
+from wan_worker.handler import handle
+from wan_worker.worker import Worker
 
 PNG = make_png(64, 64)
 B64 = base64.b64encode(PNG).decode()

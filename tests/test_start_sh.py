@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -97,14 +98,14 @@ def test_serverless_boot_provisions_starts_comfyui_and_runs_the_job(tmp_path, bo
     assert (models_root / "vae" / "wan2.1_vae.safetensors").read_bytes() == data
     assert "[provision] all 1 models ready" in done.stderr
     assert comfy["models_root"] == str(models_root)
-    assert f"models_root root={models_root} reason=network volume at" in done.stderr
+    assert f'models_root root={models_root} reason="network volume at' in done.stderr
     # ComfyUI on loopback with the default flags, no global sage attention, our model paths.
     argv = comfy["argv"]
     assert argv[:6] == [
         "--listen",
         "127.0.0.1",
         "--port",
-        boot["COMFYUI_PORT"],
+        str(urlsplit(boot["COMFYUI_URL"]).port),
         "--extra-model-paths-config",
         str(ROOT / "extra_model_paths.yaml"),
     ]
@@ -158,8 +159,7 @@ def test_flags_paths_and_interpreter_are_overridable(tmp_path, boot):
         {
             "SKIP_PROVISION": "1",
             "MODELS_ROOT": str(tmp_path / "elsewhere"),
-            "COMFYUI_ARGS": "--cpu",
-            "COMFYUI_EXTRA_ARGS": "--verbose DEBUG --front-end-root '/a b'",
+            "COMFYUI_EXTRA_ARGS": "--cpu --verbose DEBUG --front-end-root '/a b'",
             "COMFYUI_LISTEN": "127.0.0.1",
             "HANDLER_ARGS": "--rp_log_level DEBUG",
             "COMFYUI_NODE_PACKS": "all",
@@ -168,7 +168,11 @@ def test_flags_paths_and_interpreter_are_overridable(tmp_path, boot):
     done = start(boot, tmp_path, "--test_input", JOB)
     assert done.proc.returncode == 0, done.stderr[-3000:]
     argv = read(tmp_path / "comfy.json")["argv"]
-    assert argv[6:] == ["--cpu", "--verbose", "DEBUG", "--front-end-root", "/a b"]
+    # The worker's own flags, then (no pack flags with COMFYUI_NODE_PACKS=all) the extra ones.
+    assert argv[6:] == [
+        "--preview-method", "none", "--disable-auto-launch",
+        "--cpu", "--verbose", "DEBUG", "--front-end-root", "/a b",
+    ]  # fmt: skip
     assert read(tmp_path / "handler.json")["argv"] == [
         "--rp_log_level",
         "DEBUG",
@@ -274,7 +278,6 @@ def fake_gpu(tmp_path: Path, boot: dict, late: int) -> Path:
             "PYTHONPATH": str(fake.parent),
             "FAKE_GPU_CALLS": str(calls),
             "FAKE_GPU_LATE": str(late),
-            "GPU_READY_INTERVAL_S": "0",
         }
     )
     return calls

@@ -44,7 +44,7 @@ for the ones a boot or `python -m wan_worker.provision` ends with, its exit stat
 `MemoryError` to `out_of_memory`, anything else to `internal_error`. No other code reaches a
 caller, and no other place turns an exception into one.
 
-Jobs raise the first twelve; the boot (`wan_worker.gpu_ready`, `python -m wan_worker.provision`)
+Jobs raise the first twelve; the boot (`wan_worker.boot`, and `python -m wan_worker.provision`)
 raises GpuNotReady, ProvisionError and its subclasses, and ConfigError, and ends with their
 `exit_status` (a job that waits for the models gets the boot's error). PublishError is raised
 only by `python -m wan_worker.provision bundle`, which a person runs to build the models bundle.

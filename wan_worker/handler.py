@@ -20,16 +20,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from wan_worker.boot.gate import BootGate
-from wan_worker.comfy.client import ComfyClient
 from wan_worker.comfy.follower import INTERRUPT_GRACE_S, RunOutcome, run_prompt
-from wan_worker.comfy.process import ComfyProcess
-from wan_worker.delivery import deliver, make_store
+from wan_worker.delivery import deliver
 from wan_worker.errors import (
     JobCancelled,
     OutputError,
@@ -40,45 +37,13 @@ from wan_worker.errors import (
 )
 from wan_worker.job_files import JobFiles
 from wan_worker.job_input import JobRequest, read_job_input
-from wan_worker.job_progress import JobProgress, Sender, runpod_sender
+from wan_worker.job_progress import JobProgress
 from wan_worker.settings.worker import WorkerSettings
-from wan_worker.storage import VideoStore
 from wan_worker.video_check import FrameReport, inspect_frames
-from wan_worker.workflow import OUTPUT_NODE, STAGES, WorkflowTemplate, load_template
+from wan_worker.worker import Worker
+from wan_worker.workflow import OUTPUT_NODE, STAGES
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Worker:
-    """What a job needs that outlives it: settings, the workflow, ComfyUI, the bucket."""
-
-    settings: WorkerSettings
-    template: WorkflowTemplate
-    client: ComfyClient
-    store: VideoStore | None = None
-    send_progress: Sender | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Files of failed jobs whose prompts ComfyUI may still be running (a time-out it did not
-    #: act on at once): removed again after each later job, until ComfyUI has finished them.
-    abandoned: list[JobFiles] = field(default_factory=list)
-    #: Why SageAttention cannot load on this worker, once it has failed to (not installed, no
-    #: kernel for this GPU); later jobs then use PyTorch attention without trying it.
-    sage_unusable: str | None = None
-    #: The models' state while the worker boots, the jobs in hand, the warm-up (open when
-    #: there is no boot in this process).
-    gate: BootGate = field(default_factory=BootGate)
-
-    @classmethod
-    def from_settings(cls, settings: WorkerSettings) -> Worker:
-        process = ComfyProcess(settings.comfyui_pid_file, settings.comfyui_log)
-        return cls(
-            settings=settings,
-            template=load_template(settings.workflow_path),
-            client=ComfyClient(settings.comfyui_url, process),
-            store=make_store(settings),
-            send_progress=runpod_sender(),
-        )
 
 
 class StageTimer:
@@ -96,7 +61,7 @@ class StageTimer:
         self._lap_start = now
 
     @contextmanager
-    def apart(self) -> Iterator[None]:
+    def outside_laps(self) -> Iterator[None]:
         """A stretch that is no lap: the next lap starts where it ends (ComfyUI's run is timed
         by the run itself)."""
         try:
@@ -160,7 +125,7 @@ def _generate(
             fp16_accumulation=fp16,
         )
         try:
-            with timer.apart():
+            with timer.outside_laps():
                 outcome = run_prompt(
                     worker.client,
                     prompt,
@@ -168,7 +133,7 @@ def _generate(
                     output_node=OUTPUT_NODE,
                     deadline=deadline,
                     stage_of=STAGES.get,
-                    progress=worker.gate.watch(JobProgress(job, worker.send_progress)),
+                    progress=worker.gate.noting_stages(JobProgress(job, worker.send_progress)),
                     cancel=cancel,
                 )
         except SageAttentionFailed as exc:
@@ -233,7 +198,9 @@ def _stop_if_cancelled(cancel: threading.Event | None) -> None:
 
 
 @contextmanager
-def _holding(lock: threading.Lock, cancel: threading.Event | None) -> Iterator[None]:
+def _locked_unless_cancelled(
+    lock: threading.Lock, cancel: threading.Event | None
+) -> Iterator[None]:
     """`lock`, waited for while looking at `cancel` (a warm-up being stopped, a job before)."""
     while not lock.acquire(timeout=0.25):
         _stop_if_cancelled(cancel)
@@ -264,7 +231,8 @@ def handle(
         wait_s = min(settings.ready_timeout_s, max(0.0, deadline - time.monotonic()))
         worker.gate.wait_models(wait_s)
         worker.gate.reach_comfyui(job_id)
-        with _holding(worker.lock, cancel):  # ComfyUI runs one prompt at a time; so do we
+        # ComfyUI runs one prompt at a time; so do we.
+        with _locked_unless_cancelled(worker.lock, cancel):
             worker.client.wait_ready(wait_s)
             timer.lap("wait_ready_s")
             _stop_if_cancelled(cancel)

@@ -1,9 +1,9 @@
 """The worker's logging: set up once per process, with secrets taken out of every record.
 
 Each of the worker's processes calls `configure()` first: the handler (rp_handler.py, which
-also runs the boot), the provisioning CLI (`python -m wan_worker.provision`) and the CUDA check
-(`wan_worker.gpu_ready`). It gives the root logger one handler on stderr, and runs the
-`RedactSecrets` filter on every record as the record is made, so every record of the process,
+also runs the boot) and the provisioning CLI (`python -m wan_worker.provision`). It gives the
+root logger one handler on stderr, and runs the `RedactSecrets` filter on every record as
+the record is made, so every record of the process,
 the worker's own or a library's (boto3, huggingface_hub, urllib3, the runpod SDK's uvicorn,
 whatever handler writes it), carries the values of the secret variables
 (`errors.SECRET_ENV_VARS`) replaced: in its message, its arguments and its formatted

@@ -125,8 +125,8 @@ def make_worker(
 ) -> Any:
     from wan_worker.comfy.client import ComfyClient
     from wan_worker.comfy.process import ComfyProcess
-    from wan_worker.handler import Worker
     from wan_worker.settings.worker import WorkerSettings
+    from wan_worker.worker import Worker
     from wan_worker.workflow import WorkflowTemplate, load_template
 
     class GlobalFp16Template(WorkflowTemplate):

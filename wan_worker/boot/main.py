@@ -1,39 +1,36 @@
-"""The handler process's entry: boot the worker (when start.sh asks), then serve jobs.
+"""The worker's boot, in the handler's process: `Boot.run` (under start.sh, WORKER_BOOT=1).
 
-Under start.sh (WORKER_BOOT=1), in this order, each step as soon as it can run:
+In this order, each step as soon as it can run:
 
 1. the models root is resolved, once (`ProvisionSettings`), and logged with its reason;
-2. ComfyUI is started with that root, before anything slow is imported here, while a probe
-   checks that CUDA works (`gpu_check`; a failed probe stops ComfyUI, waits for CUDA as
-   GPU_READY_TIMEOUT_S allows, and starts it again);
+2. ComfyUI is started with that root, before anything slow is imported, while a probe checks
+   that CUDA works (`cuda_check`; a failed probe stops ComfyUI, waits for CUDA as
+   GPU_READY_TIMEOUT_S allows, and starts it again); the caller's slow imports come after the
+   launch (`while_comfyui_starts`);
 3. a thread verifies or downloads the models (`Provisioner`), then reads them ahead into the
    page cache (`readahead`) while ComfyUI is still importing;
 4. a thread waits for ComfyUI to answer (COMFYUI_READY_TIMEOUT_S), then runs the warm-up
    (`warmup`) if it is on and no job needs ComfyUI;
-5. once the models are verified (and, with COMFYUI_WAIT_READY=1, ComfyUI answers), the runpod
-   SDK starts taking jobs; a job waits in the handler for ComfyUI (`gate.BootGate`).
+5. once the models are verified, `run` returns the `Worker`, and the entry
+   (`wan_worker.entry`) has the runpod SDK take jobs; a job waits for ComfyUI at the worker's
+   gate (`wan_worker.worker_gate`).
 
-A model that cannot be had ends the process before any job is taken (exit status 2, 3 or 4,
-as `python -m wan_worker.provision`); CUDA never working, or ComfyUI stopping or never answering,
-ends it with status 1
-(a job in hand gets the error, which asks RunPod to replace the worker). Without WORKER_BOOT,
-the handler serves jobs on the ComfyUI at COMFYUI_URL (local runs, tests).
+A model that cannot be had ends the boot before any job is taken (exit status 2, 3 or 4, as
+`python -m wan_worker.provision`); CUDA never working, or ComfyUI stopping or never answering,
+ends it with status 1 (a job in hand gets the error, which asks RunPod to replace the worker).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wan_worker import logs
-from wan_worker.boot.gate import BootGate
-from wan_worker.boot.gpu_check import FirstProbe
+from wan_worker.boot.cuda_check import BackgroundProbe, wait_for_gpu
 from wan_worker.boot.timeline import Timeline
 from wan_worker.comfy.launch import LaunchedComfy, comfyui_command, launch
 from wan_worker.errors import (
@@ -44,16 +41,15 @@ from wan_worker.errors import (
     ProvisionError,
     WorkerError,
 )
-from wan_worker.gpu_ready import wait_for_gpu
 from wan_worker.node_packs import selection_for
 from wan_worker.settings.boot import BootSettings
-from wan_worker.settings.env import removed_still_set
 from wan_worker.settings.provisioning import ProvisionSettings
 from wan_worker.settings.worker import WorkerSettings
+from wan_worker.worker_gate import WorkerGate
 
 if TYPE_CHECKING:
-    from wan_worker.handler import JobHandler, Worker
     from wan_worker.provision.provisioner import Report
+    from wan_worker.worker import Worker
 
 log = logging.getLogger("wan_worker.boot")
 TAIL_LINES = 20
@@ -81,51 +77,18 @@ def custom_node_args(settings: WorkerSettings, boot: BootSettings) -> tuple[str,
     return tuple(selection.comfyui_args())
 
 
-def serve(handler: JobHandler) -> None:
-    """Hand this process to the runpod SDK (it parses the command line: --rp_serve_api, ...)."""
-    import runpod
-
-    runpod.serverless.start({"handler": handler})
-
-
-def run() -> None:
-    """rp_handler.py's entry."""
-    logs.configure()
-    for warning in removed_still_set():
-        log.warning("[boot] %s", warning)
-    try:
-        settings = WorkerSettings.from_env()
-        boot = BootSettings.from_env(settings)
-    except ConfigError as exc:
-        from wan_worker.handler import job_handler
-
-        # As without a boot: every job says what to fix, until it is fixed.
-        log.error("[boot] configuration error, every job will fail with it: %s", exc.message)
-        error = exc
-
-        def broken() -> Worker:
-            raise error
-
-        serve(job_handler(broken))
-        return
-    if not boot.enabled:
-        from wan_worker.handler import handler
-
-        serve(handler)
-        return
-    sys.exit(Boot(settings, boot).run())
-
-
 class Boot:
-    def __init__(self, settings: WorkerSettings, boot: BootSettings) -> None:
-        self.settings = replace(settings, comfyui_url=boot.comfyui_url)
-        self.boot = boot
-        self.timeline = Timeline(boot.events_file)
-        self.gate = BootGate(booting=True, event=self.timeline.mark)
+    def __init__(self, settings: WorkerSettings, boot_settings: BootSettings) -> None:
+        self.settings = settings
+        self.boot_settings = boot_settings
+        self.timeline = Timeline()
+        self.gate = WorkerGate(booting=True, mark=self.timeline.mark)
         self.comfy: LaunchedComfy | None = None
         self.launched_at = time.monotonic()
 
-    def run(self) -> int:
+    def run(self, while_comfyui_starts: Callable[[], object] = lambda: None) -> int | Worker:
+        """Boot; return the exit status of a failed boot, or the worker once its models are
+        verified. `while_comfyui_starts` runs right after ComfyUI's launch (slow imports)."""
         mark = self.timeline.mark
         mark("boot_started", pid=os.getpid())
         try:
@@ -136,37 +99,38 @@ class Boot:
         root = provision.models_root
         mark("models_root", root=root, reason=provision.models_root_reason)
         try:
-            node_args = custom_node_args(self.settings, self.boot)
+            node_args = custom_node_args(self.settings, self.boot_settings)
         except ConfigError as exc:
             log.error("[boot] FAILED: %s", exc.message)
             return 2
-        probe = FirstProbe(self.boot.gpu_check) if self.boot.gpu_check is not None else None
+        cuda = self.boot_settings.cuda_check
+        probe = BackgroundProbe(cuda) if cuda is not None else None
         if not self._launch(root, node_args):
             return 1
+        while_comfyui_starts()
+        from wan_worker.worker import Worker  # slow imports (requests, ...), after the launch
 
-        from wan_worker.handler import Worker, job_handler  # slow imports, after the launch
-
-        worker = Worker.from_settings(self.settings)
-        worker.gate = self.gate
-        threading.Thread(target=self._models, args=(provision,), name="models", daemon=True).start()
-        if probe is not None and not self._gpu_ready(probe, root, node_args):
+        worker = Worker.from_settings(self.settings, gate=self.gate)
+        threading.Thread(
+            target=self._verify_then_read_ahead, args=(provision,), name="models", daemon=True
+        ).start()
+        if probe is not None and not self._cuda_ready_or_relaunched(probe, root, node_args):
             return 1
-        threading.Thread(target=self._comfyui, args=(worker,), name="comfyui", daemon=True).start()
+        threading.Thread(
+            target=self._wait_for_comfyui_then_warm_up, args=(worker,), name="comfyui", daemon=True
+        ).start()
 
         failure = self.gate.wait_settled()
-        if failure is None and self.boot.wait_comfyui:
-            failure = self.gate.wait_comfyui()
         if failure is not None:
             log.error("[boot] FAILED: %s", failure.message)
             if self.comfy is not None:
                 self.comfy.stop()
             return exit_status(failure)
         mark("jobs_open")
-        serve(job_handler(lambda: worker))
-        return 0
+        return worker
 
     def _launch(self, root: Path, node_args: tuple[str, ...], **extra: object) -> bool:
-        spec = self.boot.launch
+        spec = self.boot_settings.launch
         try:
             self.comfy = launch(spec, root, node_args)
         except OSError as exc:
@@ -181,9 +145,11 @@ class Boot:
         )
         return True
 
-    # -- CUDA: checked while ComfyUI starts (gpu_check) --------------------------------------------
+    # -- CUDA: checked while ComfyUI starts (cuda_check) -------------------------------------------
 
-    def _gpu_ready(self, probe: FirstProbe, root: Path, node_args: tuple[str, ...]) -> bool:
+    def _cuda_ready_or_relaunched(
+        self, probe: BackgroundProbe, root: Path, node_args: tuple[str, ...]
+    ) -> bool:
         first = probe.result()
         if first.ok:
             log.info("[gpu] ready, checked while ComfyUI starts (%.1fs): %s", first.seconds,
@@ -210,10 +176,10 @@ class Boot:
 
     # -- the models: verify or download, then read ahead ----------------------------------------
 
-    def _models(self, provision: ProvisionSettings) -> None:
+    def _verify_then_read_ahead(self, provision: ProvisionSettings) -> None:
         began = time.monotonic()
         just_read: set[str] = set()
-        if self.boot.skip_provision:
+        if self.boot_settings.skip_provision:
             log.info("[boot] SKIP_PROVISION is set: using the models under %s as they are",
                      provision.models_root)  # fmt: skip
             self.timeline.mark("models_verified", s=0, skipped=True)
@@ -231,8 +197,7 @@ class Boot:
                                                                 "downloaded")},
             )  # fmt: skip
         self.gate.models_verified()
-        if self.boot.readahead:
-            self._read_ahead(provision, just_read)
+        self._read_ahead(provision, just_read)
 
     def _provision(self, provision: ProvisionSettings) -> Report | None:
         from wan_worker.provision.provisioner import Provisioner
@@ -251,12 +216,7 @@ class Boot:
         return None
 
     def _read_ahead(self, provision: ProvisionSettings, just_read: set[str]) -> None:
-        from wan_worker.boot.readahead import (
-            BeforeAnswer,
-            Readahead,
-            first_use_order,
-            memory_for_readahead,
-        )
+        from wan_worker.boot.readahead import Readahead, first_use_order, memory_for_readahead
         from wan_worker.workflow import load_template
 
         memory = memory_for_readahead()
@@ -268,22 +228,18 @@ class Boot:
         Readahead(
             first_use_order(graph),
             provision.models_root,
-            budget=max(0, available - self.boot.readahead_reserve_bytes),
+            budget=max(0, available - self.boot_settings.readahead_reserve_bytes),
             budget_from=limited_by,
-            small_tensors_first=self.boot.readahead_small_tensors,
-            started=self.gate.started,
-            skip=just_read,
+            stage_begun=self.gate.stage_begun,
+            already_cached=just_read,
             mark=self.timeline.mark,
-            before_answer=BeforeAnswer(
-                full_bytes=self.boot.readahead_before_answer_bytes,
-                share=self.boot.readahead_share_before_answer,
-                wait_for_answer=self.gate.comfyui_answered,
-            ),
+            cap_before_answer=self.boot_settings.readahead_before_answer_bytes,
+            wait_for_answer=self.gate.wait_for_comfyui,
         ).run()
 
     # -- ComfyUI: wait for its first answer, then warm it up --------------------------------------
 
-    def _comfyui(self, worker: Worker) -> None:
+    def _wait_for_comfyui_then_warm_up(self, worker: Worker) -> None:
         from wan_worker.comfy.client import ComfyClient
 
         process = worker.client.process
@@ -296,14 +252,12 @@ class Boot:
             return
         since_launch = round(time.monotonic() - self.launched_at, 2)
         self.timeline.mark("comfyui_answers", s_since_launch=since_launch)
-        self.gate.comfyui_answers()
-        if not self.boot.warmup:
+        self.gate.comfyui_answered()
+        if not self.boot_settings.warmup:
             return
         from wan_worker.boot.warmup import WarmupPlan, warm_up
 
-        width, height = self.boot.warmup_size
-        plan = WarmupPlan(width=width, height=height, frames=self.boot.warmup_frames)
-        warm_up(worker, plan, wait_s=self.settings.job_timeout_s, mark=self.timeline.mark)
+        warm_up(worker, WarmupPlan(), wait_s=self.settings.job_timeout_s, mark=self.timeline.mark)
 
     def _comfyui_failed(self, worker: Worker, timeout_s: float) -> None:
         process = worker.client.process

@@ -24,13 +24,9 @@ Files the provisioner has just read (hashed or downloaded at this boot) are skip
 in the page cache already.
 
 **Before ComfyUI first answers**, its imports read thousands of small files from the same disk,
-and they queue behind a stream read at full speed. So only `before_answer` bytes (the text
-encoder and the VAE) are read at full speed before the answer. Past them the readahead first
-reads the small tensors of the files to come (`small_tensors`: what ComfyUI reads from the
-experts when it builds the models, a few MB in a few hundred places), then waits for the answer
-(`share` 0, the default), or shares the disk with the imports until then: it reads small chunks
-and leaves the disk idle after each for `1 / share - 1` times the chunk took (`share` 0.5: idle
-half of the time, and longer when the imports slow the reads down).
+and they queue behind a stream read at full speed. So only `cap_before_answer` bytes (the text
+encoder and the VAE) are read before the answer; the file that would pass the cap, and every
+file after it, waits for the answer (`wait_for_answer`), then the reading goes on.
 """
 
 from __future__ import annotations
@@ -43,12 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wan_worker.boot.small_tensors import read_ranges, small_tensors
 from wan_worker.workflow import MODEL_INPUTS, STAGES
 
 CHUNK_BYTES = 64 * 1024 * 1024
-#: While the readahead shares the disk with ComfyUI's imports: about 10 ms at 1.6 GB/s.
-SHARED_CHUNK_BYTES = 16 * 1024 * 1024
 #: Stages in the order a job runs them (the workflow's STAGES lists them so).
 STAGE_ORDER: tuple[str, ...] = tuple(dict.fromkeys(STAGES.values()))
 
@@ -184,21 +177,8 @@ class ReadaheadReport:
 
 
 Mark = Callable[..., None]
-#: Wait at most this many seconds (None: for ever) for ComfyUI's first answer; True once it came.
-WaitForAnswer = Callable[[float | None], bool]
-
-
-@dataclass(frozen=True)
-class BeforeAnswer:
-    """How much of the disk the readahead takes before ComfyUI first answers.
-
-    `full_bytes` are read at full speed; past them, the readahead reads `share` of the time
-    (0 < share < 1), or waits for the answer (share 0), or goes on at full speed (share 1).
-    """
-
-    full_bytes: int
-    share: float
-    wait_for_answer: WaitForAnswer
+#: Block until ComfyUI has answered once (or the boot failed: nothing is left to wait for).
+WaitForAnswer = Callable[[], object]
 
 
 class Readahead:
@@ -210,33 +190,30 @@ class Readahead:
         models_root: Path,
         *,
         budget: int,
-        started: Callable[[str], bool],
-        skip: Iterable[str] = (),
+        stage_begun: Callable[[str], bool],
+        already_cached: Iterable[str] = (),
         stop: threading.Event | None = None,
         mark: Mark | None = None,
         chunk_bytes: int = CHUNK_BYTES,
-        before_answer: BeforeAnswer | None = None,
+        cap_before_answer: int | None = None,
+        wait_for_answer: WaitForAnswer = lambda: None,
         budget_from: str = "MemAvailable",
-        small_tensors_first: bool = True,
     ) -> None:
         self.uses = list(uses)
         self.models_root = models_root
         self.budget = budget
         #: What set the budget (the log says it): MemAvailable, or the container's memory limit.
         self.budget_from = budget_from
-        self.started = started
-        self.skip = set(skip)
+        self.stage_begun = stage_begun
+        #: Files in the page cache already (the provisioner has just read them): skipped.
+        self.already_cached = set(already_cached)
         self.stop = stop or threading.Event()
         self.mark: Mark = mark or (lambda *_args, **_kwargs: None)
         self.chunk_bytes = chunk_bytes
-        #: None: read at full speed from the start.
-        self.before_answer = before_answer
-        #: Past the allowance, read the small tensors of the files to come before waiting.
-        self.small_tensors_first = small_tensors_first
-        #: Set past `before_answer.full_bytes` until ComfyUI answers: read `share` of the time.
-        self._sharing: BeforeAnswer | None = None
-        self._shared_bytes = 0
-        self._shared_since = 0.0
+        #: Bytes read before ComfyUI's first answer, at most (None: no cap, no hold); the file
+        #: that would pass it waits for `wait_for_answer`, once.
+        self.cap_before_answer = cap_before_answer
+        self.wait_for_answer = wait_for_answer
 
     def run(self) -> ReadaheadReport:
         report = ReadaheadReport(self.budget)
@@ -248,7 +225,7 @@ class Readahead:
             budget_from=self.budget_from,
             files=len(self.uses),
         )
-        for index, use in enumerate(self.uses):
+        for use in self.uses:
             path = self.models_root / use.folder / use.filename
             try:
                 size = path.stat().st_size
@@ -261,20 +238,20 @@ class Readahead:
                 report.stopped = "the boot stopped it"
                 entry.outcome = "skipped: stopped"
                 break
-            if all(self.started(stage) for stage in STAGE_ORDER if stage != "load_models"):
+            if all(self.stage_begun(stage) for stage in STAGE_ORDER if stage != "load_models"):
                 report.stopped = "ComfyUI has begun every stage"
                 entry.outcome = "skipped: every stage begun"
                 break
-            if use.relpath in self.skip:
+            if use.relpath in self.already_cached:
                 entry.outcome = "skipped: read by verification at this boot"
                 continue
-            if self.started(use.stage):
+            if self.stage_begun(use.stage):
                 entry.outcome = f"skipped: ComfyUI began {use.stage}"
                 continue
-            ahead = self.before_answer
-            if ahead is not None and report.read + size > ahead.full_bytes:
-                self._past_allowance(ahead, report.read, self.uses[index:])
-                if self.started(use.stage):
+            cap = self.cap_before_answer
+            if cap is not None and report.read + size > cap:
+                self._hold_until_answer(report.read)
+                if self.stage_begun(use.stage):
                     entry.outcome = f"skipped: ComfyUI began {use.stage}"
                     continue
             if size > left:
@@ -303,72 +280,14 @@ class Readahead:
         )
         return report
 
-    def _past_allowance(self, ahead: BeforeAnswer, read: int, rest: list[ModelUse]) -> None:
-        """The next file passes what may be read at full speed before ComfyUI answers: read the
-        small tensors of the files to come, then wait for the answer (share 0), or share the
-        disk with ComfyUI until then (once, either way)."""
-        self.before_answer = None
-        if ahead.share >= 1:
-            return
-        if self.small_tensors_first:
-            self._read_small_tensors(rest)
-        if ahead.share <= 0:
-            self.mark("readahead_held", mb=_mb(read))
-            began = time.monotonic()
-            ahead.wait_for_answer(None)
-            self.mark("readahead_resumed", waited_s=round(time.monotonic() - began, 2))
-            return
-        if ahead.wait_for_answer(0):
-            return  # ComfyUI has answered already
-        self._sharing = ahead
-        self._shared_bytes = 0
-        self._shared_since = time.monotonic()
-        self.mark("readahead_shared", mb=_mb(read), share=ahead.share)
-
-    def _read_small_tensors(self, rest: list[ModelUse]) -> None:
-        """The small tensors (`small_tensors`) of the safetensors files still to come, which
-        ComfyUI reads when it builds the models, before their stream queues in front of them."""
-        if self.started("load_models"):
-            # Already building the models (a slow disk: ComfyUI answered first): too late.
-            self.mark("readahead_small_tensors", files=0, why="ComfyUI began load_models")
-            return
+    def _hold_until_answer(self, read: int) -> None:
+        """The next file would pass the cap before ComfyUI's answer: wait for the answer, once
+        (the files after it wait with it)."""
+        self.cap_before_answer = None
+        self.mark("readahead_held", mb=_mb(read))
         began = time.monotonic()
-        files, ranges, read = 0, 0, 0
-        for use in rest:
-            if (
-                not use.filename.endswith(".safetensors")
-                or use.relpath in self.skip
-                or self.started(use.stage)
-            ):
-                continue
-            path = self.models_root / use.folder / use.filename
-            try:
-                found = small_tensors(path)
-                read += read_ranges(path, found.ranges)
-            except (OSError, ValueError) as exc:
-                self.mark("readahead_small_tensors_skipped", file=use.relpath, why=str(exc))
-                continue
-            files += 1
-            ranges += len(found.ranges)
-        if files:
-            self.mark(
-                "readahead_small_tensors",
-                files=files,
-                ranges=ranges,
-                mb=_mb(read),
-                s=round(time.monotonic() - began, 2),
-            )
-
-    def _share(self, sharing: BeforeAnswer, chunk_seconds: float, count: int) -> None:
-        """After a chunk read while ComfyUI imports: leave the disk to it for a while."""
-        self._shared_bytes += count
-        if sharing.wait_for_answer(pause_after(chunk_seconds, sharing.share)):
-            self._sharing = None
-            self.mark(
-                "readahead_resumed",
-                shared_s=round(time.monotonic() - self._shared_since, 2),
-                shared_mb=_mb(self._shared_bytes),
-            )
+        self.wait_for_answer()
+        self.mark("readahead_resumed", waited_s=round(time.monotonic() - began, 2))
 
     def _read(self, path: Path, entry: FileRead) -> None:
         began = time.monotonic()
@@ -379,30 +298,17 @@ class Readahead:
                     if self.stop.is_set():
                         entry.outcome = "left: the boot stopped it"
                         break
-                    if self.started(entry.stage):
+                    if self.stage_begun(entry.stage):
                         entry.outcome = f"left: ComfyUI began {entry.stage}"
                         break
-                    sharing = self._sharing
-                    chunk = self.chunk_bytes
-                    if sharing is not None:
-                        chunk = min(chunk, SHARED_CHUNK_BYTES)
-                    count = min(chunk, entry.size - entry.read)
-                    chunk_began = time.monotonic()
+                    count = min(self.chunk_bytes, entry.size - entry.read)
                     done = _read_into_cache(src.fileno(), sink.fileno(), entry.read, count)
                     if done == 0:
                         break
                     entry.read += done
-                    if sharing is not None:
-                        self._share(sharing, time.monotonic() - chunk_began, done)
         except OSError as exc:
             entry.outcome = f"left: {exc.strerror or exc}"
         entry.seconds = time.monotonic() - began
-
-
-def pause_after(chunk_seconds: float, share: float) -> float:
-    """How long to leave the disk idle after a chunk read in `chunk_seconds`, so that the
-    readahead reads `share` (0 < share <= 1) of the time."""
-    return chunk_seconds * (1 / share - 1)
 
 
 def _mb(count: int) -> float:

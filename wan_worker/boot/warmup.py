@@ -4,11 +4,11 @@ so that the first job finds every model loaded and every first-use cost paid.
 A first job on a fresh ComfyUI pays for loading and staging the models, the text encoder's
 first use, the LoRA patch and kernel set-up: on an H200, 91 s against 65 s warm at 720x1280.
 One 480x832 run of 9 frames pays all of it (the 720x1280 job after it took 65.5 s), so that is
-the default warm-up (WARMUP_SIZE, WARMUP_FRAMES): the fixed workflow with the frame count
-changed, a generated start image, a fixed seed, the configured attention and fp16 accumulation.
+the warm-up (`WarmupPlan`): the fixed workflow with the frame count changed, a generated start
+image, a fixed seed, the configured attention and fp16 accumulation.
 
-It never stands in a job's way (`gate.BootGate`): it starts only while no job is in hand and
-none has used ComfyUI, and a job that reaches ComfyUI while it runs stops it. ComfyUI then
+It never stands in a job's way (`wan_worker.worker_gate`): it starts only while no job is in
+hand and none has used ComfyUI, and a job that reaches ComfyUI while it runs stops it. ComfyUI then
 interrupts the warm-up's prompt at the end of the node it is in; every model that node and the
 ones before it loaded stays loaded (ComfyUI keeps the outputs of the loader nodes, and the job's
 loaders have the same inputs), so the job waits at most for one node, and that node is one
@@ -23,12 +23,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from wan_worker.boot.gate import Event as Mark
 from wan_worker.comfy.follower import run_prompt
 from wan_worker.errors import JobCancelled, WorkerError
-from wan_worker.handler import Worker
 from wan_worker.job_files import JobFiles
 from wan_worker.job_progress import JobProgress
+from wan_worker.worker import Worker
+from wan_worker.worker_gate import Mark
 from wan_worker.workflow import FRAMES_NODE, OUTPUT_NODE, STAGES, JobParameters
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,17 @@ PROMPT = "A calm lake at dawn, gentle ripples on the water."
 
 @dataclass(frozen=True)
 class WarmupPlan:
+    """The warm-up's run. Its size and frames are constants, not settings: measured in
+    docs/benchmarks.md, "Cold worker to first video (H200)", a worker warmed up so ran its first
+    720x1280 job in 0.98x and 1.00x the time of the warm job after it."""
+
     width: int = 480
     height: int = 832
     frames: int = 9
     seed: int = 0
 
 
-def start_image(width: int = 64, height: int = 64) -> bytes:
+def gradient_png(width: int = 64, height: int = 64) -> bytes:
     """A small PNG with a gradient (the workflow scales it to the warm-up's size)."""
     from PIL import Image
 
@@ -78,7 +82,7 @@ def warm_up(worker: Worker, plan: WarmupPlan, *, wait_s: float, mark: Mark) -> s
             if cancel.is_set():
                 raise JobCancelled("a job reached ComfyUI before the warm-up began")
             worker.client.wait_ready(settings.ready_timeout_s)
-            files.uploaded_as = worker.client.upload_image(start_image(), files.image_name)
+            files.uploaded_as = worker.client.upload_image(gradient_png(), files.image_name)
             prompt = worker.template.build(
                 JobParameters(PROMPT, worker.template.default_negative_prompt, plan.seed,
                               plan.width, plan.height),
@@ -95,7 +99,7 @@ def warm_up(worker: Worker, plan: WarmupPlan, *, wait_s: float, mark: Mark) -> s
                 output_node=OUTPUT_NODE,
                 deadline=time.monotonic() + settings.job_timeout_s,
                 stage_of=STAGES.get,
-                progress=gate.watch(JobProgress({"id": "warmup"}, None)),
+                progress=gate.noting_stages(JobProgress({"id": "warmup"}, None)),
                 cancel=cancel,
             )
         seconds = round(time.monotonic() - began, 1)

@@ -66,11 +66,6 @@ class RunEvents(Protocol):
     def step(self, stage: str, value: int, total: int) -> None: ...
 
 
-#: The old name of RunEvents, kept only for boot/gate.py (another branch owns it); remove it
-#: once gate.py names RunEvents.
-ProgressSink = RunEvents
-
-
 class _NoEvents:
     def stage_started(self, stage: str) -> None:
         pass

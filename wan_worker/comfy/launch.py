@@ -1,9 +1,10 @@
 """Start the ComfyUI process the worker runs beside it.
 
 The command is `COMFYUI_PYTHON -u COMFYUI_MAIN --listen ... --port ... --extra-model-paths-config
-EXTRA_MODEL_PATHS`, then COMFYUI_ARGS, the custom-node arguments (`node_args`), then
-COMFYUI_EXTRA_ARGS (so the operator's extra flags come last and win). ComfyUI runs in
-COMFYUI_DIR with MODELS_ROOT in its environment (extra_model_paths.yaml reads `${MODELS_ROOT}`);
+extra_model_paths.yaml`, then the worker's own flags (`settings.boot.COMFYUI_ARGS`), the
+custom-node arguments (`node_args`), then COMFYUI_EXTRA_ARGS (so the operator's extra flags come
+last and win). ComfyUI runs in COMFYUI_DIR with MODELS_ROOT in its environment
+(extra_model_paths.yaml reads `${MODELS_ROOT}`);
 its PID goes to COMFYUI_PID_FILE and its output, through `tee`, both to COMFYUI_LOG (read by
 `wan_worker.comfy.process` to say why it died) and to the container's log. `tee` is a process
 of its own, so ComfyUI's output keeps flowing whatever the worker's Python is doing.

@@ -1,9 +1,11 @@
 """The boot's settings: how ComfyUI is launched, the readahead, the warm-up, the CUDA check.
 
 Read once from the environment into a typed, frozen object; every variable is documented in
-docs/provisioning.md. ComfyUI's directory, PID file, log and readiness time-out come from the
-job path's settings (`settings.worker`), the models root from provisioning's
-(`settings.provisioning`), so each is read in one place.
+docs/provisioning.md. ComfyUI's directory, URL (whose port it is started on), PID file, log and
+readiness time-out come from the job path's settings (`settings.worker`), the models root from
+provisioning's (`settings.provisioning`), so each is read in one place. A tuning knob is a
+variable only where a measurement in docs/benchmarks.md shows its choice wins (named beside it);
+the others are constants, each with why.
 """
 
 from __future__ import annotations
@@ -14,22 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from wan_worker.errors import ConfigError
 from wan_worker.settings.cuda import CudaWaitSettings
 from wan_worker.settings.env import EnvVars
 from wan_worker.settings.provisioning import runpod_mode
 from wan_worker.settings.worker import PROJECT_ROOT, WorkerSettings
 
-DEFAULT_COMFYUI_ARGS = "--preview-method none --disable-auto-launch"
-#: COMFYUI_NODE_PACKS: the packs the workflow uses (`wan_worker.node_packs`), or every one.
+#: ComfyUI's own flags, before the custom node packs' and COMFYUI_EXTRA_ARGS: no latent previews
+#: (nothing watches a job's) and no browser to open. Not settings: nothing measured other values,
+#: and COMFYUI_EXTRA_ARGS, which comes last, overrides them (a later --preview-method wins).
+COMFYUI_ARGS = ("--preview-method", "none", "--disable-auto-launch")
+#: ComfyUI's model folders under MODELS_ROOT (the file reads `${MODELS_ROOT}`).
+EXTRA_MODEL_PATHS = PROJECT_ROOT / "extra_model_paths.yaml"
+#: Where ComfyUI listens when COMFYUI_URL names no port.
+DEFAULT_COMFYUI_PORT = 8188
+#: COMFYUI_NODE_PACKS: the packs the workflow uses (`wan_worker.node_packs`), or every one (the
+#: UI on a pod). Only the workflow's packs start ComfyUI 3.2-4.0 s sooner (docs/benchmarks.md,
+#: "ComfyUI's start").
 NODE_PACK_MODES = ("workflow", "all")
-
-
-def _share(var: EnvVars, name: str, default: float) -> float:
-    value = var.number(name, default, 0)
-    if value > 1:
-        raise ConfigError(f"{name}={var.env.get(name)!r} must be a share of the time, from 0 to 1")
-    return value
 
 
 @dataclass(frozen=True)
@@ -52,36 +55,31 @@ class ComfyLaunchSettings:
 class BootSettings:
     enabled: bool
     launch: ComfyLaunchSettings
-    comfyui_url: str
     skip_provision: bool = False
-    wait_comfyui: bool = False
-    readahead: bool = True
+    #: READAHEAD_RESERVE_MB: memory the readahead leaves to ComfyUI and the job. No measurement
+    #: chose 16384; it stays a setting because the budget it sets depends on the host's memory
+    #: (the boot's tests run on machines with less than 16 GiB free, and lower it).
     readahead_reserve_bytes: int = 16 * 1024**3
-    #: The text encoder and the VAE of the fixed workflow (6662 MB) fit; the experts wait.
+    #: READAHEAD_BEFORE_ANSWER_MB: the text encoder and the VAE of the fixed workflow (6662 MB)
+    #: are read before ComfyUI first answers; the experts wait for the answer. Measured in
+    #: docs/benchmarks.md, "The read before the answer against none, in the first video": at
+    #: 720x1280, the default size, the first video came 1.4-2.3 s sooner than with 0; at 480x832
+    #: 0.1-3.5 s later, so a deployment that serves mostly 480x832 sets 0.
     readahead_before_answer_bytes: int = 6800 << 20
-    #: Past that, until ComfyUI answers, the readahead reads this share of the time (0: waits;
-    #: on an H200, reading half the time slowed ComfyUI's start more than it saved the job).
-    readahead_share_before_answer: float = 0.0
-    #: Before that wait, read the small tensors of the files to come (readahead.small_tensors).
-    readahead_small_tensors: bool = True
+    #: WARMUP: on by default on serverless. Measured in docs/benchmarks.md, "Cold worker to first
+    #: video (H200)": a worker that warmed up before its first job ran it in 0.98x warm time.
     warmup: bool = False
-    warmup_size: tuple[int, int] = (480, 832)
-    warmup_frames: int = 9
-    events_file: Path | None = None
     node_packs: str = "workflow"
     #: None when SKIP_GPU_CHECK=1 (CPU-only local runs and tests).
-    gpu_check: CudaWaitSettings | None = None
+    cuda_check: CudaWaitSettings | None = None
 
     @classmethod
     def from_env(
         cls, settings: WorkerSettings, env: Mapping[str, str] | EnvVars | None = None
     ) -> BootSettings:
+        """The boot's settings; ComfyUI is started on the port of COMFYUI_URL (`settings`)."""
         var = EnvVars.of(env)
-        url_port = urlsplit(settings.comfyui_url).port
-        port = var.integer("COMFYUI_PORT", url_port or 8188, 1)
-        url = settings.comfyui_url if var.is_set("COMFYUI_URL") else f"http://127.0.0.1:{port}"
         comfyui_dir = settings.comfyui_dir
-        events = var.text("BOOT_EVENTS_FILE", "")
         return cls(
             enabled=var.flag("WORKER_BOOT", False),
             launch=ComfyLaunchSettings(
@@ -89,29 +87,19 @@ class BootSettings:
                 main=var.path("COMFYUI_MAIN", comfyui_dir / "main.py"),
                 comfyui_dir=comfyui_dir,
                 listen=var.text("COMFYUI_LISTEN", "127.0.0.1"),
-                port=port,
-                extra_model_paths=var.path(
-                    "EXTRA_MODEL_PATHS", PROJECT_ROOT / "extra_model_paths.yaml"
-                ),
-                args=var.words("COMFYUI_ARGS", DEFAULT_COMFYUI_ARGS),
+                port=urlsplit(settings.comfyui_url).port or DEFAULT_COMFYUI_PORT,
+                extra_model_paths=EXTRA_MODEL_PATHS,
+                args=COMFYUI_ARGS,
                 extra_args=var.words("COMFYUI_EXTRA_ARGS", ""),
                 pid_file=settings.comfyui_pid_file,
                 log_file=settings.comfyui_log,
             ),
-            comfyui_url=url,
             skip_provision=var.flag("SKIP_PROVISION", False),
-            wait_comfyui=var.flag("COMFYUI_WAIT_READY", False),
-            readahead=var.flag("READAHEAD", True),
             readahead_reserve_bytes=var.integer("READAHEAD_RESERVE_MB", 16384, 0) << 20,
             readahead_before_answer_bytes=var.integer("READAHEAD_BEFORE_ANSWER_MB", 6800, 0) << 20,
-            readahead_share_before_answer=_share(var, "READAHEAD_SHARE_BEFORE_ANSWER", 0.0),
-            readahead_small_tensors=var.flag("READAHEAD_SMALL_TENSORS", True),
             warmup=var.flag("WARMUP", runpod_mode(var) == "serverless"),
-            warmup_size=var.size("WARMUP_SIZE", "480x832"),
-            warmup_frames=var.integer("WARMUP_FRAMES", 9, 1),
-            events_file=Path(events) if events else None,
             node_packs=var.choice("COMFYUI_NODE_PACKS", "workflow", NODE_PACK_MODES),
-            gpu_check=(
+            cuda_check=(
                 None if var.flag("SKIP_GPU_CHECK", False) else CudaWaitSettings.from_env(var)
             ),
         )

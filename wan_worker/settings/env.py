@@ -59,6 +59,54 @@ REMOVED: dict[str, str] = {
         "RunPod's cached models are read where RunPod mounts them, "
         "/runpod-volume/huggingface-cache/hub; unset it"
     ),
+    "READAHEAD_SHARE_BEFORE_ANSWER": (
+        "the readahead always holds what passes READAHEAD_BEFORE_ANSWER_MB until ComfyUI "
+        "answers (reading during ComfyUI's imports was measured as no gain, "
+        "docs/benchmarks.md); unset it"
+    ),
+    "READAHEAD_SMALL_TENSORS": (
+        "the pass over the experts' small tensors is gone (its gain to the first video was "
+        "not settled, docs/benchmarks.md); unset it"
+    ),
+    "BOOT_EVENTS_FILE": (
+        "the boot's events are in its log only, one `[boot] +SECONDSs NAME key=value ...` line "
+        "each, with the log's timestamp; read them there and unset it"
+    ),
+    "COMFYUI_PORT": (
+        "the boot starts ComfyUI on the port of COMFYUI_URL (default http://127.0.0.1:8188); "
+        "set COMFYUI_URL=http://127.0.0.1:PORT instead"
+    ),
+    "COMFYUI_ARGS": (
+        "ComfyUI always gets --preview-method none --disable-auto-launch; put any other flag "
+        "in COMFYUI_EXTRA_ARGS, which comes last and wins"
+    ),
+    "EXTRA_MODEL_PATHS": (
+        "ComfyUI always reads the worker's extra_model_paths.yaml, which points at MODELS_ROOT; "
+        "set MODELS_ROOT to move the models (COMFYUI_EXTRA_ARGS may add another "
+        "--extra-model-paths-config)"
+    ),
+    "READAHEAD": (
+        "the readahead is always on (at 480x832 it brought the first video from 85.9 s to "
+        "74.3 s, docs/benchmarks.md); READAHEAD_RESERVE_MB sets the memory it leaves free"
+    ),
+    "WARMUP_SIZE": (
+        "the warm-up always runs at 480x832, measured to pay every first-use cost "
+        "(docs/benchmarks.md); WARMUP=0 turns it off"
+    ),
+    "WARMUP_FRAMES": (
+        "the warm-up always runs 9 frames, measured to pay every first-use cost "
+        "(docs/benchmarks.md); WARMUP=0 turns it off"
+    ),
+    "GPU_READY_INTERVAL_S": (
+        "the boot probes CUDA every 2 s while it waits; GPU_READY_TIMEOUT_S bounds the wait"
+    ),
+    "GPU_PROBE_TIMEOUT_S": (
+        "one CUDA probe may take 60 s (it takes 4-10 s); GPU_READY_TIMEOUT_S bounds the wait"
+    ),
+    "COMFYUI_WAIT_READY": (
+        "the worker always takes jobs once its models are verified, and a job waits for "
+        "ComfyUI to answer; unset it"
+    ),
 }
 
 
@@ -154,12 +202,3 @@ class EnvVars:
             return tuple(shlex.split(text))
         except ValueError as exc:
             raise ConfigError(f"{name}={text!r} cannot be split into arguments ({exc})") from None
-
-    def size(self, name: str, default: str) -> tuple[int, int]:
-        """WIDTHxHEIGHT, each at least 16."""
-        raw = self._raw(name, "size")
-        text = (default if raw is None else raw).lower()
-        parts = text.split("x")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) >= 16 for p in parts):
-            raise ConfigError(f"{name}={text!r} must be WIDTHxHEIGHT, e.g. {default}")
-        return int(parts[0]), int(parts[1])

@@ -1,6 +1,7 @@
 """What stands between a job and ComfyUI: the models, the boot's failures, the warm-up.
 
-One `BootGate` per handler process, shared by the boot's threads and by every job:
+One `WorkerGate` per handler process, shared by the boot's threads (`wan_worker.boot`) and by
+every job (`wan_worker.handler`), so it lives below both:
 
 - **Models.** Pending until the provisioner has verified them; a job that reaches ComfyUI
   first waits here (bounded). A failure of the boot (a model that cannot be had, a ComfyUI
@@ -12,6 +13,8 @@ One `BootGate` per handler process, shared by the boot's threads and by every jo
   ComfyUI interrupts the warm-up's prompt, and whatever it loaded stays loaded).
 - **Stages.** The stages of the workflow that ComfyUI has begun (warm-up or job), so the
   readahead stops reading a file that ComfyUI is already loading itself.
+- **ComfyUI's first answer**, which the readahead waits for before it reads past its cap
+  (`wait_for_comfyui`).
 
 Without a boot (rp_handler.py against a ComfyUI started elsewhere, and the tests) the gate is
 open: models verified, no warm-up.
@@ -27,24 +30,25 @@ from typing import TYPE_CHECKING
 from wan_worker.errors import JobTimeout, WorkerError
 
 if TYPE_CHECKING:
-    from wan_worker.comfy.follower import ProgressSink
+    from wan_worker.comfy.follower import RunEvents
 
-Event = Callable[..., None]
+#: Records one of the boot's events: `mark(name, **values)` (`wan_worker.boot.timeline`).
+Mark = Callable[..., None]
 
 
-class BootGate:
-    def __init__(self, *, booting: bool = False, event: Event | None = None) -> None:
+class WorkerGate:
+    def __init__(self, *, booting: bool = False, mark: Mark | None = None) -> None:
         """`booting`: the models are not verified yet and ComfyUI has not answered yet;
         otherwise the gate is open."""
         self._cond = threading.Condition()
         self._models_verified = not booting
-        self._comfyui_answers = not booting
+        self._comfyui_answered = not booting
         self._failure: WorkerError | None = None
         self._in_hand = 0
-        self._reached = False
+        self._job_reached_comfyui = False
         self._warmup_cancel: threading.Event | None = None
         self._stages: set[str] = set()
-        self._event: Event = event or (lambda *_args, **_kwargs: None)
+        self._mark: Mark = mark or (lambda *_args, **_kwargs: None)
 
     # -- the boot reports ---------------------------------------------------------------------
 
@@ -62,22 +66,17 @@ class BootGate:
                 self._warmup_cancel.set()
             self._cond.notify_all()
 
-    def comfyui_answers(self) -> None:
+    def comfyui_answered(self) -> None:
         with self._cond:
-            self._comfyui_answers = True
+            self._comfyui_answered = True
             self._cond.notify_all()
 
-    def wait_comfyui(self) -> WorkerError | None:
-        """Block until ComfyUI has answered once (None) or the boot failed (its error)."""
-        self.comfyui_answered(None)
-        return self.failure
-
-    def comfyui_answered(self, timeout_s: float | None = None) -> bool:
+    def wait_for_comfyui(self, timeout_s: float | None = None) -> bool:
         """Wait at most `timeout_s` (None: until it comes) for ComfyUI's first answer or the
         boot's failure; whether one of them has come."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: self._comfyui_answers or self._failure is not None, timeout=timeout_s
+                lambda: self._comfyui_answered or self._failure is not None, timeout=timeout_s
             )
 
     @property
@@ -125,12 +124,12 @@ class BootGate:
     def reach_comfyui(self, job_id: object) -> None:
         """A job is about to use ComfyUI: no warm-up starts from now on, a running one stops."""
         with self._cond:
-            self._reached = True
+            self._job_reached_comfyui = True
             cancel = self._warmup_cancel
             if cancel is not None:
                 cancel.set()
             self._cond.notify_all()
-        self._event("job_reaches_comfyui", job=job_id, preempts_warmup=cancel is not None)
+        self._mark("job_reaches_comfyui", job=job_id, preempts_warmup=cancel is not None)
 
     # -- the warm-up --------------------------------------------------------------------------
 
@@ -141,7 +140,7 @@ class BootGate:
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                if self._reached or self._failure is not None:
+                if self._job_reached_comfyui or self._failure is not None:
                     return None
                 if self._models_verified and self._in_hand == 0:
                     self._warmup_cancel = threading.Event()
@@ -155,7 +154,7 @@ class BootGate:
         with self._cond:
             if self._failure is not None:
                 return "the boot failed"
-            if self._reached:
+            if self._job_reached_comfyui:
                 return "a job reached ComfyUI first"
             return "jobs kept the worker busy"
 
@@ -170,17 +169,17 @@ class BootGate:
         with self._cond:
             self._stages.add(stage)
 
-    def started(self, stage: str) -> bool:
+    def stage_begun(self, stage: str) -> bool:
         with self._cond:
             return stage in self._stages
 
-    def watch(self, sink: ProgressSink) -> ProgressSink:
+    def noting_stages(self, sink: RunEvents) -> RunEvents:
         """`sink`, also telling this gate which stages ComfyUI begins."""
-        return _Watched(self, sink)
+        return _StageNotingSink(self, sink)
 
 
-class _Watched:
-    def __init__(self, gate: BootGate, sink: ProgressSink) -> None:
+class _StageNotingSink:
+    def __init__(self, gate: WorkerGate, sink: RunEvents) -> None:
         self.gate = gate
         self.sink = sink
 
