@@ -53,7 +53,7 @@ def test_an_input_error_starts_with_its_code_and_keeps_its_fields_in_output(
     assert result["output"] == {
         "error_code": "invalid_input",
         "field": "seed",
-        "fields": ["seed", "width", "start_image"],
+        "fields": ["seed", "width"],
     }
     assert comfy_double.prompts_received() == 0
 

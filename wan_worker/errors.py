@@ -122,10 +122,12 @@ class InputError(WorkerError):
 
     code = "invalid_input"
 
-    def __init__(self, problems: FieldProblem | list[FieldProblem]) -> None:
+    def __init__(self, problems: FieldProblem | list[FieldProblem], note: str = "") -> None:
+        """`note`: a sentence after the problems that names no bad field (what was left
+        unchecked); `field` and `fields` name only the fields found bad."""
         listed = [problems] if isinstance(problems, FieldProblem) else list(problems)
         super().__init__(
-            " ".join(str(p) for p in listed),
+            " ".join([*(str(p) for p in listed), *([note] if note else [])]),
             field=listed[0].field,
             fields=[p.field for p in listed],
         )

@@ -27,11 +27,11 @@ MAX_SIDE = 2048
 MAX_LISTED = 10  # unknown keys named one by one; the rest are counted
 SEED_MAX = 2**63 - 1  # PrimitiveInt's maximum in ComfyUI
 RANDOM_SEED_MAX = 2**53 - 1  # random seeds stay exact in JavaScript clients
-#: Listed last when other fields are bad and start_image's form is fine: it was not loaded.
-IMAGE_NOT_CHECKED = FieldProblem(
-    "start_image",
-    "was not checked, because the other fields must be fixed first",
-    "It is fetched or decoded only for a job whose other fields are valid.",
+#: Said last when other fields are bad and start_image's form is fine: it was not loaded, so
+#: it is not named among the bad fields.
+IMAGE_NOT_CHECKED = (
+    "start_image: was not checked, because the other fields must be fixed first. It is fetched "
+    "or decoded only for a job whose other fields are valid."
 )
 
 
@@ -243,11 +243,11 @@ def read_job_input(
 ) -> tuple[JobRequest, StartImage]:
     """The validated request and its decoded start image, or InputError naming every bad
     field. The image is fetched or decoded only once every other field is valid; before that,
-    a start_image of good form is listed last as not checked."""
+    a start_image of good form is said to be unchecked, after the bad fields."""
     try:
         request = parse_job_input(raw, template, settings)
     except InputError as exc:
         if isinstance(raw, dict) and all(p.field != "start_image" for p in exc.problems):
-            raise InputError([*exc.problems, IMAGE_NOT_CHECKED]) from None
+            raise InputError(exc.problems, note=IMAGE_NOT_CHECKED) from None
         raise
     return request, load_start_image(request.start_image, settings)
