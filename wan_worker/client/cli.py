@@ -101,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"time between /status requests to RunPod (default {DEFAULT_POLL_S:g})",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (nor, off a terminal, progress lines)",
+    )
     return parser
 
 

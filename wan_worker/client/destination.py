@@ -8,15 +8,17 @@ before `/run`, not found out once the video is there. `--out` is read as:
   does not exist yet; `wan-<job id>.mp4` goes in it;
 - an existing folder: the same;
 - anything else: the file itself, replaced (whole or not at all) if it exists. Its folder is
-  created with its parents if it does not exist yet.
+  created with its parents if it does not exist yet;
+- an existing path that is neither a file nor a folder (a device, a pipe): refused.
 
 The folder must be one this user can create files in: the check creates and removes a file
 there named as the save's own temporary file (`outcome.replacing`), so it tests what the save
-will do, whatever decides it (permissions, ACLs, a read-only or full file system).
+will do, whatever decides it (permissions, ACLs, a read-only file system).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from dataclasses import dataclass
@@ -74,7 +76,8 @@ def ready(dest: Destination, what: str) -> Destination:
         raise UsageError(
             f"{what}: cannot write in the folder {shown}: {reason(exc, folder)}"
         ) from exc
-    probe.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # made, so the folder takes files; a leftover is harmless
+        probe.unlink()
     return dest
 
 
