@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from wan_worker.client.api import FINAL_STATES, JobApi, LocalApi, make_session, runpod_from_env
+from wan_worker.client.destination import Destination, destination
 from wan_worker.client.errors import (
     EXIT_MEANINGS,
     ApiError,
@@ -74,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, metavar="PX", help="output height (default 1280)")
     parser.add_argument(
         "--out",
-        type=Path,
         metavar="PATH",
-        help="where to save the MP4 (default: wan-<job id>.mp4 here; a folder: in it)",
+        help="where to save the MP4 (default: wan-<job id>.mp4 here; a folder, or a path "
+        "ending in /: in it); checked, and its folder created, before the job is submitted",
     )
     parser.add_argument(
         "--timeout",
@@ -100,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"time between /status requests to RunPod (default {DEFAULT_POLL_S:g})",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (nor, off a terminal, progress lines)",
+    )
     return parser
 
 
@@ -137,11 +142,15 @@ def choose_api(args: argparse.Namespace) -> JobApi:
     return api
 
 
-def output_path(out: Path | None, job_id: str) -> Path:
-    name = f"wan-{job_id}.mp4"
-    if out is None:
-        return Path(name)
-    return out / name if out.is_dir() else out
+def check_payload(api: JobApi, fields: dict[str, Any]) -> None:
+    """Refuse a request RunPod would refuse for its size."""
+    if api.can_cancel:
+        size = len(json.dumps({"input": fields}))
+        if size > RUN_PAYLOAD_LIMIT:
+            raise UsageError(
+                f"the request is {size:,} bytes, over RunPod's 10 MB limit for /run; "
+                "pass the image as an https URL, or a smaller file"
+            )
 
 
 def http_hint(exc: ApiHttpError, api: JobApi) -> str:
@@ -165,9 +174,17 @@ def http_hint(exc: ApiHttpError, api: JobApi) -> str:
 class JobRun:
     """One job from submission to its end, printing as it goes."""
 
-    def __init__(self, api: JobApi, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+    def __init__(
+        self,
+        api: JobApi,
+        args: argparse.Namespace,
+        dest: Destination,
+        out: TextIO,
+        err: TextIO,
+    ) -> None:
         self.api = api
         self.args = args
+        self.dest = dest
         self.out = out
         self.err = err
         self.started = time.monotonic()
@@ -208,13 +225,6 @@ class JobRun:
             return ExitCode.INTERRUPTED
 
     def _run(self, fields: dict[str, Any]) -> ExitCode:
-        if self.api.can_cancel:
-            size = len(json.dumps({"input": fields}))
-            if size > RUN_PAYLOAD_LIMIT:
-                raise UsageError(
-                    f"the request is {size:,} bytes, over RunPod's 10 MB limit for /run; "
-                    "pass the image as an https URL, or a smaller file"
-                )
         answer = self.api.submit(fields)
         job_id = answer.get("id")
         if not isinstance(job_id, str) or not job_id:
@@ -292,7 +302,7 @@ class JobRun:
         if not isinstance(output, dict):
             self.say(f"error: job {job_id} completed without a result object: {str(output)[:300]}")
             return ExitCode.NOT_SAVED
-        out = output_path(self.args.out, job_id)
+        out = self.dest.path(job_id)
         try:
             size, source = save_video(output, out, make_session())
         except ResultError as exc:
@@ -308,10 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         api = choose_api(args)
         fields = job_input(args)
+        check_payload(api, fields)
+        dest = destination(args.out)  # last: it may create a folder
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    return int(JobRun(api, args, sys.stdout, sys.stderr).run(fields))
+    return int(JobRun(api, args, dest, sys.stdout, sys.stderr).run(fields))
 
 
 if __name__ == "__main__":

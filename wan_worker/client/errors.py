@@ -6,6 +6,7 @@ the client's own failures are a `ClientError`, and each class carries its `exit_
 
     ClientError                          the client could not see the job through
     ├── UsageError             2 USAGE        bad arguments or environment, an unusable image
+    │                                         or --out (raised before the job is submitted)
     ├── ApiError                              a call to the API failed
     │   ├── ApiHttpError       6 HTTP_ERROR   it answered with an error status, or not JSON
     │   └── ApiUnreachable     7 UNREACHABLE  it did not answer: DNS, refused, TLS, reset
@@ -40,7 +41,8 @@ class ExitCode(IntEnum):
 EXIT_MEANINGS = {
     ExitCode.OK: "the video was saved",
     ExitCode.FAILED: "the job failed: its error code and message are printed",
-    ExitCode.USAGE: "bad arguments, RUNPOD_ENDPOINT_ID or RUNPOD_API_KEY unset, image unreadable",
+    ExitCode.USAGE: "bad arguments, RUNPOD_ENDPOINT_ID or RUNPOD_API_KEY unset, image unreadable, "
+    "--out unusable",
     ExitCode.CANCELLED: "the job was cancelled on RunPod",
     ExitCode.TIMED_OUT: "RunPod timed the job out (execution timeout, or TTL in the queue)",
     ExitCode.GAVE_UP: "--timeout passed; the job was cancelled (on RunPod)",
@@ -58,7 +60,7 @@ class ClientError(Exception):
 
 
 class UsageError(ClientError):
-    """The command cannot run as given: its arguments, its environment or its image."""
+    """The command cannot run as given: its arguments, environment, image or `--out`."""
 
     exit_code = ExitCode.USAGE
 

@@ -1,11 +1,12 @@
 """What a finished job gives the user: the saved MP4 and its facts, or the error, in words.
 
 A completed job's `output` carries the video as base64 (`video`) or as a presigned URL
-(`video_url`, with output storage), and facts about it (seed, size, frames, timings). Fields
-this client does not know are printed as they come, so results from a newer worker still read
-well. A failed job has `error` (a string that starts with its code, e.g.
-`invalid_input: seed: ...`) and, through the runpod SDK's job runner, the worker's other error
-fields (`error_code`, `field`, `fields`, `node_id`, ...) in `output`.
+(`video_url`, with output storage), and facts about it (seed, size, frames, attention,
+timings): `OUTPUT_FIELDS` lists the fields README documents. Fields this client does not know
+are printed as they come, so results from a newer worker still read well. A failed job has
+`error` (a string that starts with its code, e.g. `invalid_input: seed: ...`) and, through the
+runpod SDK's job runner, the worker's other error fields (`error_code`, `field`, `fields`,
+`node_id`, ...) in `output`.
 """
 
 from __future__ import annotations
@@ -29,25 +30,32 @@ from wan_worker.client.errors import ResultError
 from wan_worker.errors import INTERNAL_ERROR_CODE, WorkerError
 
 DOWNLOAD_TIMEOUT_S = (10.0, 120.0)
-# Output fields summarised on their own lines; any other field is printed as it comes.
-KNOWN_OUTPUT_KEYS = frozenset(
-    {
-        "video",
-        "video_url",
-        "video_key",
-        "url_expires_in_s",
-        "format",
-        "seed",
-        "width",
-        "height",
-        "frames",
-        "fps",
-        "attention",
-        "attention_fallback",
-        "bytes",
-        "timings",
-    }
-)
+# Every result field README's Output section documents, and where the summary shows it: this
+# is the one list of them (tests/test_client_output.py holds it to README). Any other field is
+# printed as `name: value`, so results from a newer worker still read well.
+OUTPUT_FIELDS: dict[str, str] = {
+    "video": "the source on the `saved` line (inline base64)",
+    "video_url": "the source on the `saved` line (downloaded from it)",
+    "video_key": "the `stored:` line",
+    "url_expires_in_s": "the `stored:` line",
+    "format": "not shown: always mp4, the file saved",
+    "bytes": "not shown: the `saved` line has the size written",
+    "seed": "the facts line",
+    "width": "the facts line",
+    "height": "the facts line",
+    "frames": "the facts line",
+    "fps": "the facts line",
+    "attention": "the facts line",
+    "fp16_accumulation": "the facts line, after the attention",
+    "attention_fallback": "the facts line: `(fallback)` after the attention",
+    "attention_fallback_reason": "the `fallback:` line; not shown when null",
+    "timings": "the `time:` line (total_s and inference_s)",
+    "reencoded": "the `re-encoded:` line",
+    "original_bytes": "the `re-encoded:` line",
+    "reencode_note": "the `re-encoded:` line",
+    "upload_error": "the `upload failed:` line",
+}
+KNOWN_OUTPUT_KEYS = frozenset(OUTPUT_FIELDS)
 # The worker's error codes (README "Errors"): every WorkerError's, and internal_error for the
 # unforeseen. An `error` that starts with one of them and ": " carries its code; a field name
 # ("seed: ...") is not a code.
@@ -160,8 +168,7 @@ def summary(
             + (f" at {fps:g} fps" if isinstance(fps, int | float) else "")
         )
     if "attention" in output:
-        fallback = " (fell back from SageAttention)" if output.get("attention_fallback") else ""
-        facts.append(f"attention {output['attention']}{fallback}")
+        facts.append(f"attention {output['attention']}" + attention_detail(output))
     if facts:
         lines.append(", ".join(facts))
     times = []
@@ -181,8 +188,33 @@ def summary(
             f"stored: {output['video_key']}"
             + (f" (URL valid {expiry} s)" if isinstance(expiry, int | float) else "")
         )
+    reason = output.get("attention_fallback_reason")
+    if reason:
+        lines.append(f"fallback: {reason}")
+    if output.get("reencoded"):
+        note, original = output.get("reencode_note"), output.get("original_bytes")
+        if note:
+            lines.append(f"re-encoded: {note}")
+        else:
+            lines.append(
+                "re-encoded: to fit inline"
+                + (f", from {original:,} bytes" if isinstance(original, int) else "")
+            )
+    if output.get("upload_error"):
+        lines.append(f"upload failed: {output['upload_error']}")
     lines += extra_fields(output, KNOWN_OUTPUT_KEYS)
     return lines
+
+
+def attention_detail(output: dict[str, Any]) -> str:
+    """What follows `attention <mode>`: fp16 accumulation on or off, and a fallback."""
+    detail = ""
+    fp16 = output.get("fp16_accumulation")
+    if isinstance(fp16, bool):
+        detail += " with fp16 accumulation" if fp16 else " without fp16 accumulation"
+    if output.get("attention_fallback"):
+        detail += " (fallback)"
+    return detail
 
 
 @dataclass
