@@ -22,9 +22,9 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 def readme_output_section() -> str:
     """README's section headed "Output", up to the next heading of its level or above."""
-    text = (PROJECT / "README.md").read_text()
+    text = (PROJECT / "docs" / "api.md").read_text()
     head = re.search(r"^(#+) Output\s*$", text, re.M)
-    assert head, "README has no Output section"
+    assert head, "docs/api.md has no Output section"
     level = len(head.group(1))
     end = re.compile(rf"^#{{1,{level}}} ", re.M).search(text, head.end())
     return text[head.end() : end.start() if end else len(text)]
@@ -33,7 +33,7 @@ def readme_output_section() -> str:
 def readme_output_examples() -> list[dict[str, Any]]:
     """The JSON examples of the Output section, as objects."""
     blocks = re.findall(r"^```json\n(.*?)^```", readme_output_section(), re.M | re.S)
-    assert blocks, "README's Output section has no JSON example"
+    assert blocks, "docs/api.md's Output section has no JSON example"
     return [json.loads(block) for block in blocks]
 
 
