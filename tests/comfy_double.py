@@ -85,6 +85,22 @@ class Interrupted(Exception):
     pass
 
 
+async def run_detached(args: list[str]) -> tuple[bytes, str | None]:
+    """Run a command away from the terminal: stdin from /dev/null, its output captured. Run
+    as a background job of an interactive shell (README's local mode), a child that reads or
+    sets up the terminal (ffmpeg does, without -nostdin) is stopped by the shell's job control
+    (SIGTTIN/SIGTTOU), and with it the double. Returns its stdout, and its stderr if it
+    failed (None if it succeeded)."""
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return out, (err.decode(errors="replace") if proc.returncode != 0 else None)
+
+
 class NodeFailure(Exception):
     def __init__(self, exc_type: str, message: str, traceback: list[str] | None = None) -> None:
         super().__init__(message)
@@ -482,25 +498,19 @@ class Double:
             raise NodeFailure("ProcessLookupError", VHS_NO_FFMPEG.format(cwd=os.path.abspath("")))
         meta_in, meta_out = self.metadata_args(prompt, node_id, extra_data or {}, stem)
         args = [
-            "ffmpeg", "-v", "error", "-n", *meta_in, *source, "-vf", filters,
+            "ffmpeg", "-v", "error", "-nostdin", "-n", *meta_in, *source, "-vf", filters,
             "-frames:v", str(frames), "-c:v", "libx264", "-preset", "ultrafast", "-crf", "15",
             "-pix_fmt", "yuv420p", *meta_out, str(mp4),
         ]  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        _, err = await proc.communicate()
+        _, err = await run_detached(args)
         if meta_in:
             Path(meta_in[1]).unlink()
-        if proc.returncode != 0:
-            raise NodeFailure(
-                "Exception", "An error occured in the ffmpeg subprocess:\n" + err.decode()
-            )
+        if err is not None:
+            raise NodeFailure("Exception", "An error occured in the ffmpeg subprocess:\n" + err)
         first = [
-            "ffmpeg", "-v", "error", "-n", "-i", str(mp4), "-frames:v", "1", str(png),
+            "ffmpeg", "-v", "error", "-nostdin", "-n", "-i", str(mp4), "-frames:v", "1", str(png),
         ]  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(*first)
-        await proc.wait()
+        await run_detached(first)
         for step in range(1, frames + 1, max(1, frames // 4)):
             await self.progress(prompt_id, node_id, step, frames)
         return {
