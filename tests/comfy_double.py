@@ -799,6 +799,11 @@ def build_app(double: Double) -> web.Application:
             {"prompt_id": prompt_id, "number": number, "node_errors": result.node_errors}
         )
 
+    @routes.get("/prompt")
+    async def get_prompt(_request: web.Request) -> web.Response:
+        """The queue's length: the worker's liveness probe asks it while a job runs."""
+        return web.json_response(double.queue_info())
+
     @routes.get("/queue")
     async def get_queue(_request: web.Request) -> web.Response:
         strip = [list(item[:5]) for item in ([double.running] if double.running else [])]

@@ -223,6 +223,7 @@ def handle(
     timer = StageTimer()
     deadline = timer.start + settings.job_timeout_s
     worker.gate.job_arrived()
+    failed = False
     try:
         raw_input = job.get("input") if isinstance(job, dict) else None
         request, image = read_job_input(raw_input, worker.template, settings)
@@ -288,12 +289,15 @@ def handle(
             log.exception("job %s failed unexpectedly", job_id)
         else:
             log.warning("job %s failed: %s", job_id, redact(exc.message))
-        if files.prompt_ids:
-            worker.abandoned.append(files)
+        failed = True
         return error_result(exc)
     finally:
         files.cleanup()
         _sweep_abandoned(worker)
+        if failed and files.prompt_ids:
+            # Its prompt may still run (ComfyUI did not act on the interrupt, or stopped):
+            # asked after later jobs, not now, when ComfyUI may not answer.
+            worker.abandoned.append(files)
         worker.gate.job_left()
 
 

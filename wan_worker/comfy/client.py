@@ -14,6 +14,8 @@ ComfyUI's process died, so the error names the cause.
 from __future__ import annotations
 
 import contextlib
+import enum
+import errno
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,6 +83,44 @@ def output_root(ref: OutputFile) -> Path | None:
 READY_POLL_S = 0.1
 
 
+#: How long one liveness probe waits for ComfyUI's answer (see `ComfyClient.probe`).
+PROBE_TIMEOUT_S = 5.0
+
+
+class Answer(enum.Enum):
+    """What one request found at ComfyUI's address."""
+
+    #: An HTTP answer came, whatever its status: a server is there and running.
+    ANSWERED = "answered"
+    #: The connection was refused: nothing listens at the address.
+    REFUSED = "refused"
+    #: The connection was made (or not) but no answer came in time: a stopped (SIGSTOP) or
+    #: hung process, whose kernel still accepts connections, or a slow network.
+    SILENT = "silent"
+
+
+def refused(exc: BaseException | None) -> bool:
+    """Whether a failed request's cause is a refused connection: nothing listens there.
+
+    requests wraps the OSError two levels down (ConnectionError -> MaxRetryError.reason ->
+    NewConnectionError, raised from the OSError); websocket-client raises it as it is."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc] if exc is not None else []
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or (
+            isinstance(current, OSError) and current.errno == errno.ECONNREFUSED
+        ):
+            return True
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        linked += [arg for arg in current.args if isinstance(arg, BaseException)]
+        todo += [item for item in linked if isinstance(item, BaseException)]
+    return False
+
+
 def backoff(attempt: int) -> float:
     """Seconds to wait before retry `attempt` (0, 1, ...) while the websocket reconnects."""
     return min(0.05 * 2.0**attempt, 1.0)
@@ -119,9 +159,30 @@ class ComfyClient:
             raise failures.process_died(state.detail, self.process.death_cause())
 
     def unreachable(self, what: str, exc: BaseException) -> ComfyUnavailable:
-        """The error for a request that got no answer: the process's death, if it died."""
+        """The error for a request that got no answer: the process's death, if it died; that
+        nothing listens any more, if the connection was refused."""
         self.check_process()
+        if refused(exc):
+            return failures.refused(self.base_url, f"for {what}")
         return failures.unreachable(self.base_url, what, exc)
+
+    def probe(self, timeout_s: float = PROBE_TIMEOUT_S) -> Answer:
+        """Whether ComfyUI's HTTP server answers, asked with its cheapest request: GET /prompt,
+        the queue's length, which touches neither the GPU nor a model. ComfyUI serves HTTP on
+        its event loop while prompts run on a thread of their own, so a busy ComfyUI answers
+        it; a stopped one accepts the connection and never does."""
+        try:
+            self.session.get(f"{self.base_url}/prompt", timeout=timeout_s)
+        except requests.RequestException as exc:
+            return Answer.REFUSED if refused(exc) else Answer.SILENT
+        return Answer.ANSWERED
+
+    def process_detail(self) -> str | None:
+        """How ComfyUI's process is, when the worker knows it (its PID file): `state T`, ..."""
+        if self.process is None:
+            return None
+        state = self.process.state()
+        return state.detail if state.pid is not None else None
 
     def wait_ready(self, timeout_s: float) -> None:
         """Return once ComfyUI answers; fail at once if its process dies meanwhile."""

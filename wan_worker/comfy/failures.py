@@ -63,6 +63,36 @@ def unreachable(base_url: str, what: str, exc: BaseException) -> ComfyUnavailabl
     )
 
 
+def refused(base_url: str, when: str) -> ComfyUnavailable:
+    """Nothing listens at ComfyUI's address any more: its process has ended. `when`: "for
+    the image upload", "while the job ran"."""
+    return ComfyUnavailable(
+        f"ComfyUI at {base_url} refused the connection {when}: nothing listens there, "
+        "so ComfyUI is no longer running (it exited or was killed). The job was not "
+        "completed; start ComfyUI again and retry it (on RunPod the worker is replaced).",
+        refresh_worker=True,
+    )
+
+
+def stopped_answering(base_url: str, silent_s: float, process: str | None) -> ComfyUnavailable:
+    """ComfyUI accepts connections but has sent nothing for `silent_s` seconds."""
+    if process is not None and process.endswith(("state T", "state t")):
+        how = f"its process is stopped ({process}), as by SIGSTOP"
+    elif process is not None:
+        how = f"its process lives ({process}) but does not answer: it hangs"
+    else:
+        how = (
+            "it accepts connections but answers nothing, as a stopped (SIGSTOP) or hung "
+            "process does"
+        )
+    return ComfyUnavailable(
+        f"ComfyUI at {base_url} stopped answering: nothing on its websocket and no answer to "
+        f"HTTP for {silent_s:.0f} s; {how}. The job was not completed; the worker will be "
+        "replaced (in local mode, restart ComfyUI).",
+        refresh_worker=True,
+    )
+
+
 def not_ready(base_url: str, timeout_s: float, last: BaseException | None) -> ComfyUnavailable:
     return ComfyUnavailable(
         f"ComfyUI at {base_url} did not become ready within {timeout_s:g} s "
