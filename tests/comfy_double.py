@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import mimetypes
@@ -913,7 +914,20 @@ async def serve(args: argparse.Namespace) -> None:
     runner = web.AppRunner(build_app(double))
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # On stderr, which README's local mode leaves on the terminal: the job that would
+        # follow cannot say why nothing (or something else) answers on this port.
+        raise SystemExit(
+            f"comfy_double: port {args.port} on {args.host} is already in use (another "
+            "ComfyUI, or another program, listens there). Stop it, or start the double on "
+            f"a free port (--port {args.port + 1}) and give the worker that address "
+            f"(COMFYUI_URL=http://{args.host}:{args.port + 1})."
+        ) from None
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     if args.pid_file:
         args.pid_file.write_text(str(os.getpid()), encoding="ascii")

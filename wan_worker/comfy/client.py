@@ -121,9 +121,27 @@ def refused(exc: BaseException | None) -> bool:
     return False
 
 
+def describe_failure(exc: BaseException) -> str:
+    """A failed request in a few words: refused, timed out, or the exception's type."""
+    if refused(exc):
+        return "connection refused"
+    if isinstance(exc, requests.Timeout | websocket.WebSocketTimeoutException | TimeoutError):
+        return "no answer in time"
+    return type(exc).__name__
+
+
 def backoff(attempt: int) -> float:
     """Seconds to wait before retry `attempt` (0, 1, ...) while the websocket reconnects."""
     return min(0.05 * 2.0**attempt, 1.0)
+
+
+def _system_stats(response: requests.Response) -> bool:
+    """Whether an answer of /system_stats is ComfyUI's: a JSON object with its `system`."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("system"), dict)
 
 
 class ComfyClient:
@@ -185,26 +203,35 @@ class ComfyClient:
         return state.detail if state.pid is not None else None
 
     def wait_ready(self, timeout_s: float) -> None:
-        """Return once ComfyUI answers; fail at once if its process dies meanwhile."""
+        """Return once ComfyUI answers; fail at once if its process dies meanwhile, or if
+        something else answers at its address."""
         if self._ready:
             self.check_process()
             return
         deadline = self.clock() + timeout_s
-        last: BaseException | None = None
+        last = "none"
         while True:
             self.check_process()
             try:
                 response = self.session.get(f"{self.base_url}/system_stats", timeout=2.0)
-                if response.status_code == 200:
+            except requests.RequestException as exc:
+                last = describe_failure(exc)
+            else:
+                if response.status_code == 200 and _system_stats(response):
                     self._ready = True
                     self._learn_base()
                     return
-                last = RuntimeError(f"HTTP {response.status_code}")
-            except requests.RequestException as exc:
-                last = exc
+                last = f"HTTP {response.status_code}" + (
+                    ", not ComfyUI's JSON" if response.status_code == 200 else ""
+                )
+                if response.status_code < 500:
+                    # ComfyUI answers this route from the moment it listens, always with its
+                    # JSON; a proxy before a ComfyUI that starts answers 502-504.
+                    raise failures.not_comfyui(self.base_url, last, response.headers.get("Server"))
             remaining = deadline - self.clock()
             if remaining <= 0:
-                raise failures.not_ready(self.base_url, timeout_s, last)
+                launched = self.process is not None and self.process.state().pid is not None
+                raise failures.not_ready(self.base_url, timeout_s, last, launched=launched)
             time.sleep(min(READY_POLL_S, remaining))
 
     # -- ComfyUI's folders ------------------------------------------------------------------

@@ -93,10 +93,27 @@ def stopped_answering(base_url: str, silent_s: float, process: str | None) -> Co
     )
 
 
-def not_ready(base_url: str, timeout_s: float, last: BaseException | None) -> ComfyUnavailable:
+def not_comfyui(base_url: str, answer: str, server: str | None) -> ComfyUnavailable:
+    """Something answers at COMFYUI_URL, but not as ComfyUI does."""
+    who = f" from a server that calls itself {server!r}" if server else ""
+    return ComfyUnavailable(
+        f"Something answers at COMFYUI_URL ({base_url}) but it is not ComfyUI: GET "
+        f"/system_stats got {answer}{who}. Another program may hold the port: stop it, or "
+        "run ComfyUI on a free port and set COMFYUI_URL to it.",
+        refresh_worker=True,
+    )
+
+
+def not_ready(base_url: str, timeout_s: float, last: str, *, launched: bool) -> ComfyUnavailable:
+    """ComfyUI did not answer within `timeout_s`; `launched`: this worker started it."""
+    where = (
+        "See the worker log for ComfyUI's start-up output."
+        if launched
+        else "Start ComfyUI there, or set COMFYUI_URL to where it runs."
+    )
     return ComfyUnavailable(
         f"ComfyUI at {base_url} did not become ready within {timeout_s:g} s "
-        f"(last answer: {last}). See the worker log for ComfyUI's start-up output.",
+        f"(last answer: {last}). {where}",
         refresh_worker=True,
     )
 
