@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -202,15 +203,18 @@ class ComfyClient:
         state = self.process.state()
         return state.detail if state.pid is not None else None
 
-    def wait_ready(self, timeout_s: float) -> None:
+    def wait_ready(self, timeout_s: float, cancel: threading.Event | None = None) -> None:
         """Return once ComfyUI answers; fail at once if its process dies meanwhile, or if
-        something else answers at its address."""
+        something else answers at its address. Setting `cancel` stops the wait (JobCancelled).
+        """
         if self._ready:
             self.check_process()
             return
         deadline = self.clock() + timeout_s
         last = "none"
         while True:
+            if cancel is not None and cancel.is_set():
+                raise failures.cancelled_waiting()
             self.check_process()
             try:
                 response = self.session.get(f"{self.base_url}/system_stats", timeout=2.0)

@@ -295,6 +295,13 @@ def deadline_passed(stage: str | None, *, stopped: bool) -> JobTimeout:
     )
 
 
+def cancelled_waiting() -> JobCancelled:
+    """The job was stopped before ComfyUI first answered: it never reached ComfyUI."""
+    return JobCancelled(
+        "The job was stopped while it waited for ComfyUI to answer; nothing was left running."
+    )
+
+
 def cancelled(stage: str | None, *, stopped: bool) -> JobCancelled:
     """The run was stopped from outside (RunPod stopped the job, or a job preempted the
     warm-up); `stopped` says whether ComfyUI obeyed the interrupt."""
