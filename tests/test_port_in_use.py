@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.boot_harness import BootRun, boot_env, hold_comfyui
 from tests.conftest import PROJECT, make_png
 from tests.test_readme_local_mode import block_for_test, paste_into_terminal
 from wan_worker.comfy.client import ComfyClient
@@ -135,3 +136,28 @@ def test_readme_local_mode_with_the_port_taken_says_so_on_the_terminal(tmp_path:
     assert shown.count(cause) >= 2, shown[-3000:]
     assert '"status": "FAILED"' in shown
     assert not (tmp_path / "local.mp4").exists()
+
+
+def test_a_boot_whose_comfyui_port_is_taken_fails_naming_it(tmp_path: Path, foreign: int):
+    """On RunPod too (start.sh's boot): the launched ComfyUI is still importing, something
+    else answers on its port; the boot fails at once with that cause, not after
+    COMFYUI_READY_TIMEOUT_S with 'did not answer'."""
+    env = hold_comfyui(boot_env(tmp_path), tmp_path)  # ComfyUI "imports" until told
+    env.update(
+        SKIP_PROVISION="1",
+        MODELS_ROOT=str(tmp_path / "models"),
+        WARMUP="0",
+        COMFYUI_URL=f"http://127.0.0.1:{foreign}",
+    )
+    started = time.monotonic()
+    run = BootRun(env, tmp_path)
+    try:
+        status = run.wait(timeout_s=120)
+    finally:
+        run.stop()
+    assert status == 1
+    assert time.monotonic() - started < 30  # COMFYUI_READY_TIMEOUT_S is 60
+    assert (
+        f"[boot] FAILED: Something answers at COMFYUI_URL (http://127.0.0.1:{foreign}) but "
+        "it is not ComfyUI: GET /system_stats got HTTP 404"
+    ) in run.stderr
