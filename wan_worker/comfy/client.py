@@ -8,7 +8,9 @@ keeps its input and output folders, from what ComfyUI reports: its base folder (
 each video (VideoHelperSuite's `fullpath`), so a job's files are removed wherever ComfyUI runs
 from, whatever COMFYUI_DIR says. Every failure is raised as a
 worker error (`wan_worker.comfy.failures`); a request that gets no answer first asks whether
-ComfyUI's process died, so the error names the cause.
+ComfyUI's process died, so the error names the cause; a refused connection says nothing listens
+any more; an answer at ComfyUI's address that is not ComfyUI's (another program on its port)
+says so at once. `probe` tells a running ComfyUI from a stopped or gone one while a job runs.
 """
 
 from __future__ import annotations
