@@ -88,6 +88,8 @@ READY_POLL_S = 0.1
 
 #: How long one liveness probe waits for ComfyUI's answer (see `ComfyClient.probe`).
 PROBE_TIMEOUT_S = 5.0
+#: How long a process whose port refuses connections may take to show as dead in /proc.
+EXIT_SEEN_S = 1.0
 
 
 class Answer(enum.Enum):
@@ -184,8 +186,21 @@ class ComfyClient:
         nothing listens any more, if the connection was refused."""
         self.check_process()
         if refused(exc):
-            return failures.refused(self.base_url, f"for {what}")
+            return self.refused_error(f"for {what}")
         return failures.unreachable(self.base_url, what, exc)
+
+    def refused_error(self, when: str) -> ComfyUnavailable:
+        """The error for a refused connection `when` ("while the job ran"). A process that
+        exits closes its sockets a moment before /proc shows it dead: when the worker knows
+        ComfyUI's process, it is given EXIT_SEEN_S to be seen dead, so that the error says
+        why it died (`check_process` raises that one)."""
+        if self.process is not None:
+            end = self.clock() + EXIT_SEEN_S
+            while self.process.state().pid is not None and self.clock() < end:
+                self.check_process()
+                time.sleep(0.01)
+            self.check_process()
+        return failures.refused(self.base_url, when)
 
     def probe(self, timeout_s: float = PROBE_TIMEOUT_S) -> Answer:
         """Whether ComfyUI's HTTP server answers, asked with its cheapest request: GET /prompt,

@@ -337,7 +337,7 @@ class _Follower:
         self.client.check_process()  # it may have died meanwhile: that says more
         if answer is Answer.REFUSED:
             self.drop()
-            raise failures.refused(self.client.base_url, "while the job ran")
+            raise self.client.refused_error("while the job ran")
         silent_s = self.client.clock() - self.last_heard
         if silent_s >= STALL_S:
             self.drop()  # no closing handshake with a server that does not answer
