@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import mimetypes
@@ -83,6 +84,22 @@ VHS_NO_FFMPEG = (
 
 class Interrupted(Exception):
     pass
+
+
+async def run_detached(args: list[str]) -> tuple[bytes, str | None]:
+    """Run a command away from the terminal: stdin from /dev/null, its output captured. Run
+    as a background job of an interactive shell (README's local mode), a child that reads or
+    sets up the terminal (ffmpeg does, without -nostdin) is stopped by the shell's job control
+    (SIGTTIN/SIGTTOU), and with it the double. Returns its stdout, and its stderr if it
+    failed (None if it succeeded)."""
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return out, (err.decode(errors="replace") if proc.returncode != 0 else None)
 
 
 class NodeFailure(Exception):
@@ -482,25 +499,19 @@ class Double:
             raise NodeFailure("ProcessLookupError", VHS_NO_FFMPEG.format(cwd=os.path.abspath("")))
         meta_in, meta_out = self.metadata_args(prompt, node_id, extra_data or {}, stem)
         args = [
-            "ffmpeg", "-v", "error", "-n", *meta_in, *source, "-vf", filters,
+            "ffmpeg", "-v", "error", "-nostdin", "-n", *meta_in, *source, "-vf", filters,
             "-frames:v", str(frames), "-c:v", "libx264", "-preset", "ultrafast", "-crf", "15",
             "-pix_fmt", "yuv420p", *meta_out, str(mp4),
         ]  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        _, err = await proc.communicate()
+        _, err = await run_detached(args)
         if meta_in:
             Path(meta_in[1]).unlink()
-        if proc.returncode != 0:
-            raise NodeFailure(
-                "Exception", "An error occured in the ffmpeg subprocess:\n" + err.decode()
-            )
+        if err is not None:
+            raise NodeFailure("Exception", "An error occured in the ffmpeg subprocess:\n" + err)
         first = [
-            "ffmpeg", "-v", "error", "-n", "-i", str(mp4), "-frames:v", "1", str(png),
+            "ffmpeg", "-v", "error", "-nostdin", "-n", "-i", str(mp4), "-frames:v", "1", str(png),
         ]  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(*first)
-        await proc.wait()
+        await run_detached(first)
         for step in range(1, frames + 1, max(1, frames // 4)):
             await self.progress(prompt_id, node_id, step, frames)
         return {
@@ -789,6 +800,11 @@ def build_app(double: Double) -> web.Application:
             {"prompt_id": prompt_id, "number": number, "node_errors": result.node_errors}
         )
 
+    @routes.get("/prompt")
+    async def get_prompt(_request: web.Request) -> web.Response:
+        """The queue's length: the worker's liveness probe asks it while a job runs."""
+        return web.json_response(double.queue_info())
+
     @routes.get("/queue")
     async def get_queue(_request: web.Request) -> web.Response:
         strip = [list(item[:5]) for item in ([double.running] if double.running else [])]
@@ -898,7 +914,20 @@ async def serve(args: argparse.Namespace) -> None:
     runner = web.AppRunner(build_app(double))
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # On stderr, which README's local mode leaves on the terminal: the job that would
+        # follow cannot say why nothing (or something else) answers on this port.
+        raise SystemExit(
+            f"comfy_double: port {args.port} on {args.host} is already in use (another "
+            "ComfyUI, or another program, listens there). Stop it, or start the double on "
+            f"a free port (--port {args.port + 1}) and give the worker that address "
+            f"(COMFYUI_URL=http://{args.host}:{args.port + 1})."
+        ) from None
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     if args.pid_file:
         args.pid_file.write_text(str(os.getpid()), encoding="ascii")

@@ -54,9 +54,9 @@ def run() -> None:
         serve(job_handler(broken))
         return
     if not boot_settings.enabled:
-        from wan_worker.handler import handler
+        from wan_worker.handler import default_worker, job_handler
 
-        serve(handler)
+        serve(job_handler(default_worker, stop_on_signal=local_api()))
         return
     outcome = Boot(settings, boot_settings).run(while_comfyui_starts=import_job_path)
     if isinstance(outcome, int):
@@ -64,7 +64,13 @@ def run() -> None:
     from wan_worker.handler import job_handler
 
     worker = outcome
-    serve(job_handler(lambda: worker))
+    serve(job_handler(lambda: worker, stop_on_signal=local_api()))
+
+
+def local_api() -> bool:
+    """Whether the runpod SDK will serve its local API (--rp_serve_api), where a signal to
+    stop stops the jobs in hand (`wan_worker.handler.StopJobsFirst`)."""
+    return "--rp_serve_api" in sys.argv[1:]
 
 
 def import_job_path() -> None:

@@ -6,16 +6,19 @@ the image, build the prompt from the fixed workflow, run it, download the video,
 Whatever happens, the job's files are removed and the result is a dict; no exception reaches
 the runpod SDK, so no job can take the worker down with it.
 
-The SDK's entry (`handler`) is a coroutine that runs the job in a thread, so the SDK's event
-loop stays free to hear RunPod stop the job (its stop channel cancels the job's task: the job
-was cancelled, or ran past the endpoint's execution timeout). The job's thread then interrupts
-ComfyUI, removes the job's files and returns; the worker goes on with the next job.
+The SDK's entry (the coroutine `job_handler` makes) runs the job in a thread, so the SDK's
+event loop stays free to hear RunPod stop the job (its stop channel cancels the job's task: the
+job was cancelled, or ran past the endpoint's execution timeout). The job's thread then
+interrupts ComfyUI, removes the job's files and returns; the worker goes on with the next job.
+In the local API, SIGTERM and SIGINT stop the jobs in hand the same way, so the process exits
+within seconds (`StopJobsFirst`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -23,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from wan_worker.comfy.follower import INTERRUPT_GRACE_S, RunOutcome, run_prompt
@@ -223,6 +227,7 @@ def handle(
     timer = StageTimer()
     deadline = timer.start + settings.job_timeout_s
     worker.gate.job_arrived()
+    failed = False
     try:
         raw_input = job.get("input") if isinstance(job, dict) else None
         request, image = read_job_input(raw_input, worker.template, settings)
@@ -233,7 +238,7 @@ def handle(
         worker.gate.reach_comfyui(job_id)
         # ComfyUI runs one prompt at a time; so do we.
         with _locked_unless_cancelled(worker.lock, cancel):
-            worker.client.wait_ready(wait_s)
+            worker.client.wait_ready(wait_s, cancel)
             timer.lap("wait_ready_s")
             _stop_if_cancelled(cancel)
             uploaded_as = worker.client.upload_image(image.png, files.image_name)
@@ -288,12 +293,15 @@ def handle(
             log.exception("job %s failed unexpectedly", job_id)
         else:
             log.warning("job %s failed: %s", job_id, redact(exc.message))
-        if files.prompt_ids:
-            worker.abandoned.append(files)
+        failed = True
         return error_result(exc)
     finally:
         files.cleanup()
         _sweep_abandoned(worker)
+        if failed and files.prompt_ids:
+            # Its prompt may still run (ComfyUI did not act on the interrupt, or stopped):
+            # asked after later jobs, not now, when ComfyUI may not answer.
+            worker.abandoned.append(files)
         worker.gate.job_left()
 
 
@@ -327,10 +335,52 @@ STOP_GRACE_S = INTERRUPT_GRACE_S + 5.0
 
 JobHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
+#: The stop events of the jobs in hand, set by `StopJobsFirst` when the process is told to stop.
+_jobs_in_hand: set[threading.Event] = set()
 
-def job_handler(get_worker: Callable[[], Worker]) -> JobHandler:
+SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+
+
+class StopJobsFirst:
+    """A signal handler that stops the jobs in hand, then does what `previous` did.
+
+    The runpod SDK's local API (--rp_serve_api) is uvicorn, which on SIGTERM or SIGINT stops
+    taking requests and then waits for the open ones, with no time limit; a job's request stays
+    open until the job ends, so `kill` waited for the job, up to its deadline. Put before
+    uvicorn's handler, this sets every job's stop event: each job interrupts its prompt,
+    removes its files and answers `cancelled` within seconds, and uvicorn then exits."""
+
+    def __init__(self, previous: SignalHandler) -> None:
+        self.previous = previous
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        for stop in list(_jobs_in_hand):
+            stop.set()
+        if callable(self.previous):
+            self.previous(signum, frame)
+        elif self.previous == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    @classmethod
+    def install(cls) -> None:
+        """Put one before the current handlers of SIGTERM and SIGINT, unless one is there.
+        Called as a job starts: uvicorn installs its handlers only once it serves."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set signal handlers
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            current = signal.getsignal(signum)
+            if not isinstance(current, cls):
+                signal.signal(signum, cls(current))
+
+
+def job_handler(get_worker: Callable[[], Worker], *, stop_on_signal: bool = False) -> JobHandler:
     """The coroutine runpod.serverless.start calls for each job, on the worker `get_worker`
-    gives (a configuration error it raises becomes every job's error, until fixed)."""
+    gives (a configuration error it raises becomes every job's error, until fixed).
+
+    `stop_on_signal` (the local API): SIGTERM or SIGINT stops the jobs in hand, so the
+    process exits within seconds (`StopJobsFirst`). Not on RunPod, whose SDK lets a job in
+    hand finish when the worker is told to stop."""
 
     async def handler(job: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -338,6 +388,9 @@ def job_handler(get_worker: Callable[[], Worker]) -> JobHandler:
         except Exception as exc:
             return error_result(exc)
         cancel = threading.Event()
+        if stop_on_signal:
+            StopJobsFirst.install()
+            _jobs_in_hand.add(cancel)
         work = asyncio.get_running_loop().run_in_executor(None, handle, job, worker, cancel)
         try:
             return await asyncio.shield(work)
@@ -346,8 +399,7 @@ def job_handler(get_worker: Callable[[], Worker]) -> JobHandler:
             cancel.set()
             await asyncio.wait({work}, timeout=STOP_GRACE_S)
             raise
+        finally:
+            _jobs_in_hand.discard(cancel)
 
     return handler
-
-
-handler = job_handler(default_worker)

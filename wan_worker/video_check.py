@@ -73,6 +73,7 @@ def inspect_frames(video: bytes, path: Path | None = None) -> FrameReport:
                     "ffmpeg", "-v", "error", "-nostdin", "-i", str(path),
                     "-vf", sample, "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1",
                 ],
+                stdin=subprocess.DEVNULL,
                 capture_output=True,
                 check=False,
                 timeout=120,

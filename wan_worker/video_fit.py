@@ -189,7 +189,9 @@ def _run(args: list[str], deadline: _Deadline, what: str) -> bytes:
         left = deadline.remaining()
         if left <= 0:
             raise subprocess.TimeoutExpired(args[0], 0)
-        done = subprocess.run(args, capture_output=True, check=False, timeout=left)
+        done = subprocess.run(
+            args, stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=left
+        )
     except subprocess.TimeoutExpired:
         raise OutputError(
             f"Re-encoding the video took over {deadline.limit_s:g} s ({deadline.limited_by}) "

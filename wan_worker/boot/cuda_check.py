@@ -69,6 +69,7 @@ def probe_once(probe_timeout_s: float) -> ProbeResult:
     try:
         done = subprocess.run(
             [sys.executable, "-c", PROBE_SCRIPT],
+            stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=probe_timeout_s,

@@ -247,8 +247,8 @@ class Boot:
         left_s = max(0.0, self.launched_at + timeout_s - time.monotonic())
         try:
             ComfyClient(self.settings.comfyui_url, process).wait_ready(left_s)
-        except ComfyUnavailable:
-            self._comfyui_failed(worker, timeout_s)
+        except ComfyUnavailable as exc:
+            self._comfyui_failed(worker, timeout_s, exc)
             return
         since_launch = round(time.monotonic() - self.launched_at, 2)
         self.timeline.mark("comfyui_answers", s_since_launch=since_launch)
@@ -259,12 +259,15 @@ class Boot:
 
         warm_up(worker, WarmupPlan(), wait_s=self.settings.job_timeout_s, mark=self.timeline.mark)
 
-    def _comfyui_failed(self, worker: Worker, timeout_s: float) -> None:
+    def _comfyui_failed(self, worker: Worker, timeout_s: float, error: ComfyUnavailable) -> None:
         process = worker.client.process
         state = process.state() if process is not None else None
         if state is not None and not state.alive:
             cause = process.death_cause() if process is not None else ""
             reason = f"ComfyUI (pid {state.pid}) exited before answering: {cause}."
+        elif time.monotonic() < self.launched_at + timeout_s:
+            # Failed before its time was up: something else answers at COMFYUI_URL.
+            reason = error.message
         else:
             reason = (
                 f"ComfyUI did not answer within {timeout_s:g} s of its start; raise "

@@ -8,12 +8,17 @@ keeps its input and output folders, from what ComfyUI reports: its base folder (
 each video (VideoHelperSuite's `fullpath`), so a job's files are removed wherever ComfyUI runs
 from, whatever COMFYUI_DIR says. Every failure is raised as a
 worker error (`wan_worker.comfy.failures`); a request that gets no answer first asks whether
-ComfyUI's process died, so the error names the cause.
+ComfyUI's process died, so the error names the cause; a refused connection says nothing listens
+any more; an answer at ComfyUI's address that is not ComfyUI's (another program on its port)
+says so at once. `probe` tells a running ComfyUI from a stopped or gone one while a job runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
+import errno
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,9 +86,67 @@ def output_root(ref: OutputFile) -> Path | None:
 READY_POLL_S = 0.1
 
 
+#: How long one liveness probe waits for ComfyUI's answer (see `ComfyClient.probe`).
+PROBE_TIMEOUT_S = 5.0
+#: How long a process whose port refuses connections may take to show as dead in /proc.
+EXIT_SEEN_S = 1.0
+
+
+class Answer(enum.Enum):
+    """What one request found at ComfyUI's address."""
+
+    #: An HTTP answer came, whatever its status: a server is there and running.
+    ANSWERED = "answered"
+    #: The connection was refused: nothing listens at the address.
+    REFUSED = "refused"
+    #: The connection was made (or not) but no answer came in time: a stopped (SIGSTOP) or
+    #: hung process, whose kernel still accepts connections, or a slow network.
+    SILENT = "silent"
+
+
+def refused(exc: BaseException | None) -> bool:
+    """Whether a failed request's cause is a refused connection: nothing listens there.
+
+    requests wraps the OSError two levels down (ConnectionError -> MaxRetryError.reason ->
+    NewConnectionError, raised from the OSError); websocket-client raises it as it is."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc] if exc is not None else []
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or (
+            isinstance(current, OSError) and current.errno == errno.ECONNREFUSED
+        ):
+            return True
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        linked += [arg for arg in current.args if isinstance(arg, BaseException)]
+        todo += [item for item in linked if isinstance(item, BaseException)]
+    return False
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A failed request in a few words: refused, timed out, or the exception's type."""
+    if refused(exc):
+        return "connection refused"
+    if isinstance(exc, requests.Timeout | websocket.WebSocketTimeoutException | TimeoutError):
+        return "no answer in time"
+    return type(exc).__name__
+
+
 def backoff(attempt: int) -> float:
     """Seconds to wait before retry `attempt` (0, 1, ...) while the websocket reconnects."""
     return min(0.05 * 2.0**attempt, 1.0)
+
+
+def _system_stats(response: requests.Response) -> bool:
+    """Whether an answer of /system_stats is ComfyUI's: a JSON object with its `system`."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("system"), dict)
 
 
 class ComfyClient:
@@ -119,31 +182,77 @@ class ComfyClient:
             raise failures.process_died(state.detail, self.process.death_cause())
 
     def unreachable(self, what: str, exc: BaseException) -> ComfyUnavailable:
-        """The error for a request that got no answer: the process's death, if it died."""
+        """The error for a request that got no answer: the process's death, if it died; that
+        nothing listens any more, if the connection was refused."""
         self.check_process()
+        if refused(exc):
+            return self.refused_error(f"for {what}")
         return failures.unreachable(self.base_url, what, exc)
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Return once ComfyUI answers; fail at once if its process dies meanwhile."""
+    def refused_error(self, when: str) -> ComfyUnavailable:
+        """The error for a refused connection `when` ("while the job ran"). A process that
+        exits closes its sockets a moment before /proc shows it dead: when the worker knows
+        ComfyUI's process, it is given EXIT_SEEN_S to be seen dead, so that the error says
+        why it died (`check_process` raises that one)."""
+        if self.process is not None:
+            end = self.clock() + EXIT_SEEN_S
+            while self.process.state().pid is not None and self.clock() < end:
+                self.check_process()
+                time.sleep(0.01)
+            self.check_process()
+        return failures.refused(self.base_url, when)
+
+    def probe(self, timeout_s: float = PROBE_TIMEOUT_S) -> Answer:
+        """Whether ComfyUI's HTTP server answers, asked with its cheapest request: GET /prompt,
+        the queue's length, which touches neither the GPU nor a model. ComfyUI serves HTTP on
+        its event loop while prompts run on a thread of their own, so a busy ComfyUI answers
+        it; a stopped one accepts the connection and never does."""
+        try:
+            self.session.get(f"{self.base_url}/prompt", timeout=timeout_s)
+        except requests.RequestException as exc:
+            return Answer.REFUSED if refused(exc) else Answer.SILENT
+        return Answer.ANSWERED
+
+    def process_detail(self) -> str | None:
+        """How ComfyUI's process is, when the worker knows it (its PID file): `state T`, ..."""
+        if self.process is None:
+            return None
+        state = self.process.state()
+        return state.detail if state.pid is not None else None
+
+    def wait_ready(self, timeout_s: float, cancel: threading.Event | None = None) -> None:
+        """Return once ComfyUI answers; fail at once if its process dies meanwhile, or if
+        something else answers at its address. Setting `cancel` stops the wait (JobCancelled).
+        """
         if self._ready:
             self.check_process()
             return
         deadline = self.clock() + timeout_s
-        last: BaseException | None = None
+        last = "none"
         while True:
+            if cancel is not None and cancel.is_set():
+                raise failures.cancelled_waiting()
             self.check_process()
             try:
                 response = self.session.get(f"{self.base_url}/system_stats", timeout=2.0)
-                if response.status_code == 200:
+            except requests.RequestException as exc:
+                last = describe_failure(exc)
+            else:
+                if response.status_code == 200 and _system_stats(response):
                     self._ready = True
                     self._learn_base()
                     return
-                last = RuntimeError(f"HTTP {response.status_code}")
-            except requests.RequestException as exc:
-                last = exc
+                last = f"HTTP {response.status_code}" + (
+                    ", not ComfyUI's JSON" if response.status_code == 200 else ""
+                )
+                if response.status_code < 500:
+                    # ComfyUI answers this route from the moment it listens, always with its
+                    # JSON; a proxy before a ComfyUI that starts answers 502-504.
+                    raise failures.not_comfyui(self.base_url, last, response.headers.get("Server"))
             remaining = deadline - self.clock()
             if remaining <= 0:
-                raise failures.not_ready(self.base_url, timeout_s, last)
+                launched = self.process is not None and self.process.state().pid is not None
+                raise failures.not_ready(self.base_url, timeout_s, last, launched=launched)
             time.sleep(min(READY_POLL_S, remaining))
 
     # -- ComfyUI's folders ------------------------------------------------------------------

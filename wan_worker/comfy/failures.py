@@ -63,10 +63,57 @@ def unreachable(base_url: str, what: str, exc: BaseException) -> ComfyUnavailabl
     )
 
 
-def not_ready(base_url: str, timeout_s: float, last: BaseException | None) -> ComfyUnavailable:
+def refused(base_url: str, when: str) -> ComfyUnavailable:
+    """Nothing listens at ComfyUI's address any more: its process has ended. `when`: "for
+    the image upload", "while the job ran"."""
+    return ComfyUnavailable(
+        f"ComfyUI at {base_url} refused the connection {when}: nothing listens there, "
+        "so ComfyUI is no longer running (it exited or was killed). The job was not "
+        "completed; start ComfyUI again and retry it (on RunPod the worker is replaced).",
+        refresh_worker=True,
+    )
+
+
+def stopped_answering(base_url: str, silent_s: float, process: str | None) -> ComfyUnavailable:
+    """ComfyUI accepts connections but has sent nothing for `silent_s` seconds."""
+    if process is not None and process.endswith(("state T", "state t")):
+        how = f"its process is stopped ({process}), as by SIGSTOP"
+    elif process is not None:
+        how = f"its process lives ({process}) but does not answer: it hangs"
+    else:
+        how = (
+            "it accepts connections but answers nothing, as a stopped (SIGSTOP) or hung "
+            "process does"
+        )
+    return ComfyUnavailable(
+        f"ComfyUI at {base_url} stopped answering: nothing on its websocket and no answer to "
+        f"HTTP for {silent_s:.0f} s; {how}. The job was not completed; the worker will be "
+        "replaced (in local mode, restart ComfyUI).",
+        refresh_worker=True,
+    )
+
+
+def not_comfyui(base_url: str, answer: str, server: str | None) -> ComfyUnavailable:
+    """Something answers at COMFYUI_URL, but not as ComfyUI does."""
+    who = f" from a server that calls itself {server!r}" if server else ""
+    return ComfyUnavailable(
+        f"Something answers at COMFYUI_URL ({base_url}) but it is not ComfyUI: GET "
+        f"/system_stats got {answer}{who}. Another program may hold the port: stop it, or "
+        "run ComfyUI on a free port and set COMFYUI_URL to it.",
+        refresh_worker=True,
+    )
+
+
+def not_ready(base_url: str, timeout_s: float, last: str, *, launched: bool) -> ComfyUnavailable:
+    """ComfyUI did not answer within `timeout_s`; `launched`: this worker started it."""
+    where = (
+        "See the worker log for ComfyUI's start-up output."
+        if launched
+        else "Start ComfyUI there, or set COMFYUI_URL to where it runs."
+    )
     return ComfyUnavailable(
         f"ComfyUI at {base_url} did not become ready within {timeout_s:g} s "
-        f"(last answer: {last}). See the worker log for ComfyUI's start-up output.",
+        f"(last answer: {last}). {where}",
         refresh_worker=True,
     )
 
@@ -245,6 +292,13 @@ def deadline_passed(stage: str | None, *, stopped: bool) -> JobTimeout:
         f"The job did not finish before its deadline{where}, and ComfyUI did not stop when "
         "interrupted; the worker will be replaced.",
         refresh_worker=True,
+    )
+
+
+def cancelled_waiting() -> JobCancelled:
+    """The job was stopped before ComfyUI first answered: it never reached ComfyUI."""
+    return JobCancelled(
+        "The job was stopped while it waited for ComfyUI to answer; nothing was left running."
     )
 
 

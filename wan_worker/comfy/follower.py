@@ -15,6 +15,14 @@ timings and the caller's `RunEvents` (the job's progress, for a job).
 Nothing here sleeps for a fixed time: waits are socket receives bounded by the job's deadline,
 and the short retry backoff while the socket reconnects.
 
+A ComfyUI that is gone or stopped fails the run within seconds, not at its deadline, whether or
+not the worker knows its process (its PID file, written by the boot; not in local mode). Every
+PROCESS_CHECK_S the process is checked, and when nothing came on the socket for that long,
+ComfyUI's HTTP server is asked (`ComfyClient.probe`); so is it whenever the socket drops and
+cannot be opened again. A refused connection means nothing listens: ComfyUI is gone. No
+message and no HTTP answer for STALL_S, though connections are accepted, means a stopped
+(SIGSTOP) or hung ComfyUI.
+
 A run can be stopped from another thread through its `cancel` event (the platform stopped the
 job, or a job preempts the warm-up): the follower then interrupts the prompt in ComfyUI, waits
 for it to stop, and raises JobCancelled. The event is looked at at least every CANCEL_POLL_S.
@@ -35,12 +43,32 @@ from typing import Any, Protocol
 import websocket
 
 from wan_worker.comfy import failures
-from wan_worker.comfy.client import SOCKET_ERRORS, ComfyClient, OutputFile, backoff, output_file
+from wan_worker.comfy.client import (
+    PROBE_TIMEOUT_S,
+    SOCKET_ERRORS,
+    Answer,
+    ComfyClient,
+    OutputFile,
+    backoff,
+    output_file,
+)
 from wan_worker.errors import ComfyUnavailable
 
 log = logging.getLogger(__name__)
 
-PROCESS_CHECK_S = 2.0  # how often ComfyUI's process is checked while a job runs
+PROCESS_CHECK_S = 2.0  # how often ComfyUI's process (and, when quiet, its HTTP) is checked
+#: How long ComfyUI may send nothing and answer no request, though it accepts connections,
+#: before the run fails as `comfyui_unavailable` (stopped or hung). ComfyUI answers HTTP on
+#: its event loop, on the main thread, while a prompt runs on its own thread; the loop waits
+#: only for the GIL, which CPython hands over every 5 ms of Python and PyTorch releases in its
+#: kernels, and for the loop's own work (a /prompt's validation, under a second). A busy
+#: ComfyUI thus answers the probe at once; a stopped one never does. Measured: ComfyUI 0.33.0
+#: running a prompt on the CPU (synthetic weights, both cores of the machine busy) answered 140
+#: probes in 2.6 ms (median), 0.14 s at most. 30 s is 200 times that, room for a host under
+#: memory pressure or a long garbage collection, and still ends a stopped ComfyUI's job 500 s
+#: before its deadline (JOB_TIMEOUT_S, 540 s). The job's answer comes at most one probe
+#: (PROBE_TIMEOUT_S) and one check (PROCESS_CHECK_S) later.
+STALL_S = 30.0
 HISTORY_CHECK_S = 15.0  # how often /history is asked, in case a message was lost
 INTERRUPT_GRACE_S = 15.0  # how long an interrupted prompt may take to stop
 CANCEL_POLL_S = 0.25  # how often a run with a cancel event looks at it
@@ -131,12 +159,21 @@ class _Follower:
         self.outcome = RunOutcome(prompt_id, OutputFile("", "", "output"))
         self.last_history_at = client.clock()
         self.next_process_check = client.clock() + PROCESS_CHECK_S
+        #: When ComfyUI was last heard from: a socket frame, or an answer to a request.
+        self.last_heard = client.clock()
         self.cancel: threading.Event | None = None
 
     def close(self) -> None:
         if self.ws is not None:
             with contextlib.suppress(Exception):
-                self.ws.close()
+                self.ws.close(timeout=1.0)
+            self.ws = None
+
+    def drop(self) -> None:
+        """Close the socket without the closing handshake (the server may not answer)."""
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                self.ws.close(timeout=0)
             self.ws = None
 
     # -- bookkeeping -----------------------------------------------------------------
@@ -204,6 +241,7 @@ class _Follower:
             log.warning("ComfyUI websocket dropped (%s); reconnecting", type(exc).__name__)
             self.close()
             return None
+        self.last_heard = self.client.clock()
         return raw if isinstance(raw, str) else None
 
     def _on_message(self, message: dict[str, Any]) -> RunOutcome | None:
@@ -246,9 +284,10 @@ class _Follower:
             raise failures.interrupted()
         return None
 
-    def _from_history(self, *, required: bool) -> RunOutcome | None:
+    def _from_history(self, *, required: bool, timeout_s: float | None = None) -> RunOutcome | None:
         self.last_history_at = self.client.clock()
-        entry = self.client.history(self.prompt_id)
+        entry = self.client.history(self.prompt_id, timeout_s)
+        self.last_heard = self.client.clock()
         if entry is None:
             if required:
                 raise failures.no_history()
@@ -265,22 +304,46 @@ class _Follower:
         return None
 
     def _periodic_checks(self) -> RunOutcome | None:
-        """Every few seconds: is ComfyUI's process alive; less often: did /history move on."""
+        """Every few seconds: is ComfyUI alive and answering; less often: did /history move
+        on."""
         now = self.client.clock()
         if now < self.next_process_check:
             return None
-        self.next_process_check = now + PROCESS_CHECK_S
-        self.client.check_process()
+        self.check_alive()
+        self.next_process_check = self.client.clock() + PROCESS_CHECK_S
         if now - self.last_history_at < HISTORY_CHECK_S:
             return None
+        if self.client.clock() - self.last_heard >= PROCESS_CHECK_S:
+            return None  # not answering now: check_alive counts the silence
         try:
-            return self._from_history(required=False)
+            return self._from_history(required=False, timeout_s=PROBE_TIMEOUT_S)
         except ComfyUnavailable:
-            # Alive but not answering: busy, or hung. Keep following; the deadline decides,
-            # and an interrupt that ComfyUI cannot act on gets the worker replaced.
-            self.client.check_process()
+            # Alive but slow to answer: busy, or stopping. Keep following; check_alive
+            # decides when silence has lasted too long.
             log.warning("ComfyUI is running but did not answer /history; still waiting")
             return None
+
+    def check_alive(self, *, dropped: bool = False) -> None:
+        """Raise ComfyUnavailable if ComfyUI's process died, if nothing listens at its address
+        any more, or if it has answered nothing for STALL_S. Asks over HTTP only when the
+        socket was quiet for PROCESS_CHECK_S or has `dropped`."""
+        self.client.check_process()
+        if not dropped and self.client.clock() - self.last_heard < PROCESS_CHECK_S:
+            return
+        answer = self.client.probe()
+        if answer is Answer.ANSWERED:
+            self.last_heard = self.client.clock()
+            return
+        self.client.check_process()  # it may have died meanwhile: that says more
+        if answer is Answer.REFUSED:
+            self.drop()
+            raise self.client.refused_error("while the job ran")
+        silent_s = self.client.clock() - self.last_heard
+        if silent_s >= STALL_S:
+            self.drop()  # no closing handshake with a server that does not answer
+            raise failures.stopped_answering(
+                self.client.base_url, silent_s, self.client.process_detail()
+            )
 
     def _reconnect(self) -> RunOutcome | None:
         attempt = 0
@@ -293,9 +356,11 @@ class _Follower:
             try:
                 self.ws = self.client.open_socket(self.client_id, max(0.05, min(remaining, 5.0)))
             except SOCKET_ERRORS:
+                self.check_alive(dropped=True)
                 time.sleep(min(backoff(attempt), max(0.0, self.deadline - self.client.clock())))
                 attempt += 1
                 continue
+            self.last_heard = self.client.clock()
             try:
                 return self._from_history(required=False)
             except ComfyUnavailable:

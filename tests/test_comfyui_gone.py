@@ -1,0 +1,178 @@
+"""A ComfyUI that dies or stops mid-job fails the job as `comfyui_unavailable` within seconds,
+in local mode (no PID file: the worker knows ComfyUI only by its address) as on RunPod (the
+boot's PID file); a busy ComfyUI that sends nothing for a while but answers HTTP is followed
+to the end.
+
+The double runs as a process of its own, killed (SIGKILL) or stopped (SIGSTOP) at a chosen
+point of the job; the worker runs the job in this process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import PROJECT, ComfyServer, make_png, start_double, stop
+from tests.media import probe
+from wan_worker.handler import handle
+from wan_worker.worker import Worker
+
+
+def job(name: str) -> dict[str, Any]:
+    return {
+        "id": name,
+        "input": {
+            "start_image": base64.b64encode(make_png(144, 128)).decode(),
+            "prompt": "a boat drifts across a calm lake",
+            "width": 128,
+            "height": 128,
+            "seed": 11,
+        },
+    }
+
+
+def at_stage(worker: Worker, stage: str | None, action: Callable[[], None]) -> dict[str, float]:
+    """Run `action` once, when the job reaches `stage` (None: its first progress event);
+    the returned dict gets the time it ran at."""
+    fired: dict[str, float] = {}
+
+    def on_progress(_job: dict[str, Any], payload: dict[str, Any]) -> None:
+        if stage in (None, payload["stage"]) and not fired:
+            action()
+            fired["at"] = time.monotonic()
+
+    worker.send_progress = on_progress
+    return fired
+
+
+@pytest.fixture
+def double(tmp_path: Path) -> Iterator[ComfyServer]:
+    server = start_double(tmp_path)
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGCONT)
+    stop(server)
+
+
+def local_worker(server: ComfyServer, tmp_path: Path, **overrides: Any) -> Worker:
+    """A worker as in local mode: no PID file, so only ComfyUI's address tells."""
+    return server.worker(comfyui_pid_file=tmp_path / "no-such.pid", **overrides)
+
+
+def test_comfyui_killed_mid_job_in_local_mode(double: ComfyServer, tmp_path: Path):
+    assert double.proc is not None
+    worker = local_worker(double, tmp_path, job_timeout_s=120.0)
+    fired = at_stage(worker, "sample_high_noise", double.proc.kill)
+    result = handle(job("killed"), worker)
+    assert fired, "the job never reached sampling"
+    assert time.monotonic() - fired["at"] < 5, "the death took too long to notice"
+    assert result["error_code"] == "comfyui_unavailable", result
+    assert f"ComfyUI at {double.url} refused the connection" in result["error"]
+    assert "ComfyUI is no longer running" in result["error"]
+    assert result["refresh_worker"] is True
+    assert double.job_files() == []
+    # The next job is told at once too: nothing listens there.
+    started = time.monotonic()
+    again = handle(job("after"), worker)
+    assert again["error_code"] == "comfyui_unavailable"
+    assert "refused the connection" in again["error"]
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("pid_file", [False, True], ids=["local-mode", "with-pid-file"])
+def test_comfyui_stopped_mid_job(
+    double: ComfyServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pid_file: bool
+):
+    monkeypatch.setattr("wan_worker.comfy.follower.STALL_S", 3.0)
+    assert double.proc is not None
+    proc = double.proc
+    worker = (
+        double.worker(job_timeout_s=120.0)
+        if pid_file
+        else local_worker(double, tmp_path, job_timeout_s=120.0)
+    )
+    fired = at_stage(worker, None, lambda: proc.send_signal(signal.SIGSTOP))
+    result = handle(job("stopped"), worker)
+    noticed = time.monotonic() - fired["at"]
+    # STALL_S, then at most one probe's wait (5 s) and one check's interval (2 s) more.
+    assert 2.9 <= noticed < 3.0 + 5 + 2 + 2, noticed
+    assert result["error_code"] == "comfyui_unavailable", result
+    assert f"ComfyUI at {double.url} stopped answering" in result["error"]
+    assert "no answer to HTTP for" in result["error"]
+    if pid_file:
+        assert "its process is stopped (state T), as by SIGSTOP" in result["error"]
+    else:
+        assert "as a stopped (SIGSTOP) or hung process does" in result["error"]
+    assert result["refresh_worker"] is True
+    assert double.job_files() == []
+
+
+def start_quiet_double(tmp_path: Path, fault: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """The double with no monitor broadcasts: between its messages, the socket is silent."""
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "tests.comfy_double", "--root", str(tmp_path / "comfyui"),
+            "--port", "0", "--monitor-interval", "0", "--fault", json.dumps(fault),
+        ],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    return proc
+
+
+def test_a_busy_comfyui_that_answers_http_is_followed_to_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Each sampling step sends nothing for longer than STALL_S, but ComfyUI's HTTP answers
+    meanwhile (as ComfyUI's event loop does while a prompt computes on its own thread)."""
+    monkeypatch.setattr("wan_worker.comfy.follower.STALL_S", 1.0)
+    proc = start_quiet_double(tmp_path, {"step_delay_s": 2.6})
+    assert proc.stdout is not None
+    try:
+        port = next(int(line.split()[1]) for line in proc.stdout if line.startswith(b"READY "))
+        server = ComfyServer(
+            f"http://127.0.0.1:{port}",
+            tmp_path / "comfyui",
+            tmp_path / "no-such.pid",
+            tmp_path / "comfyui.log",
+            proc,
+            True,
+        )
+        silences: list[float] = []
+        last = [time.monotonic()]
+
+        def on_progress(_job: dict[str, Any], _payload: dict[str, Any]) -> None:
+            now = time.monotonic()
+            silences.append(now - last[0])
+            last[0] = now
+
+        worker = server.worker()
+        worker.send_progress = on_progress
+        result = handle(job("busy"), worker)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+    assert "error" not in result, result
+    assert probe(base64.b64decode(result["video"])).frames == 161
+    assert max(silences) > 2.5  # the socket was silent for over twice STALL_S
+
+
+def test_the_probes_route_answers_as_comfyuis_does(double: ComfyServer):
+    """GET /prompt, what the worker asks while a job's socket is quiet, as recorded from a
+    real ComfyUI (tests/data/comfyui_transcripts/misc_http.json)."""
+    recorded = json.loads(
+        (PROJECT / "tests" / "data" / "comfyui_transcripts" / "misc_http.json").read_text()
+    )["get_prompt_idle"]
+    reply = requests.get(f"{double.url}/prompt", timeout=5)
+    assert (reply.status_code, reply.json()) == (recorded["status"], recorded["body"])
