@@ -128,7 +128,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--attention", default="sage,sdpa", help="modes in order (sage,sdpa)")
     parser.add_argument("--jobs", type=int, default=2, help="jobs per server: 1 cold + warm ones")
-    parser.add_argument("--weights", choices=("full", "tiny"), default="full")
+    parser.add_argument(
+        "--weights",
+        choices=("full", "tiny", "none"),
+        default="full",
+        help="synthetic weights to write where missing (none: use the files as they are)",
+    )
     parser.add_argument("--frames", type=int, default=None, help="override the 81 frames")
     parser.add_argument(
         "--vram-budget-mib",
@@ -203,10 +208,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"command": sys.argv, "environment": environment(args)}
     report["vram_budget_mib"] = args.vram_budget_mib
-    report["weights_s"] = ensure_weights(
-        args.python, args.weights, args.models_root, args.comfyui_dir, args.out
-    )
-    print(f"weights ready in {report['weights_s']} s", flush=True)
+    if args.weights != "none":
+        report["weights_s"] = ensure_weights(
+            args.python, args.weights, args.models_root, args.comfyui_dir, args.out
+        )
+        print(f"weights ready in {report['weights_s']} s", flush=True)
     workflow = workflow_with_frames(args.out, args.frames)
     gpu = GpuMemorySampler() if args.vram_budget_mib > 0 else None
     ballast = VramBallast(args.python, args.vram_budget_mib) if gpu is not None else None

@@ -245,6 +245,8 @@ def test_bench_options_default_to_the_image_stack(tmp_path):
 
     with pytest.raises(SystemExit):
         bench.parse_args([*common, "--stack", "cu128"])
+    # files already written (the GPU kit's): none are checked or written
+    assert bench.parse_args([*common, "--weights", "none"]).weights == "none"
 
 
 def test_triton_cache_files_are_counted(tmp_path):
