@@ -224,7 +224,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gpu.start()
         for size in args.sizes:
             for attention in args.attention:
-                configs.append(run_config(args, size, attention, workflow, gpu))
+                done = list(configs)
+
+                def partial(record: ConfigRecord, done: list[ConfigRecord] = done) -> None:
+                    save(args.out, report, [*done, record], args.vram_budget_mib)
+
+                configs.append(run_config(args, size, attention, workflow, gpu, partial))
                 save(args.out, report, configs, args.vram_budget_mib)
     finally:
         if gpu is not None:

@@ -312,3 +312,58 @@ def test_a_bench_error_names_the_stack_when_the_log_disagrees(tmp_path, monkeypa
     with pytest.raises(BenchError, match="not running on the image stack: the launcher never"):
         jobs.run_config(args, (64, 64), "sdpa", tmp_path / "wf.json", None)
     assert not (tmp_path / "comfyui.pid").exists()  # the server was stopped
+
+
+def test_run_config_keeps_each_job_as_it_ends_with_its_seed_video_and_triton_cache(
+    tmp_path, monkeypatch
+):
+    """A configuration's jobs on a stand-in ComfyUI (host stack) with a stand-in handler: every
+    job is handed to `after_job` as it ends, keeps its MP4 under its pairing name, and the
+    Triton cache is counted before and after."""
+    import wan_worker.handler
+
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "main.py").write_text("print('ComfyUI stand-in')\n")
+    cache = tmp_path / "tc"
+    args = argparse.Namespace(
+        python=sys.executable, comfyui_dir=comfy, port=8199, comfyui_args="",
+        extra_comfyui_args="", fast=[], models_root=tmp_path, out=tmp_path, stack="host",
+        ready_timeout=5.0, jobs=2, triton_cache_dir=cache, videos=tmp_path / "videos",
+    )  # fmt: skip
+    seeds: list[int] = []
+
+    def handle(job, worker):
+        seeds.append(job["input"]["seed"])
+        cache.mkdir(exist_ok=True)  # as Triton writes a kernel during the first job
+        (cache / f"kernel{len(seeds)}.cubin").write_bytes(b"k")
+        video = f"video of seed {job['input']['seed']}".encode()
+        return {
+            "video": base64.b64encode(video).decode(), "bytes": len(video), "frames": 161,
+            "attention": "sdpa",
+            "timings": {"total_s": 3.0, "inference_s": 2.0, "stages": {"encode_mp4": 1.0}},
+        }  # fmt: skip
+
+    class Ready:
+        def __init__(self, server, *args, **kwargs):
+            self.server = server
+            self.client = self
+
+        def wait_ready(self, timeout):
+            self.server.proc.wait(timeout=60)
+
+    monkeypatch.setattr(jobs, "make_worker", Ready)
+    monkeypatch.setattr(wan_worker.handler, "handle", handle)
+    seen: list[list[str]] = []
+
+    record = jobs.run_config(
+        args, (64, 64), "sdpa", tmp_path / "wf.json", None,
+        lambda r: seen.append([j.video for j in r.jobs]),
+    )  # fmt: skip
+
+    assert seen == [["64x64-sdpa-job0.mp4"], ["64x64-sdpa-job0.mp4", "64x64-sdpa-job1.mp4"]]
+    assert seeds == [1000, 1001] and [j.seed for j in record.jobs] == [1000, 1001]
+    assert [j.kind for j in record.jobs] == ["cold", "warm"]
+    assert (tmp_path / "videos" / "64x64-sdpa-job1.mp4").read_bytes() == b"video of seed 1001"
+    assert record.triton_cache == {"dir": str(cache), "files_before": 0, "files_after": 2}
+    assert record.stack == "host" and record.comfyui_command[2] == "main.py"

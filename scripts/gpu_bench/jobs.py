@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,10 @@ def run_config(
     attention: str,
     workflow: Path,
     gpu: GpuMemorySampler | None,
+    after_job: Callable[[ConfigRecord], None] | None = None,
 ) -> ConfigRecord:
+    """One configuration on a fresh ComfyUI; `after_job(record so far)` after every job, so
+    that a run cut short (a GPU host taken back) keeps the jobs it finished."""
     width, height = size
     label = f"{width}x{height}"
     stack = getattr(args, "stack", "host")
@@ -283,6 +287,8 @@ def run_config(
             )
             record.jobs.append(job_record)
             print(format_job(job_record), flush=True)
+            if after_job is not None:
+                after_job(record)
             if not job_record.ok and not server_alive(server):
                 break
         if gpu is not None:
