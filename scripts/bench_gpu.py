@@ -29,6 +29,18 @@ per configuration. Run from the project root, with the Python environment that r
 taken out of each prompt; the default, ``workflow``, is the worker's way (those nodes on, no
 global flag). ``--fast FEATURE`` (repeatable) adds a feature to the ``--fast`` of
 ``--comfyui-args``;
+``--stack image`` (the default) runs ComfyUI as it runs in the image: the image's torch is a
+cu128 build, under which ComfyUI 0.33 disables comfy-kitchen's ``cuda`` backend, so on a host
+with a cu130 torch the benchmark starts ComfyUI through ``scripts/gpu_bench/comfy_launch.py``,
+which disables that backend as ComfyUI imports comfy-kitchen (ComfyUI's source unchanged; its
+log must then list the backend as disabled, or the run stops). ``--stack host`` runs ComfyUI as
+the host's torch makes it run. ``--triton-backend`` adds ComfyUI's ``--enable-triton-backend``
+(comfy-kitchen's Triton kernels); ``--triton-cache-dir DIR`` gives ComfyUI its own Triton
+cache (``TRITON_CACHE_DIR``): a new folder times the first job's kernel compile, the same one
+again a worker whose cache persists. Every job's MP4 is saved under ``--videos`` (default
+``OUT/videos``), named by size, attention and job index, so that two runs (same seeds and
+inputs) compare frame by frame with ``scripts/gpu_bench/compare_videos.py``.
+
 ``--weights tiny --sizes 128x128 --frames 9 --vram-budget-mib 0 --extra-comfyui-args=--cpu``
 is a dry run of the same path on a CPU. torch is never imported by this script; ComfyUI and the
 memory-holding helper are separate processes.
@@ -51,8 +63,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from scripts.gpu_bench import BenchError  # noqa: E402
 from scripts.gpu_bench.analysis import ConfigRecord  # noqa: E402
-from scripts.gpu_bench.comfyui import DEFAULT_COMFYUI_ARGS, comfyui_args  # noqa: E402
-from scripts.gpu_bench.jobs import fast_features, run_config, workflow_with_frames  # noqa: E402
+from scripts.gpu_bench.comfyui import DEFAULT_COMFYUI_ARGS, STACKS  # noqa: E402
+from scripts.gpu_bench.jobs import run_config, server_flags, workflow_with_frames  # noqa: E402
 from scripts.gpu_bench.memory import RTX_5090_MIB, GpuMemorySampler, VramBallast  # noqa: E402
 from scripts.gpu_bench.report import load_report, save  # noqa: E402
 from scripts.gpu_bench.weights import ensure_weights  # noqa: E402
@@ -89,9 +101,12 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     env["extra_comfyui_args"] = args.extra_comfyui_args
     env["fast"] = args.fast
     env["fp16_accumulation"] = args.fp16_accumulation
-    env["comfyui_flags"] = comfyui_args(
-        args.comfyui_args, args.extra_comfyui_args, fast_features(args)
-    )
+    env["comfyui_flags"] = server_flags(args)
+    env["stack"] = args.stack
+    env["kitchen_backends_disabled"] = list(STACKS[args.stack])
+    env["triton_backend"] = args.triton_backend
+    env["triton_cache_dir"] = str(args.triton_cache_dir) if args.triton_cache_dir else None
+    env["videos"] = str(args.videos)
     return env
 
 
@@ -113,7 +128,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--attention", default="sage,sdpa", help="modes in order (sage,sdpa)")
     parser.add_argument("--jobs", type=int, default=2, help="jobs per server: 1 cold + warm ones")
-    parser.add_argument("--weights", choices=("full", "tiny"), default="full")
+    parser.add_argument(
+        "--weights",
+        choices=("full", "tiny", "none"),
+        default="full",
+        help="synthetic weights to write where missing (none: use the files as they are)",
+    )
     parser.add_argument("--frames", type=int, default=None, help="override the 81 frames")
     parser.add_argument(
         "--vram-budget-mib",
@@ -137,6 +157,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="per model through workflow nodes 911/912 (the worker's way), or ComfyUI's global "
         "--fast fp16_accumulation with those nodes taken out (the old way)",
     )
+    parser.add_argument(
+        "--stack",
+        choices=sorted(STACKS),
+        default="image",
+        help="image: comfy-kitchen's cuda backend off, as ComfyUI runs under the image's cu128 "
+        "torch (the default); host: as the host's torch makes ComfyUI run",
+    )
+    parser.add_argument(
+        "--triton-backend",
+        action="store_true",
+        help="start ComfyUI with --enable-triton-backend (comfy-kitchen's Triton kernels)",
+    )
+    parser.add_argument(
+        "--triton-cache-dir",
+        type=Path,
+        help="TRITON_CACHE_DIR for ComfyUI (a new folder: the first job compiles every kernel)",
+    )
+    parser.add_argument(
+        "--videos", type=Path, help="folder for every job's MP4 (default OUT/videos)"
+    )
     parser.add_argument("--python", default=sys.executable, help="Python that runs ComfyUI")
     parser.add_argument("--port", type=int, default=8188)
     parser.add_argument("--ready-timeout", type=float, default=600.0)
@@ -146,6 +186,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--attention: unknown mode(s) {unknown}; use sage and/or sdpa")
     args.out = args.out.resolve()
+    args.videos = (args.videos or args.out / "videos").resolve()
+    if args.triton_cache_dir is not None:
+        args.triton_cache_dir = args.triton_cache_dir.resolve()
     if args.from_json is not None:
         if not args.from_json.is_file():
             parser.error(f"--from-json {args.from_json} does not exist")
@@ -165,10 +208,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"command": sys.argv, "environment": environment(args)}
     report["vram_budget_mib"] = args.vram_budget_mib
-    report["weights_s"] = ensure_weights(
-        args.python, args.weights, args.models_root, args.comfyui_dir, args.out
-    )
-    print(f"weights ready in {report['weights_s']} s", flush=True)
+    if args.weights != "none":
+        report["weights_s"] = ensure_weights(
+            args.python, args.weights, args.models_root, args.comfyui_dir, args.out
+        )
+        print(f"weights ready in {report['weights_s']} s", flush=True)
     workflow = workflow_with_frames(args.out, args.frames)
     gpu = GpuMemorySampler() if args.vram_budget_mib > 0 else None
     ballast = VramBallast(args.python, args.vram_budget_mib) if gpu is not None else None
@@ -180,7 +224,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gpu.start()
         for size in args.sizes:
             for attention in args.attention:
-                configs.append(run_config(args, size, attention, workflow, gpu))
+                done = list(configs)
+
+                def partial(record: ConfigRecord, done: list[ConfigRecord] = done) -> None:
+                    save(args.out, report, [*done, record], args.vram_budget_mib)
+
+                configs.append(run_config(args, size, attention, workflow, gpu, partial))
                 save(args.out, report, configs, args.vram_budget_mib)
     finally:
         if gpu is not None:

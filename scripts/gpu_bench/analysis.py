@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
 SAMPLER_STAGES = ("sample_high_noise", "sample_low_noise")
 STAGE_ORDER = (
@@ -104,6 +105,8 @@ class JobRecord:
     frames: int | None = None
     video_bytes: int | None = None
     attention_used: str = ""
+    seed: int | None = None
+    video: str = ""  # the MP4 as saved, relative to the run's videos folder ("" if not saved)
 
 
 @dataclass
@@ -115,6 +118,10 @@ class ConfigRecord:
     peak_vram_mib: int | None = None
     jobs: list[JobRecord] = field(default_factory=list)
     log: str = ""
+    stack: str = ""  # "image" or "host" (see scripts/gpu_bench/comfyui.py); "" before the option
+    comfyui_command: list[str] = field(default_factory=list)
+    kitchen_backends: dict[str, str] = field(default_factory=dict)  # from ComfyUI's log
+    triton_cache: dict[str, Any] = field(default_factory=dict)  # dir, files before and after
 
 
 def analyse(record: JobRecord) -> None:

@@ -1,8 +1,15 @@
-"""A fresh ComfyUI process per benchmark configuration, and the flags it runs with."""
+"""A fresh ComfyUI process per benchmark configuration, and the flags it runs with.
+
+The stack ComfyUI runs on: ``image`` runs it as the image's torch (cu128) makes ComfyUI 0.33 run,
+comfy-kitchen's ``cuda`` backend disabled (through ``comfy_launch.py``, ComfyUI's source left
+as it is); ``host`` runs it as the host's own torch does (cu130: that backend on).
+"""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -12,6 +19,56 @@ from typing import IO
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_PATHS = REPO_ROOT / "extra_model_paths.yaml"
 DEFAULT_COMFYUI_ARGS = "--preview-method none --disable-auto-launch"  # start.sh's
+LAUNCHER = Path(__file__).resolve().with_name("comfy_launch.py")
+# comfy-kitchen backends disabled per stack: ComfyUI 0.33 disables "cuda" under any torch
+# older than cu130 (comfy/quant_ops.py), which the image's torch 2.10 cu128 is.
+STACKS: dict[str, tuple[str, ...]] = {"image": ("cuda",), "host": ()}
+TRITON_BACKEND_FLAG = "--enable-triton-backend"
+LAUNCHER_TAG = "comfy_launch:"
+_BACKEND_LINE = re.compile(r"Found comfy_kitchen backend (\w+): (\{.*\})")
+
+
+def launch_command(python: str, stack: str, main_args: list[str]) -> list[str]:
+    """How ComfyUI is started on `stack`: ``python -u main.py ARGS`` on the host's stack, or
+    through the launcher that disables the image's missing comfy-kitchen backends first."""
+    if stack not in STACKS:
+        raise ValueError(f"unknown stack {stack!r}; use one of {sorted(STACKS)}")
+    disabled = STACKS[stack]
+    if not disabled:
+        return [python, "-u", "main.py", *main_args]
+    flags = [arg for name in disabled for arg in ("--disable-ck-backend", name)]
+    return [python, "-u", str(LAUNCHER), *flags, "--", "main.py", *main_args]
+
+
+def kitchen_backends(log: str) -> dict[str, str]:
+    """comfy-kitchen's backends as ComfyUI's log lists them at start: name -> "on", "disabled"
+    or "unavailable"."""
+    found: dict[str, str] = {}
+    for match in _BACKEND_LINE.finditer(log):
+        try:
+            info = ast.literal_eval(match.group(2))
+        except (ValueError, SyntaxError):
+            continue
+        if not isinstance(info, dict):
+            continue
+        if info.get("disabled"):
+            found[match.group(1)] = "disabled"
+        elif info.get("available"):
+            found[match.group(1)] = "on"
+        else:
+            found[match.group(1)] = "unavailable"
+    return found
+
+
+def stack_problem(stack: str, log: str) -> str | None:
+    """Why ComfyUI's log shows it is not running on `stack`, or None when it is."""
+    backends = kitchen_backends(log)
+    for name in STACKS[stack]:
+        if LAUNCHER_TAG not in log:
+            return f"the launcher never disabled comfy-kitchen's {name!r} backend"
+        if backends.get(name, "disabled") != "disabled":
+            return f"comfy-kitchen's {name!r} backend is {backends[name]} in ComfyUI's log"
+    return None
 
 
 def comfyui_args(base: str, extra: str, fast: list[str]) -> list[str]:
@@ -53,6 +110,8 @@ class ComfyServer:
         models_root: Path,
         log_path: Path,
         pid_file: Path,
+        stack: str = "host",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.python = python
         self.comfyui_dir = comfyui_dir
@@ -61,6 +120,8 @@ class ComfyServer:
         self.models_root = models_root
         self.log_path = log_path
         self.pid_file = pid_file
+        self.stack = stack
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_handle: IO[bytes] | None = None
 
@@ -69,13 +130,17 @@ class ComfyServer:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [
-            self.python, "-u", "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
+        return launch_command(self.python, self.stack, [
+            "--listen", "127.0.0.1", "--port", str(self.port),
             "--extra-model-paths-config", str(MODEL_PATHS), *self.args,
-        ]  # fmt: skip
+        ])  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
+        own = {"MODELS_ROOT": str(self.models_root), "PYTHONUNBUFFERED": "1"}
+        return {**os.environ, **self.env, **own}
 
     def start(self) -> None:
-        env = dict(os.environ, MODELS_ROOT=str(self.models_root), PYTHONUNBUFFERED="1")
+        env = self.environment()
         self.log_handle = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             self.command(),

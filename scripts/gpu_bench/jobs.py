@@ -9,11 +9,19 @@ import base64
 import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from scripts.gpu_bench import BenchError
 from scripts.gpu_bench.analysis import ConfigRecord, JobRecord, ProgressEvent, analyse
-from scripts.gpu_bench.comfyui import ComfyServer, comfyui_args
+from scripts.gpu_bench.comfyui import (
+    TRITON_BACKEND_FLAG,
+    ComfyServer,
+    comfyui_args,
+    kitchen_backends,
+    stack_problem,
+)
 from scripts.gpu_bench.memory import GpuMemorySampler
 from scripts.gpu_bench.report import format_job
 
@@ -68,7 +76,10 @@ def run_job(
     job: dict[str, Any],
     gpu: GpuMemorySampler | None,
     baseline_mib: int | None,
+    video_path: Path | None = None,
 ) -> JobRecord:
+    """One job through the handler; with `video_path`, its MP4 is saved there (so that two runs
+    of the same seed and inputs can be compared frame by frame)."""
     from wan_worker.handler import handle
 
     progress.reset()
@@ -88,6 +99,10 @@ def run_job(
         record.frames = int(result["frames"])
         record.video_bytes = int(result["bytes"])
         record.attention_used = str(result["attention"])
+        if video_path is not None and result.get("video"):
+            video_path.parent.mkdir(parents=True, exist_ok=True)
+            video_path.write_bytes(base64.b64decode(result["video"]))
+            record.video = video_path.name
     analyse(record)
     if gpu is not None:
         peak = gpu.peak(started, ended)
@@ -100,6 +115,35 @@ def fast_features(args: argparse.Namespace) -> list[str]:
     if getattr(args, "fp16_accumulation", "workflow") == "global":
         return [*args.fast, "fp16_accumulation"]
     return list(args.fast)
+
+
+def server_flags(args: argparse.Namespace) -> list[str]:
+    """ComfyUI's flags for this run: --comfyui-args, --extra-comfyui-args, the --fast features,
+    and ComfyUI's --enable-triton-backend with --triton-backend."""
+    flags = comfyui_args(args.comfyui_args, args.extra_comfyui_args, fast_features(args))
+    if getattr(args, "triton_backend", False) and TRITON_BACKEND_FLAG not in flags:
+        flags.append(TRITON_BACKEND_FLAG)
+    return flags
+
+
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    """Environment for ComfyUI beyond the benchmark's own: TRITON_CACHE_DIR with
+    --triton-cache-dir (Triton's compiled kernels; empty for a first-job compile cost)."""
+    cache = getattr(args, "triton_cache_dir", None)
+    return {"TRITON_CACHE_DIR": str(cache)} if cache is not None else {}
+
+
+def cache_files(folder: Path | None) -> int | None:
+    """Files under a Triton cache folder (None without one; 0 when it does not exist yet)."""
+    if folder is None:
+        return None
+    return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def video_name(label: str, attention: str, index: int) -> str:
+    """A job's MP4 name: the same for the same size, attention and job index (and so the same
+    seed and prompt) in every run, so two runs' folders pair up by name."""
+    return f"{label}-{attention}-job{index}.mp4"
 
 
 def without_fp16_nodes(prompt: dict[str, Any]) -> dict[str, Any]:
@@ -177,19 +221,30 @@ def run_config(
     attention: str,
     workflow: Path,
     gpu: GpuMemorySampler | None,
+    after_job: Callable[[ConfigRecord], None] | None = None,
 ) -> ConfigRecord:
+    """One configuration on a fresh ComfyUI; `after_job(record so far)` after every job, so
+    that a run cut short (a GPU host taken back) keeps the jobs it finished."""
     width, height = size
     label = f"{width}x{height}"
-    record = ConfigRecord(label, attention, log=f"comfyui-{label}-{attention}.log")
+    stack = getattr(args, "stack", "host")
+    record = ConfigRecord(label, attention, log=f"comfyui-{label}-{attention}.log", stack=stack)
     server = ComfyServer(
         args.python,
         args.comfyui_dir,
         args.port,
-        comfyui_args(args.comfyui_args, args.extra_comfyui_args, fast_features(args)),
+        server_flags(args),
         args.models_root,
         args.out / record.log,
         args.out / "comfyui.pid",
+        stack=stack,
+        env=server_env(args),
     )
+    record.comfyui_command = server.command()
+    triton_cache: Path | None = getattr(args, "triton_cache_dir", None)
+    if triton_cache is not None:
+        record.triton_cache = {"dir": str(triton_cache), "files_before": cache_files(triton_cache)}
+    videos: Path | None = getattr(args, "videos", None)
     baseline = gpu.now() if gpu is not None else None
     progress = ProgressLog()
     started = time.monotonic()
@@ -200,6 +255,11 @@ def run_config(
         )
         worker.client.wait_ready(args.ready_timeout)
         record.comfyui_start_s = round(time.monotonic() - started, 3)
+        log = (args.out / record.log).read_text(encoding="utf-8", errors="replace")
+        record.kitchen_backends = kitchen_backends(log)
+        problem = stack_problem(stack, log)
+        if problem is not None:
+            raise BenchError(f"ComfyUI is not running on the {stack} stack: {problem}")
         if gpu is not None and baseline is not None:
             idle = gpu.now()
             record.idle_vram_mib = idle - baseline if idle is not None else None
@@ -211,16 +271,24 @@ def run_config(
                 "input": {
                     "start_image": image,
                     "prompt": PROMPTS[index % len(PROMPTS)],
-                    "seed": 1000 + index,
+                    "seed": seed_for(index),
                     "width": width,
                     "height": height,
                 },
             }
             job_record = run_job(
-                worker, progress, JobRecord(label, attention, kind), job, gpu, baseline
+                worker,
+                progress,
+                JobRecord(label, attention, kind, seed=seed_for(index)),
+                job,
+                gpu,
+                baseline,
+                videos / video_name(label, attention, index) if videos is not None else None,
             )
             record.jobs.append(job_record)
             print(format_job(job_record), flush=True)
+            if after_job is not None:
+                after_job(record)
             if not job_record.ok and not server_alive(server):
                 break
         if gpu is not None:
@@ -228,7 +296,14 @@ def run_config(
             record.peak_vram_mib = peak - baseline if peak and baseline is not None else peak
     finally:
         server.stop()
+        if triton_cache is not None:
+            record.triton_cache["files_after"] = cache_files(triton_cache)
     return record
+
+
+def seed_for(index: int) -> int:
+    """Job `index`'s seed: the same in every run, so that outputs compare across runs."""
+    return 1000 + index
 
 
 def server_alive(server: ComfyServer) -> bool:

@@ -123,14 +123,21 @@ def markdown(configs: list[ConfigRecord], verdict: dict[str, Any]) -> str:
             f"| {size} | {v['sage_s']} | {v['sdpa_s']} | {v['ratio']} | "
             f"{v['sampler_stages_ratio']} | {ok} |"
         )
-    lines += ["", "| config | ComfyUI start s | idle MiB | peak MiB | budget MiB | fits |"]
-    lines.append("|---|---|---|---|---|---|")
+    lines += [
+        "",
+        "| config | ComfyUI start s | idle MiB | peak MiB | budget MiB | fits | stack "
+        "| comfy-kitchen backends | Triton cache files before / after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for config in configs:
         v = verdict["vram"][f"{config.size} {config.attention}"]
+        backends = ", ".join(f"{k} {s}" for k, s in sorted(config.kitchen_backends.items()))
+        cache = config.triton_cache
+        files = f"{cache.get('files_before')} / {cache.get('files_after')}" if cache else ""
         lines.append(
             f"| {config.size} {config.attention} | {config.comfyui_start_s} | "
             f"{config.idle_vram_mib} | {v['peak_mib']} | {v['budget_mib']} | "
-            f"{'yes' if v['pass'] else 'no'} |"
+            f"{'yes' if v['pass'] else 'no'} | {config.stack} | {backends} | {files} |"
         )
     return "\n".join(lines) + "\n"
 

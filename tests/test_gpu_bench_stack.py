@@ -1,0 +1,369 @@
+"""The GPU benchmark's stack options, on a CPU: the launcher that runs ComfyUI as the image's
+cu128 torch makes it run (comfy-kitchen's cuda backend disabled), the Triton options, and each
+job's MP4 kept for the output check.
+
+The launcher runs here for real, in a subprocess, on a stand-in ComfyUI main.py and a stand-in
+comfy_kitchen package (the real one needs torch): what it must get right is when the backend is
+disabled (as ComfyUI imports comfy_kitchen, not before) and how main.py is run (argv, sys.path,
+__name__), which does not depend on torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from scripts.gpu_bench import BenchError, analysis, comfyui, jobs
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = ROOT / "scripts" / "gpu_bench" / "comfy_launch.py"
+
+# What ComfyUI 0.33's comfy/quant_ops.py does with comfy_kitchen at import, reduced to what the
+# launcher touches, then a report of what main.py saw.
+FAKE_MAIN = """
+import importlib.resources, inspect, json, os, sys
+seen_before = "comfy_kitchen" in sys.modules
+import comfy_kitchen as ck
+ck.registry.disable("triton")  # ComfyUI's own call without --enable-triton-backend
+for name, state in sorted(ck.list_backends().items()):
+    print(f"Found comfy_kitchen backend {name}: {state}", file=sys.stderr)
+print(json.dumps({
+    "argv": sys.argv, "path0": sys.path[0], "name": __name__, "file": __file__,
+    "cwd": os.getcwd(), "imported_before_main": seen_before,
+    "disabled": sorted(ck.registry.disabled),
+    "is_package": ck.__loader__.is_package("comfy_kitchen"),
+    "resource": importlib.resources.files("comfy_kitchen").joinpath("__init__.py").is_file(),
+    "source": "class _Registry" in inspect.getsource(ck),
+    "triton_cache": os.environ.get("TRITON_CACHE_DIR"),
+    "models_root": os.environ.get("MODELS_ROOT"),
+}))
+"""
+
+FAKE_KITCHEN = """
+class _Registry:
+    def __init__(self):
+        self.disabled = set()
+
+    def disable(self, name):
+        self.disabled.add(name)
+
+
+registry = _Registry()
+
+
+def list_backends():
+    return {
+        name: {"available": True, "disabled": name in registry.disabled,
+               "unavailable_reason": None, "capabilities": ["apply_rope"]}
+        for name in ("cuda", "eager", "triton")
+    }
+"""
+
+
+@pytest.fixture
+def fake_comfy(tmp_path: Path) -> tuple[Path, Path]:
+    """(a ComfyUI folder with the stand-in main.py, a site folder with comfy_kitchen)."""
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "main.py").write_text(FAKE_MAIN, encoding="utf-8")
+    site = tmp_path / "site" / "comfy_kitchen"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text(FAKE_KITCHEN, encoding="utf-8")
+    return comfy, site.parent
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_launcher(comfy: Path, site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-u", str(LAUNCHER), *args],
+        cwd=comfy,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_launcher_disables_the_backend_as_comfyui_imports_comfy_kitchen(fake_comfy):
+    comfy, site = fake_comfy
+
+    done = run_launcher(comfy, site, "--disable-ck-backend", "cuda", "--", "main.py", "--port", "9")
+
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    # Not imported before ComfyUI's own import (torch and the allocator set-up come first there)
+    assert seen["imported_before_main"] is False
+    assert seen["disabled"] == ["cuda", "triton"]
+    # the module stays what its own loader made: source, resources, package
+    assert seen["is_package"] and seen["resource"] and seen["source"]
+    # main.py runs as `python main.py --port 9` would run it
+    assert seen["argv"] == [str(comfy / "main.py"), "--port", "9"]
+    assert seen["path0"] == str(comfy)
+    assert seen["name"] == "__main__"
+    assert seen["file"] == str(comfy / "main.py")
+    # one line says so, before ComfyUI's own backend list, which shows it
+    lines = done.stderr.splitlines()
+    tagged = [i for i, line in enumerate(lines) if line.startswith("comfy_launch:")]
+    assert len(tagged) == 1
+    assert "backend(s) cuda disabled" in lines[tagged[0]]
+    assert tagged[0] < min(i for i, line in enumerate(lines) if "Found comfy_kitchen" in line)
+    assert comfyui.kitchen_backends(done.stderr) == {
+        "cuda": "disabled",
+        "eager": "on",
+        "triton": "disabled",
+    }
+    assert comfyui.stack_problem("image", done.stderr) is None
+
+
+def test_launcher_without_backends_changes_nothing(fake_comfy):
+    comfy, site = fake_comfy
+
+    done = run_launcher(comfy, site, "--", "main.py")
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["disabled"] == ["triton"]
+    assert "comfy_launch:" not in done.stderr
+    assert comfyui.kitchen_backends(done.stderr)["cuda"] == "on"
+    assert comfyui.stack_problem("host", done.stderr) is None
+    assert "launcher never disabled" in str(comfyui.stack_problem("image", done.stderr))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["main.py"], "no '--'"),
+        (["--disable-ck-backend", "--", "main.py"], "unexpected"),
+        (["--", "missing.py"], "no ComfyUI main.py"),
+        (["--"], "no main.py after"),
+    ],
+)
+def test_launcher_refuses_a_wrong_command_line(fake_comfy, args, message):
+    comfy, site = fake_comfy
+    done = run_launcher(comfy, site, *args)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def test_a_log_whose_backend_is_on_is_not_the_image_stack():
+    log = (
+        "comfy_launch: comfy-kitchen backend(s) cuda disabled at import\n"
+        "Found comfy_kitchen backend cuda: {'available': True, 'disabled': False, "
+        "'unavailable_reason': None, 'capabilities': ['apply_rope', 'scaled_mm_nvfp4']}\n"
+        "Found comfy_kitchen backend triton: {'available': False, 'disabled': True, "
+        "'unavailable_reason': 'no triton', 'capabilities': []}\n"
+    )
+    assert comfyui.kitchen_backends(log) == {"cuda": "on", "triton": "disabled"}
+    assert comfyui.stack_problem("image", log) == (
+        "comfy-kitchen's 'cuda' backend is on in ComfyUI's log"
+    )
+
+
+def test_stack_commands():
+    args = ["--listen", "127.0.0.1"]
+    assert comfyui.launch_command("py", "host", args) == ["py", "-u", "main.py", *args]
+    assert comfyui.launch_command("py", "image", args) == [
+        "py", "-u", str(LAUNCHER), "--disable-ck-backend", "cuda", "--", "main.py", *args,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown stack"):
+        comfyui.launch_command("py", "cu128", args)
+
+
+def test_comfy_server_starts_comfyui_through_the_launcher_with_its_triton_cache(
+    fake_comfy, tmp_path
+):
+    comfy, site = fake_comfy
+    server = comfyui.ComfyServer(
+        sys.executable,
+        comfy,
+        8199,
+        ["--enable-triton-backend"],
+        tmp_path / "models",
+        tmp_path / "comfyui.log",
+        tmp_path / "comfyui.pid",
+        stack="image",
+        env={"PYTHONPATH": str(site), "TRITON_CACHE_DIR": str(tmp_path / "tc")},
+    )
+    server.start()
+    assert server.proc is not None
+    assert server.proc.wait(timeout=60) == 0
+    server.stop()
+
+    log = (tmp_path / "comfyui.log").read_text()
+    seen = json.loads(next(line for line in log.splitlines() if line.startswith("{")))
+    assert seen["disabled"] == ["cuda", "triton"]
+    assert seen["argv"][1:3] == ["--listen", "127.0.0.1"]
+    assert seen["argv"][-1] == "--enable-triton-backend"
+    assert seen["triton_cache"] == str(tmp_path / "tc")
+    assert seen["models_root"] == str(tmp_path / "models")
+    assert not (tmp_path / "comfyui.pid").exists()
+
+
+def test_bench_options_default_to_the_image_stack(tmp_path):
+    bench = load_bench()
+    (tmp_path / "main.py").write_text("")
+    common = ["--out", str(tmp_path / "out"), "--comfyui-dir", str(tmp_path),
+              "--models-root", str(tmp_path)]  # fmt: skip
+
+    args = bench.parse_args(common)
+    assert args.stack == "image"
+    assert args.triton_backend is False and args.triton_cache_dir is None
+    assert args.videos == (tmp_path / "out" / "videos").resolve()
+    assert jobs.server_flags(args) == ["--preview-method", "none", "--disable-auto-launch"]
+    assert jobs.server_env(args) == {}
+
+    args = bench.parse_args([*common, "--stack", "host", "--triton-backend",
+                             "--triton-cache-dir", str(tmp_path / "tc"),
+                             "--videos", str(tmp_path / "v"), "--fast", "autotune"])  # fmt: skip
+    assert args.stack == "host"
+    assert jobs.server_flags(args) == [
+        "--preview-method", "none", "--disable-auto-launch", "--fast", "autotune",
+        "--enable-triton-backend",
+    ]  # fmt: skip
+    assert jobs.server_env(args) == {"TRITON_CACHE_DIR": str((tmp_path / "tc").resolve())}
+    assert args.videos == (tmp_path / "v").resolve()
+
+    # the flag given in --extra-comfyui-args as well is not given twice
+    args = bench.parse_args([*common, "--triton-backend",
+                             "--extra-comfyui-args=--enable-triton-backend"])  # fmt: skip
+    assert jobs.server_flags(args).count("--enable-triton-backend") == 1
+
+    with pytest.raises(SystemExit):
+        bench.parse_args([*common, "--stack", "cu128"])
+    # files already written (the GPU kit's): none are checked or written
+    assert bench.parse_args([*common, "--weights", "none"]).weights == "none"
+
+
+def test_triton_cache_files_are_counted(tmp_path):
+    assert jobs.cache_files(None) is None
+    assert jobs.cache_files(tmp_path / "none") == 0
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "k.cubin").write_bytes(b"x")
+    (tmp_path / "a" / "b" / "k.json").write_bytes(b"{}")
+    assert jobs.cache_files(tmp_path) == 2
+
+
+def test_each_job_keeps_its_mp4_under_a_name_that_pairs_across_runs(tmp_path, monkeypatch):
+    import wan_worker.handler
+
+    video = b"\x00\x00\x00\x18ftypisom" + bytes(range(256))
+    result = {
+        "video": base64.b64encode(video).decode(),
+        "bytes": len(video),
+        "frames": 161,
+        "attention": "sage",
+        "timings": {"total_s": 3.0, "inference_s": 2.0, "stages": {"encode_mp4": 1.0}},
+    }
+    monkeypatch.setattr(wan_worker.handler, "handle", lambda job, worker: result)
+    path = tmp_path / "videos" / jobs.video_name("720x1280", "sage", 2)
+    record = analysis.JobRecord("720x1280", "sage", "warm", seed=jobs.seed_for(2))
+
+    jobs.run_job(None, jobs.ProgressLog(), record, {"id": "j"}, None, None, path)
+
+    assert path.read_bytes() == video
+    assert record.video == "720x1280-sage-job2.mp4"
+    assert record.ok and record.seed == 1002 and record.video_bytes == len(video)
+    # without a folder nothing is written
+    other = analysis.JobRecord("720x1280", "sage", "warm")
+    jobs.run_job(None, jobs.ProgressLog(), other, {"id": "j"}, None, None)
+    assert other.video == "" and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_bench_error_names_the_stack_when_the_log_disagrees(tmp_path, monkeypatch):
+    """run_config stops at once when ComfyUI's log shows the wrong stack, before any job."""
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    # A ComfyUI that logs the cuda backend on (and exits: "ready" below waits for that).
+    (comfy / "main.py").write_text(
+        "import sys\n"
+        "print(\"Found comfy_kitchen backend cuda: {'available': True, 'disabled': False}\","
+        " file=sys.stderr)\n"
+    )
+    args = argparse.Namespace(
+        python=sys.executable, comfyui_dir=comfy, port=8199, comfyui_args="",
+        extra_comfyui_args="", fast=[], models_root=tmp_path, out=tmp_path, stack="image",
+        ready_timeout=5.0, jobs=1, triton_cache_dir=None, videos=None,
+    )  # fmt: skip
+
+    class Ready:
+        def __init__(self, server, *args, **kwargs):
+            self.server = server
+            self.client = self
+
+        def wait_ready(self, timeout):
+            self.server.proc.wait(timeout=60)  # its log is complete once it has exited
+
+    monkeypatch.setattr(jobs, "make_worker", Ready)
+    with pytest.raises(BenchError, match="not running on the image stack: the launcher never"):
+        jobs.run_config(args, (64, 64), "sdpa", tmp_path / "wf.json", None)
+    assert not (tmp_path / "comfyui.pid").exists()  # the server was stopped
+
+
+def test_run_config_keeps_each_job_as_it_ends_with_its_seed_video_and_triton_cache(
+    tmp_path, monkeypatch
+):
+    """A configuration's jobs on a stand-in ComfyUI (host stack) with a stand-in handler: every
+    job is handed to `after_job` as it ends, keeps its MP4 under its pairing name, and the
+    Triton cache is counted before and after."""
+    import wan_worker.handler
+
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "main.py").write_text("print('ComfyUI stand-in')\n")
+    cache = tmp_path / "tc"
+    args = argparse.Namespace(
+        python=sys.executable, comfyui_dir=comfy, port=8199, comfyui_args="",
+        extra_comfyui_args="", fast=[], models_root=tmp_path, out=tmp_path, stack="host",
+        ready_timeout=5.0, jobs=2, triton_cache_dir=cache, videos=tmp_path / "videos",
+    )  # fmt: skip
+    seeds: list[int] = []
+
+    def handle(job, worker):
+        seeds.append(job["input"]["seed"])
+        cache.mkdir(exist_ok=True)  # as Triton writes a kernel during the first job
+        (cache / f"kernel{len(seeds)}.cubin").write_bytes(b"k")
+        video = f"video of seed {job['input']['seed']}".encode()
+        return {
+            "video": base64.b64encode(video).decode(), "bytes": len(video), "frames": 161,
+            "attention": "sdpa",
+            "timings": {"total_s": 3.0, "inference_s": 2.0, "stages": {"encode_mp4": 1.0}},
+        }  # fmt: skip
+
+    class Ready:
+        def __init__(self, server, *args, **kwargs):
+            self.server = server
+            self.client = self
+
+        def wait_ready(self, timeout):
+            self.server.proc.wait(timeout=60)
+
+    monkeypatch.setattr(jobs, "make_worker", Ready)
+    monkeypatch.setattr(wan_worker.handler, "handle", handle)
+    seen: list[list[str]] = []
+
+    record = jobs.run_config(
+        args, (64, 64), "sdpa", tmp_path / "wf.json", None,
+        lambda r: seen.append([j.video for j in r.jobs]),
+    )  # fmt: skip
+
+    assert seen == [["64x64-sdpa-job0.mp4"], ["64x64-sdpa-job0.mp4", "64x64-sdpa-job1.mp4"]]
+    assert seeds == [1000, 1001] and [j.seed for j in record.jobs] == [1000, 1001]
+    assert [j.kind for j in record.jobs] == ["cold", "warm"]
+    assert (tmp_path / "videos" / "64x64-sdpa-job1.mp4").read_bytes() == b"video of seed 1001"
+    assert record.triton_cache == {"dir": str(cache), "files_before": 0, "files_after": 2}
+    assert record.stack == "host" and record.comfyui_command[2] == "main.py"
