@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.boot_events import parse_events
-from tests.provision_servers import closed_port, free_port
+from tests.support import closed_port, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 START = ROOT / "start.sh"

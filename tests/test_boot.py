@@ -28,10 +28,10 @@ import pytest
 import requests
 
 from tests.boot_harness import BootRun, boot_env, hold_comfyui
-from tests.conftest import make_png
 from tests.page_cache import cached_since_drop, drop_from_cache, resident_bytes
 from tests.provision_servers import Fault, FlakyFileServer, make_blob, running, write_manifest
 from tests.runpod_queue import RunPodQueue
+from tests.support import make_png
 from wan_worker.boot.readahead import first_use_order
 from wan_worker.workflow import load_template
 

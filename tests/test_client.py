@@ -16,10 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_png
-from tests.http_server import serve
 from tests.runpod_double import RunPodDouble, progress
-from tests.test_local_api import free_port
+from tests.support import free_port, make_png, serve
 from wan_worker import errors
 from wan_worker.client import ExitCode, main
 from wan_worker.client.errors import ApiError, ClientError

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.provision_servers import free_port
+from tests.support import free_port
 from wan_worker.comfy import client as comfy_client
 from wan_worker.comfy.client import READY_POLL_S, ComfyClient
 from wan_worker.errors import ComfyUnavailable

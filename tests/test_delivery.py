@@ -11,9 +11,9 @@ import boto3
 import pytest
 import requests
 
-from tests.conftest import ComfyServer, make_png
 from tests.media import graph_tags, make_mp4, probe
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, make_bucket, moto_s3
+from tests.support import ComfyServer, make_png
 from wan_worker.delivery import deliver, make_store, reencode_limit
 from wan_worker.errors import ConfigError, OutputError, error_result
 from wan_worker.handler import handle

@@ -15,7 +15,7 @@ from typing import Any
 
 from runpod.serverless.modules.rp_job import run_job
 
-from tests.conftest import ComfyServer, make_png
+from tests.support import ComfyServer, make_png
 from wan_worker.handler import handle
 from wan_worker.worker import Worker
 

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import ComfyServer, make_png
 from tests.media import probe
+from tests.support import ComfyServer, make_png
 from tests.tcp_proxy import proxy_to
 from wan_worker.handler import handle
 from wan_worker.worker import Worker

@@ -14,7 +14,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from tests.conftest import ComfyServer, make_png
+from tests.support import ComfyServer, make_png
 from wan_worker.handler import handle
 from wan_worker.worker import Worker
 
@@ -285,7 +285,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def worker_and_server(tmp_path_factory):
-    from tests.conftest import start_double, stop
+    from tests.support import start_double, stop
 
     server = start_double(tmp_path_factory.mktemp("hostile"))
     yield server.worker(), server

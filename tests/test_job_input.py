@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.conftest import make_png
-from tests.http_server import serve
+from tests.support import make_png, serve
 from wan_worker.errors import InputError, error_result
 from wan_worker.job_input import RANDOM_SEED_MAX, parse_job_input, read_job_input, snap
 from wan_worker.settings.worker import WorkerSettings

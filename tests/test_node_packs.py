@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.test_local_api import free_port
+from tests.support import free_port
 from wan_worker.errors import ConfigError
 from wan_worker.node_packs import (
     CLASS_MAP_PATH,

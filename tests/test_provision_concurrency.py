@@ -33,11 +33,11 @@ from tests.provision_servers import (
     Fault,
     FlakyFileServer,
     S3Proxy,
-    closed_port,
     make_blob,
     running,
     write_manifest,
 )
+from tests.support import closed_port
 from tests.test_provision_download import settings_for
 from wan_worker.provision import claims, verify
 from wan_worker.provision.claims import Claim, Heartbeat, ModelFilePaths, Owner

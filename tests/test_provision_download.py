@@ -19,13 +19,13 @@ from tests.provision_servers import (
     FlakyFileServer,
     HubStub,
     Nginx,
-    closed_port,
     make_blob,
     nginx_server,
     partial_of,
     running,
     write_manifest,
 )
+from tests.support import closed_port
 from wan_worker.errors import DiskSpaceError, ProvisionError
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import load_manifest

@@ -17,14 +17,9 @@ import sys
 from pathlib import Path
 
 from tests.media import probe
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def local_mode_block() -> str:

@@ -17,8 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ComfyServer, make_png
 from tests.provision_servers import FlakyFileServer, make_blob, running, write_manifest
+from tests.support import ComfyServer, make_png
 
 PROJECT = Path(__file__).resolve().parent.parent
 SECRETS = {

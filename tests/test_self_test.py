@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_local_api import free_port
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMFYUI_DIR = os.environ.get("REAL_COMFYUI_DIR", "")

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ComfyServer, make_png
 from tests.media import probe
 from tests.runpod_queue import RunPodQueue
+from tests.support import ComfyServer, make_png
 from tests.test_local_api import worker_env
 
 PROJECT = Path(__file__).resolve().parent.parent

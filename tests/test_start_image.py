@@ -10,8 +10,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from tests.conftest import make_png
-from tests.http_server import serve
+from tests.support import make_png, serve
 from wan_worker.errors import InputError
 from wan_worker.settings.worker import WorkerSettings
 from wan_worker.start_image import load_start_image

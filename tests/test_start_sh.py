@@ -25,15 +25,8 @@ from tests.boot_harness import (
     boot_env,
     stop_comfyui,
 )
-from tests.conftest import make_png
-from tests.provision_servers import (
-    FlakyFileServer,
-    closed_port,
-    free_port,
-    make_blob,
-    running,
-    write_manifest,
-)
+from tests.provision_servers import FlakyFileServer, make_blob, running, write_manifest
+from tests.support import closed_port, free_port, make_png
 
 JOB = json.dumps(
     {

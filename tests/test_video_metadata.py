@@ -11,8 +11,8 @@ import base64
 import copy
 import json
 
-from tests.conftest import ComfyServer
 from tests.media import graph_tags, probe, tags
+from tests.support import ComfyServer
 from tests.test_handler import job
 from wan_worker.handler import handle
 from wan_worker.settings.worker import DEFAULT_WORKFLOW
