@@ -20,7 +20,6 @@ import hashlib
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from tests.boot_harness import BootRun, boot_env, hold_comfyui
 from tests.page_cache import cached_since_drop, drop_from_cache, resident_bytes
 from tests.provision_servers import Fault, FlakyFileServer, make_blob, running, write_manifest
 from tests.runpod_queue import RunPodQueue
-from tests.support import make_png
+from tests.support import make_png, wait_for
 from wan_worker.boot.readahead import first_use_order
 from wan_worker.workflow import load_template
 
@@ -154,13 +153,11 @@ def clear_faults(url: str) -> None:
 
 def wait_until_sampling(url: str, timeout_s: float = 30) -> None:
     """Until the double runs a prompt (its non-sampling nodes take no time, so it samples)."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        queue = requests.get(f"{url}/queue", timeout=5).json()
-        if queue["queue_running"]:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the warm-up's prompt never ran")
+    wait_for(
+        lambda: requests.get(f"{url}/queue", timeout=5).json()["queue_running"] or None,
+        "the warm-up's prompt running",
+        timeout_s=timeout_s,
+    )
 
 
 def test_warmup_runs_while_idle_and_a_job_that_arrives_stops_it(tmp_path, volume, queue):

@@ -28,7 +28,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests import provision_run
+from tests import provision_run, support
 from tests.provision_servers import (
     Fault,
     FlakyFileServer,
@@ -91,16 +91,14 @@ def provisioning(tmp_path: Path, **changes: object) -> list[str]:
 def wait_for(found: Callable[[], T | None], what: str, workers: list[Worker]) -> T:
     """Poll observable state until `found` returns something; fail (with the logs) if the
     workers all exit first or a minute passes."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        value = found()
-        if value is not None:
-            return value
-        if all(w.proc.poll() is not None for w in workers):
-            break
-        time.sleep(0.02)
-    logs = "\n".join(w.log.read_text(encoding="utf-8") for w in workers)
-    raise AssertionError(f"never saw {what}; the workers' logs:\n{logs}")
+    return support.wait_for(
+        found,
+        what,
+        gone=lambda: all(w.proc.poll() is not None for w in workers),
+        context=lambda: (
+            "the workers' logs:\n" + "\n".join(w.log.read_text(encoding="utf-8") for w in workers)
+        ),
+    )
 
 
 @dataclass
