@@ -22,6 +22,8 @@ from wan_worker.comfy import failures
 from wan_worker.errors import ComfyExecutionError, SageAttentionFailed, error_result
 from wan_worker.handler import handle
 
+pytestmark = pytest.mark.integration  # the ComfyUI double in a subprocess
+
 TRANSCRIPTS = Path(__file__).resolve().parent / "data" / "comfyui_transcripts"
 
 

@@ -34,6 +34,9 @@ from tests.support import make_png, wait_for
 from wan_worker.boot.readahead import first_use_order
 from wan_worker.workflow import load_template
 
+# The whole boot: start.sh, the handler, the double, loopback servers.
+pytestmark = pytest.mark.integration
+
 PROJECT = Path(__file__).resolve().parent.parent
 WORKFLOW = PROJECT / "workflows" / "wan_flf_i2v_api.json"
 #: The workflow's model files, in the order a job uses them, with a small stand-in size each.

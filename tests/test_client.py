@@ -23,6 +23,8 @@ from wan_worker.client import ExitCode, main
 from wan_worker.client.errors import ApiError, ClientError
 from wan_worker.client.outcome import failure
 
+pytestmark = pytest.mark.integration  # the client against loopback servers, and as a subprocess
+
 PROJECT = Path(__file__).resolve().parent.parent
 
 

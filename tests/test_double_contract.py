@@ -20,6 +20,8 @@ import websocket
 
 from tests.support import ComfyServer, make_png
 
+pytestmark = pytest.mark.integration  # the ComfyUI double in a subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "comfyui_transcripts"
 WORKFLOW = json.loads((ROOT / "workflows" / "wan_flf_i2v_api.json").read_text())

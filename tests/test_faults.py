@@ -21,6 +21,8 @@ from tests.support import ComfyServer, free_port, make_png
 from wan_worker.errors import error_result
 from wan_worker.handler import handle
 
+pytestmark = pytest.mark.integration  # the ComfyUI double and the worker in subprocesses
+
 PROJECT = Path(__file__).resolve().parent.parent
 
 

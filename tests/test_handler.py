@@ -9,10 +9,14 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.media import probe
 from tests.support import ComfyServer, make_png, start_double, stop
 from wan_worker.handler import handle
 from wan_worker.workflow import load_template
+
+pytestmark = pytest.mark.integration  # the ComfyUI double in a subprocess, ffmpeg
 
 
 def job(**overrides) -> dict:

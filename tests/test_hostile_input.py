@@ -18,6 +18,8 @@ from tests.support import ComfyServer, make_png
 from wan_worker.handler import handle
 from wan_worker.worker import Worker
 
+pytestmark = pytest.mark.integration  # every case through the double
+
 PNG = make_png(64, 64)
 B64 = base64.b64encode(PNG).decode()
 

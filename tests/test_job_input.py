@@ -215,6 +215,7 @@ def counting_image_server():
     return app, requests_seen, png
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "bad",
     [
@@ -236,6 +237,7 @@ def test_an_invalid_job_fetches_nothing(monkeypatch, bad):
     assert result["error"].endswith(NOT_CHECKED)
 
 
+@pytest.mark.integration
 def test_a_valid_job_fetches_its_image_exactly_once(monkeypatch):
     monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
     app, requests_seen, png = counting_image_server()

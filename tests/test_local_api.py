@@ -19,6 +19,8 @@ import requests
 from tests.media import graph_tags, probe
 from tests.support import ComfyServer, free_port, make_png
 
+pytestmark = pytest.mark.integration  # the SDK's local API and the ComfyUI double in subprocesses
+
 PROJECT = Path(__file__).resolve().parent.parent
 
 

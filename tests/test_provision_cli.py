@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import provision_run
 from tests.provision_servers import FlakyFileServer, make_blob, running, write_manifest
 from wan_worker.provision import verify
@@ -20,6 +22,8 @@ from wan_worker.settings.provisioning import (
     resolve_models_root,
     runpod_mode,
 )
+
+pytestmark = pytest.mark.integration  # the provisioner in a subprocess, loopback servers
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -44,6 +44,8 @@ from wan_worker.provision.claims import Claim, Heartbeat, ModelFilePaths, Owner
 from wan_worker.provision.provisioner import Provisioner
 from wan_worker.provision.transfer import PartialState, state_path
 
+pytestmark = pytest.mark.integration  # provisioning processes, loopback and moto servers
+
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 RATE = 512 * 1024  # bytes a second per response: two connections fetch a MiB a second

@@ -27,6 +27,8 @@ from tests.test_provision_download import run, settings_for
 from wan_worker.provision import verify
 from wan_worker.provision.transfer import STATE_SUFFIX, PartialState
 
+pytestmark = pytest.mark.integration  # a provisioning process, loopback servers
+
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 SIZE = 5 * MIB + 999  # six 1 MiB ranges, the last one short

@@ -16,8 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.media import probe
 from tests.support import free_port
+
+pytestmark = pytest.mark.integration  # README's local-mode block in a shell
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,8 +17,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.provision_servers import FlakyFileServer, make_blob, running, write_manifest
 from tests.support import ComfyServer, make_png
+
+pytestmark = pytest.mark.integration  # the worker and a loopback file server
 
 PROJECT = Path(__file__).resolve().parent.parent
 SECRETS = {

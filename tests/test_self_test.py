@@ -29,10 +29,13 @@ COMFYUI_DIR = os.environ.get("REAL_COMFYUI_DIR", "")
 COMFYUI_PYTHON = os.environ.get("REAL_COMFYUI_PYTHON", "")
 MODELS_ROOT = os.environ.get("REAL_MODELS_ROOT", "")
 
-pytestmark = pytest.mark.skipif(
-    not (COMFYUI_DIR and COMFYUI_PYTHON),
-    reason="needs REAL_COMFYUI_DIR and REAL_COMFYUI_PYTHON (a real ComfyUI with the nodes)",
-)
+pytestmark = [
+    pytest.mark.integration,  # start.sh and a real ComfyUI
+    pytest.mark.skipif(
+        not (COMFYUI_DIR and COMFYUI_PYTHON),
+        reason="needs REAL_COMFYUI_DIR and REAL_COMFYUI_PYTHON (a real ComfyUI with the nodes)",
+    ),
+]
 
 
 def test_self_test_boots_on_synthetic_weights_and_runs_a_job(tmp_path: Path):

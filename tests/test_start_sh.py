@@ -28,6 +28,8 @@ from tests.boot_harness import (
 from tests.provision_servers import FlakyFileServer, make_blob, running, write_manifest
 from tests.support import closed_port, free_port, make_png
 
+pytestmark = pytest.mark.integration  # start.sh, the handler and the double; loopback servers
+
 JOB = json.dumps(
     {
         "input": {

@@ -13,6 +13,8 @@ from tests.support import ComfyServer, make_png
 from wan_worker.handler import handle
 from wan_worker.video_check import inspect_frames
 
+pytestmark = pytest.mark.integration  # the ComfyUI double, ffmpeg
+
 
 def encode(tmp_path: Path, source: str, frames: int = 40) -> bytes:
     out = tmp_path / "v.mp4"
