@@ -3,19 +3,19 @@ the project with stand-ins for apt-get, apt-cache, sudo, id and the interpreter 
 writes what it was asked to a log; apt-get's install also asks policy-rc.d, as Debian's
 maintainer scripts do before starting nginx, and logs the answer. The copy's scripts/test.sh is
 a stand-in too. policy-rc.d lives in the test's folder (POLICY_RC_D), never in /usr/sbin.
+The tests that run the script are integration tests (bash and its commands).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-pytestmark = pytest.mark.integration  # .ci/run in bash, with stand-ins for its commands
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -104,6 +104,7 @@ def machine(tmp_path: Path) -> Machine:
 INSTALL_FLAGS = "install -y -qq --no-install-recommends"
 
 
+@pytest.mark.integration
 def test_a_bare_machine_gets_python_venv_and_the_tools_and_no_service_starts(machine: Machine):
     done = machine.run()
     assert done.returncode == 0, done.stderr
@@ -123,6 +124,7 @@ def test_a_bare_machine_gets_python_venv_and_the_tools_and_no_service_starts(mac
     assert not machine.policy.with_name("policy-rc.d.ci-run-saved").exists()
 
 
+@pytest.mark.integration
 def test_as_a_user_every_install_goes_through_sudo_and_a_policy_already_there_is_kept(
     machine: Machine,
 ):
@@ -151,6 +153,7 @@ def test_as_a_user_every_install_goes_through_sudo_and_a_policy_already_there_is
     assert not machine.policy.with_name("policy-rc.d.ci-run-saved").exists()
 
 
+@pytest.mark.integration
 def test_an_older_python_stops_before_the_venv_and_names_the_version_needed(machine: Machine):
     done = machine.run(FAKE_PYTHON_VERSION="3.10")
     assert done.returncode == 1
@@ -161,6 +164,7 @@ def test_an_older_python_stops_before_the_venv_and_names_the_version_needed(mach
     assert not machine.policy.exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("version", ["3.12", "3.13", "4.0"])
 def test_newer_pythons_pass_the_check(machine: Machine, version: str):
     done = machine.run(FAKE_PYTHON_VERSION=version)
@@ -168,6 +172,7 @@ def test_newer_pythons_pass_the_check(machine: Machine, version: str):
     assert "python3 -m venv .venv" in machine.log()
 
 
+@pytest.mark.integration
 def test_another_interpreter_is_installed_with_its_venv_package(machine: Machine):
     done = machine.run(PYTHON="python3.12")
     assert done.returncode == 0, done.stderr
@@ -178,6 +183,7 @@ def test_another_interpreter_is_installed_with_its_venv_package(machine: Machine
     assert "python3.12 -m venv .venv" in log
 
 
+@pytest.mark.integration
 def test_a_failed_install_still_takes_its_policy_away(machine: Machine):
     done = machine.run(FAKE_INSTALL_FAILS="1")
     assert done.returncode == 100
@@ -186,6 +192,7 @@ def test_a_failed_install_still_takes_its_policy_away(machine: Machine):
     assert not [line for line in machine.log() if line.startswith("python3")]
 
 
+@pytest.mark.integration
 def test_a_failed_install_puts_back_the_policy_that_was_there(machine: Machine):
     machine.policy.write_text("#!/bin/sh\nexit 0\n")
     machine.policy.chmod(0o755)
@@ -193,3 +200,13 @@ def test_a_failed_install_puts_back_the_policy_that_was_there(machine: Machine):
     assert done.returncode == 100
     assert "policy-rc.d nginx start: 101" in machine.log()  # ours, during the install
     assert machine.policy.read_text() == "#!/bin/sh\nexit 0\n"
+
+
+def test_the_python_version_needed_is_the_same_in_the_project_ci_and_readme():
+    requires = re.search(
+        r'^requires-python = ">=(\d+\.\d+)"$', (ROOT / "pyproject.toml").read_text(), re.M
+    )
+    minimum = re.search(r"^MIN_PYTHON=(\S+)$", (ROOT / ".ci" / "run").read_text(), re.M)
+    assert requires is not None and minimum is not None
+    assert requires.group(1) == minimum.group(1) == "3.11"
+    assert "Python 3.11 or newer" in (ROOT / "README.md").read_text()
