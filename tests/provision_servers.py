@@ -338,6 +338,18 @@ def partial_of(dest: Path) -> Path:
     return partial
 
 
+def url_model(folder: str, filename: str, data: bytes, url: str, *, pin_sha: bool = True) -> dict:
+    """A manifest entry for `data` downloaded from `url`: its size pinned, its sha256 too
+    unless `pin_sha` is false."""
+    return {
+        "folder": folder,
+        "filename": filename,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest() if pin_sha else None,
+        "sources": [{"type": "url", "url": url}],
+    }
+
+
 def write_manifest(path: Path, models: list[dict]) -> Path:
     path.write_text(json.dumps({"models": models}), encoding="utf-8")
     return path

@@ -23,6 +23,7 @@ from tests.provision_servers import (
     nginx_server,
     partial_of,
     running,
+    url_model,
     write_manifest,
 )
 from tests.support import closed_port
@@ -183,15 +184,7 @@ def test_interrupted_download_resumes_from_where_it_stopped(tmp_path, cdn):
     with running(server):
         manifest = write_manifest(
             tmp_path / "m.json",
-            [
-                {
-                    "folder": "vae",
-                    "filename": "big.safetensors",
-                    "size": SIZE,
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "sources": [{"type": "url", "url": f"{server.url}/big.bin"}],
-                },
-            ],
+            [url_model("vae", "big.safetensors", data, f"{server.url}/big.bin")],
         )
         # One attempt, one connection: the dropped connection ends the first run.
         settings = settings_for(tmp_path, manifest, connections=1, chunk_bytes=8 * MIB, retries=1)

@@ -20,6 +20,7 @@ from tests.provision_servers import (
     make_blob,
     partial_of,
     running,
+    url_model,
     write_manifest,
 )
 from tests.support import wait_for
@@ -36,16 +37,7 @@ SIZE = 5 * MIB + 999  # six 1 MiB ranges, the last one short
 
 def one_model(tmp_path: Path, url: str, data: bytes, *, pin_sha: bool = True) -> Path:
     return write_manifest(
-        tmp_path / "m.json",
-        [
-            {
-                "folder": "vae",
-                "filename": "a.safetensors",
-                "size": len(data),
-                "sha256": hashlib.sha256(data).hexdigest() if pin_sha else None,
-                "sources": [{"type": "url", "url": url}],
-            },
-        ],
+        tmp_path / "m.json", [url_model("vae", "a.safetensors", data, url, pin_sha=pin_sha)]
     )
 
 
