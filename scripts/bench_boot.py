@@ -61,8 +61,8 @@ from scripts.gpu_bench.jobs import workflow_with_frames as gpu_bench_workflow  #
 from scripts.gpu_bench.memory import VramBallast  # noqa: E402
 from scripts.gpu_bench.weights import ensure_weights  # noqa: E402
 from tests.boot_events import parse_events  # noqa: E402
-from tests.provision_servers import closed_port, free_port  # noqa: E402
 from tests.runpod_queue import QueuedJob, RunPodQueue  # noqa: E402
+from tests.support import closed_port, free_port  # noqa: E402
 
 MANIFEST = REPO_ROOT / "workflows" / "models.json"
 SCENARIOS = ("first-job", "warmup", "answer")

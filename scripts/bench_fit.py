@@ -150,7 +150,7 @@ class Case:
 
 def double_video(width: int, height: int, folder: Path) -> bytes:
     """One job on the ComfyUI double at this size, with test_input.json's image."""
-    from tests.conftest import start_double, stop
+    from tests.support import start_double, stop
     from wan_worker.handler import handle
 
     sample = json.loads((PROJECT / "test_input.json").read_text())

@@ -21,7 +21,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import make_png, start_double, stop
+from tests.support import make_png, start_double, stop
 from wan_worker.handler import handle
 
 

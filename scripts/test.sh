@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: linters, then the whole test suite.
+#   scripts/test.sh [PYTEST_ARGS...]          linters, then every test
+#   scripts/test.sh --fast [PYTEST_ARGS...]   the unit tests alone, no linters (under a minute):
+#                                             pytest -m "not integration" (pyproject.toml)
 # Set COMFYUI_URL to also run the integration tests against a real ComfyUI.
 # The tools come from the project's virtualenv: the active one, else ./.venv (the one README.md
 # makes), activated or not.
@@ -29,6 +32,10 @@ shell_scripts() {
 
 main() {
   use_virtualenv
+  if [[ "${1:-}" == "--fast" ]]; then
+    shift
+    exec python -m pytest -m "not integration" "$@"
+  fi
   ruff check .
   ruff format --check .
   mypy

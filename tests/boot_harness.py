@@ -21,12 +21,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.boot_events import parse_events
-from tests.provision_servers import closed_port, free_port
+from tests.support import closed_port, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 START = ROOT / "start.sh"
@@ -171,15 +170,13 @@ class BootRun:
 
     def wait_event(self, name: str, timeout_s: float = 60) -> dict[str, Any]:
         """The first `name` event, once the boot has written it (the process must live)."""
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            found = [e for e in self.events() if e["event"] == name]
-            if found:
-                return found[0]
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no {name} event in {self.names()}\n{self.stderr[-3000:]}")
+        return wait_for(
+            lambda: next((e for e in self.events() if e["event"] == name), None),
+            f"a {name} event",
+            timeout_s=timeout_s,
+            gone=lambda: self.proc.poll() is not None,
+            context=lambda: f"events: {self.names()}\n{self.stderr[-3000:]}",
+        )
 
     def let_comfyui_answer(self) -> None:
         """A stand-in ComfyUI held by `hold_comfyui` now listens, and answers."""

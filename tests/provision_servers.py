@@ -4,8 +4,8 @@
 - `HubStub`: an aiohttp app answering `/{repo}/resolve/{rev}/{path}` like the Hugging Face Hub:
   metadata headers (X-Repo-Commit, X-Linked-Etag, X-Linked-Size) and a 302 to the file host.
 - `FlakyFileServer`: an aiohttp file server with Range that can cut the first response short,
-  corrupt it, ignore Range, hold a range back until the others are served, or stall mid-body,
-  recording every Range it was asked for.
+  corrupt it, ignore Range, hold a range back until the others are served, hold every answer
+  until a condition holds, or stall mid-body, recording every Range it was asked for.
 All start synchronously (the listening socket exists when `start()` returns) and count requests.
 """
 
@@ -16,26 +16,16 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (connection refused)."""
-    return free_port()
+from tests.support import POLL_S, free_port
 
 
 class Nginx:
@@ -194,7 +184,8 @@ class Fault:
     corrupt: bool = False  # every GET: flip the bytes' first byte
     corrupt_gets: int = 0  # the first this many GETs: flip the bytes' first byte
     status: int | None = None  # every request: answer with this status
-    delay_s: float = 0.0  # every GET: wait this long before answering (a slow link)
+    # every GET: held until this says so (it reads state another process writes), or stop()
+    hold_until: Callable[[], bool] | None = None
     ignore_range: bool = False  # every GET: the whole file with 200, whatever Range says
     hold_first_range: int = 0  # the GET for bytes=0-...: held until this many others are served
     stall_after: int | None = None  # first GET: send this many bytes, then hang until stop()
@@ -248,13 +239,13 @@ class FlakyFileServer(_AioServer):
             return web.Response(headers={"Content-Length": str(size), "ETag": '"v1"'})
         rng = request.headers.get("Range")
         self.ranges.append(rng)
-        if self.fault.delay_s:
-            await asyncio.sleep(self.fault.delay_s)
-        start, end = 0, size - 1
-        status = 200
         if self._progress is None:
             self._progress = asyncio.Condition()
             self._release = asyncio.Event()
+        if self.fault.hold_until is not None:
+            await self._held(self.fault.hold_until)
+        start, end = 0, size - 1
+        status = 200
         if self.fault.hold_first_range and rng and rng.startswith("bytes=0-"):
             async with self._progress:
                 await self._progress.wait_for(lambda: self._served >= self.fault.hold_first_range)
@@ -289,6 +280,11 @@ class FlakyFileServer(_AioServer):
             self._served += 1
             self._progress.notify_all()
         return response
+
+    async def _held(self, until: Callable[[], bool]) -> None:
+        assert self._release is not None
+        while not until() and not self._release.is_set():
+            await asyncio.sleep(POLL_S)
 
 
 class S3Proxy(_AioServer):
@@ -340,6 +336,18 @@ def partial_of(dest: Path) -> Path:
     """The one partial download of `dest` (named by its owner's token) that a run left."""
     [partial] = dest.parent.glob(f".{dest.name}.*.partial")
     return partial
+
+
+def url_model(folder: str, filename: str, data: bytes, url: str, *, pin_sha: bool = True) -> dict:
+    """A manifest entry for `data` downloaded from `url`: its size pinned, its sha256 too
+    unless `pin_sha` is false."""
+    return {
+        "folder": folder,
+        "filename": filename,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest() if pin_sha else None,
+        "sources": [{"type": "url", "url": url}],
+    }
 
 
 def write_manifest(path: Path, models: list[dict]) -> Path:

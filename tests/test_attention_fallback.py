@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import ComfyServer, make_png
 from tests.media import probe
+from tests.support import ComfyServer, make_png
 from wan_worker.comfy import failures
 from wan_worker.errors import ComfyExecutionError, SageAttentionFailed, error_result
 from wan_worker.handler import handle
+
+pytestmark = pytest.mark.integration  # the ComfyUI double in a subprocess
 
 TRANSCRIPTS = Path(__file__).resolve().parent / "data" / "comfyui_transcripts"
 

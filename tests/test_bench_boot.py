@@ -80,6 +80,7 @@ def write(path: Path, text: str = "x = 1\n") -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_priming_compiles_comfyui_and_what_each_boot_imports_of_its_checkout(tmp_path):
     comfy = [write(tmp_path / "ComfyUI" / "main.py"), write(tmp_path / "ComfyUI/comfy/ops.py")]
     comfy.append(write(tmp_path / "ComfyUI/custom_nodes/pack/nodes.py"))
@@ -101,6 +102,7 @@ def test_priming_compiles_comfyui_and_what_each_boot_imports_of_its_checkout(tmp
     assert list(took) == ["bytecode_s"]  # no GPU step without a GPU
 
 
+@pytest.mark.integration
 def test_priming_that_fails_names_the_command_and_the_way_around_it(tmp_path):
     write(tmp_path / "ComfyUI/main.py", "def broken(:\n")
     (tmp_path / "new").mkdir()
@@ -118,6 +120,7 @@ def test_priming_that_fails_names_the_command_and_the_way_around_it(tmp_path):
     assert "SyntaxError" in (tmp_path / "prime.log").read_text(encoding="utf-8")
 
 
+@pytest.mark.integration
 def test_the_gpu_is_first_used_by_comfyuis_python_after_the_bytecode(tmp_path):
     calls = tmp_path / "calls"
     fake = write(
@@ -208,6 +211,7 @@ def gone(pid_file: Path) -> bool:
     return not Path(f"/proc/{pid_file.read_text(encoding='utf-8').strip()}").exists()
 
 
+@pytest.mark.integration
 def test_an_answer_run_stops_the_boot_once_comfyui_answers(tmp_path):
     args = answer_args(
         tmp_path,
@@ -233,6 +237,7 @@ def test_an_answer_run_stops_the_boot_once_comfyui_answers(tmp_path):
     )
 
 
+@pytest.mark.integration
 def test_a_boot_that_exits_before_comfyui_answers_fails_its_run_with_why(tmp_path):
     args = answer_args(tmp_path)
     write(tmp_path / "new/start.sh", "#!/usr/bin/env bash\necho 'CUDA is not ready'\nexit 4\n")

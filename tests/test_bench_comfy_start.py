@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # stand-in ComfyUI processes
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_comfy_start.py"
 _spec = importlib.util.spec_from_file_location("bench_comfy_start", SCRIPT)
 assert _spec is not None and _spec.loader is not None

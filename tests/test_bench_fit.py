@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # ffmpeg
+
 PROJECT = Path(__file__).resolve().parent.parent
 
 

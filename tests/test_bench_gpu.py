@@ -179,6 +179,7 @@ def test_memory_peak_is_read_inside_the_job_window():
     assert sampler.peak(5.0, 6.0) is None
 
 
+@pytest.mark.integration
 def test_memory_budget_helper_failure_says_how_to_run_without_it():
     # Without torch (as in CI) the helper exits at once, just as it would without a GPU.
     ballast = memory.VramBallast(sys.executable, 32607)

@@ -20,7 +20,6 @@ import hashlib
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,12 +27,15 @@ import pytest
 import requests
 
 from tests.boot_harness import BootRun, boot_env, hold_comfyui
-from tests.conftest import make_png
 from tests.page_cache import cached_since_drop, drop_from_cache, resident_bytes
-from tests.provision_servers import Fault, FlakyFileServer, make_blob, running, write_manifest
+from tests.provision_servers import FlakyFileServer, make_blob, running, write_manifest
 from tests.runpod_queue import RunPodQueue
+from tests.support import make_png, wait_for
 from wan_worker.boot.readahead import first_use_order
 from wan_worker.workflow import load_template
+
+# The whole boot: start.sh, the handler, the double, loopback servers.
+pytestmark = pytest.mark.integration
 
 PROJECT = Path(__file__).resolve().parent.parent
 WORKFLOW = PROJECT / "workflows" / "wan_flf_i2v_api.json"
@@ -49,10 +51,11 @@ def job_input(seed: int = 1) -> dict:
 
 @pytest.fixture
 def volume(tmp_path: Path) -> Iterator[tuple[dict, FlakyFileServer]]:
-    """A boot environment whose manifest lists the workflow's six files, served from loopback
-    with a slow link. Five are on the volume already, verified by an earlier boot (their
-    markers written by the real provisioner) and out of the page cache; the VAE is not, so
-    this boot downloads it, while ComfyUI starts."""
+    """A boot environment whose manifest lists the workflow's six files, served from loopback.
+    Five are on the volume already, verified by an earlier boot (their markers written by the
+    real provisioner) and out of the page cache; the VAE is not, so this boot downloads it,
+    while ComfyUI starts: the file server answers only once the stand-in ComfyUI runs, so a
+    boot that waited for its models before starting ComfyUI would never get the VAE."""
     if shutil.which("fincore") is None:
         pytest.skip("needs util-linux fincore")
     env = boot_env(tmp_path)
@@ -69,7 +72,7 @@ def volume(tmp_path: Path) -> Iterator[tuple[dict, FlakyFileServer]]:
                 "sources": [{"type": "url", "url": f"URL/{use.relpath}"}],
             }
         )
-    with running(FlakyFileServer(cdn, Fault(delay_s=1.0))) as server:
+    with running(FlakyFileServer(cdn)) as server:
         for entry in entries:
             entry["sources"][0]["url"] = entry["sources"][0]["url"].replace("URL", server.url)
         earlier = [e for e in entries if f"{e['folder']}/{e['filename']}" != DOWNLOADED_AT_BOOT]
@@ -82,6 +85,8 @@ def volume(tmp_path: Path) -> Iterator[tuple[dict, FlakyFileServer]]:
             check=True,
         )
         env["MODELS_MANIFEST"] = str(write_manifest(tmp_path / "models.json", entries))
+        comfyui_runs = Path(env["FAKE_COMFY_RECORD"])  # written by the stand-in as it starts
+        server.fault.hold_until = comfyui_runs.exists
         for use in USES:
             if use.relpath != DOWNLOADED_AT_BOOT:
                 drop_from_cache(root / use.relpath)
@@ -116,8 +121,8 @@ def test_boot_order_with_a_job_waiting_at_boot(tmp_path, volume, queue):
     names = run.names()
     at = {name: names.index(name) for name in names}
 
-    # ComfyUI started first; the models were verified after (the VAE's download takes 1 s),
-    # while ComfyUI was already running.
+    # ComfyUI started first; the models were verified after (the VAE's download is answered
+    # only once ComfyUI runs), while ComfyUI was already running.
     assert at["boot_started"] < at["models_root"] < at["comfyui_launched"] < at["models_verified"]
     comfy_started = Path(env["FAKE_COMFY_RECORD"]).stat().st_mtime
     assert comfy_started < run.event("models_verified")["t"]
@@ -154,13 +159,11 @@ def clear_faults(url: str) -> None:
 
 def wait_until_sampling(url: str, timeout_s: float = 30) -> None:
     """Until the double runs a prompt (its non-sampling nodes take no time, so it samples)."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        queue = requests.get(f"{url}/queue", timeout=5).json()
-        if queue["queue_running"]:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the warm-up's prompt never ran")
+    wait_for(
+        lambda: requests.get(f"{url}/queue", timeout=5).json()["queue_running"] or None,
+        "the warm-up's prompt running",
+        timeout_s=timeout_s,
+    )
 
 
 def test_warmup_runs_while_idle_and_a_job_that_arrives_stops_it(tmp_path, volume, queue):

@@ -16,6 +16,8 @@ from wan_worker.boot.cuda_check import BackgroundProbe, probe_once, wait_for_gpu
 from wan_worker.errors import ConfigError, GpuNotReady
 from wan_worker.settings.cuda import CudaWaitSettings
 
+pytestmark = pytest.mark.integration  # probe processes
+
 FAKE_TORCH = """
 import os
 __version__ = "0.0-test"

@@ -104,6 +104,7 @@ def recorded_run(
     return report, events
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux fincore")
 def test_readahead_puts_the_files_in_the_page_cache_in_order(tmp_path):
     paths = [out_of_cache(tmp_path / u.relpath, 3_000_000) for u in USES]
@@ -117,6 +118,7 @@ def test_readahead_puts_the_files_in_the_page_cache_in_order(tmp_path):
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux fincore")
 def test_readahead_holds_past_its_allowance_until_comfyui_answers(tmp_path):
     """READAHEAD_BEFORE_ANSWER_MB: the text encoder and the VAE are read while ComfyUI imports;

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_png
-from tests.http_server import serve
 from tests.runpod_double import RunPodDouble, progress
-from tests.test_local_api import free_port
+from tests.support import free_port, make_png, serve
 from wan_worker import errors
 from wan_worker.client import ExitCode, main
 from wan_worker.client.errors import ApiError, ClientError
 from wan_worker.client.outcome import failure
+
+pytestmark = pytest.mark.integration  # the client against loopback servers, and as a subprocess
 
 PROJECT = Path(__file__).resolve().parent.parent
 

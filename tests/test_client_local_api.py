@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ComfyServer, make_png
 from tests.media import probe
-from tests.test_local_api import (
-    api,  # noqa: F401 - the fixture: the SDK's local API
-    free_port,
-)
+from tests.support import ComfyServer, free_port, make_png
+from tests.test_local_api import api  # noqa: F401 - the fixture: the SDK's local API
 from wan_worker.client import ExitCode
+
+pytestmark = pytest.mark.integration  # the client against the SDK's local API and the double
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.provision_servers import free_port
+from tests.support import free_port
 from wan_worker.comfy import client as comfy_client
 from wan_worker.comfy.client import READY_POLL_S, ComfyClient
 from wan_worker.errors import ComfyUnavailable
+
+pytestmark = pytest.mark.integration  # the ComfyUI double in a subprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFUSED_TRIES = 12  # well past the point where the old backoff reached its 1 s cap

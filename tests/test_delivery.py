@@ -11,9 +11,9 @@ import boto3
 import pytest
 import requests
 
-from tests.conftest import ComfyServer, make_png
 from tests.media import graph_tags, make_mp4, probe
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, make_bucket, moto_s3
+from tests.support import ComfyServer, make_png
 from wan_worker.delivery import deliver, make_store, reencode_limit
 from wan_worker.errors import ConfigError, OutputError, error_result
 from wan_worker.handler import handle
@@ -43,6 +43,7 @@ def storage(endpoint: str, **overrides) -> StorageSettings:
     return StorageSettings(**values)
 
 
+@pytest.mark.integration
 def test_upload_returns_a_presigned_url_to_the_exact_bytes(s3):
     settings = WorkerSettings(storage=storage(s3))
     result = deliver(VIDEO, "job-1.mp4", settings, make_store(settings))
@@ -59,6 +60,7 @@ def test_upload_returns_a_presigned_url_to_the_exact_bytes(s3):
     assert base64.b64decode(result["video"]) == VIDEO  # small enough to also go inline
 
 
+@pytest.mark.integration
 def test_large_videos_go_by_url_only(s3):
     settings = WorkerSettings(storage=storage(s3), max_base64_bytes=1000)
     result = deliver(VIDEO, "job-2.mp4", settings, make_store(settings))
@@ -68,6 +70,7 @@ def test_large_videos_go_by_url_only(s3):
     assert requests.get(result["video_url"], timeout=10).content == VIDEO
 
 
+@pytest.mark.integration
 def test_a_multipart_upload_arrives_whole(s3):
     big = bytes(range(256)) * (20 * 1024 * 1024 // 256 + 7)  # above the 16 MiB threshold
     settings = WorkerSettings(storage=storage(s3), include_base64=False)
@@ -75,6 +78,7 @@ def test_a_multipart_upload_arrives_whole(s3):
     assert requests.get(result["video_url"], timeout=30).content == big
 
 
+@pytest.mark.integration
 def test_a_failed_upload_says_why_and_falls_back_to_inline(s3):
     settings = WorkerSettings(storage=storage(s3, bucket="no-such-bucket"))
     result = deliver(VIDEO, "job-3.mp4", settings, make_store(settings))
@@ -82,6 +86,7 @@ def test_a_failed_upload_says_why_and_falls_back_to_inline(s3):
     assert "NoSuchBucket" in result["upload_error"]
 
 
+@pytest.mark.integration
 def test_a_failed_upload_of_a_large_video_returns_it_fitted_inline(s3, tmp_path: Path):
     """The video was made: a smaller copy and the upload's error beat a failed job."""
     video = make_mp4(tmp_path)
@@ -99,6 +104,7 @@ def test_a_failed_upload_of_a_large_video_returns_it_fitted_inline(s3, tmp_path:
     assert probe(fitted).frames == 48
 
 
+@pytest.mark.integration
 def test_a_failed_upload_of_a_video_that_cannot_be_fitted_is_a_storage_error(s3):
     settings = WorkerSettings(storage=storage(s3, bucket="no-such-bucket"), max_base64_bytes=100)
     with pytest.raises(Exception) as caught:
@@ -117,6 +123,7 @@ def test_a_failed_upload_of_a_video_that_cannot_be_fitted_is_a_storage_error(s3)
     assert error_result(caught.value)["error_code"] == "storage_error"
 
 
+@pytest.mark.integration
 def test_without_storage_a_large_video_is_fitted_and_says_so(tmp_path: Path):
     video = make_mp4(tmp_path, metadata=True)
     budget = len(video) // 3
@@ -142,6 +149,7 @@ def test_without_storage_a_large_video_is_fitted_and_says_so(tmp_path: Path):
     assert "configure output storage (BUCKET_NAME, BUCKET_ACCESS_KEY_ID" in note
 
 
+@pytest.mark.integration
 def test_a_video_that_fits_is_returned_as_it_is(tmp_path: Path):
     video = make_mp4(tmp_path)
     result = deliver(video, "x.mp4", WorkerSettings(), None)
@@ -150,6 +158,7 @@ def test_a_video_that_fits_is_returned_as_it_is(tmp_path: Path):
     assert "reencoded" not in result and "original_bytes" not in result
 
 
+@pytest.mark.integration
 def test_without_storage_a_video_that_cannot_be_fitted_says_why_and_how_to_fix_it(
     tmp_path: Path,
 ):
@@ -177,6 +186,7 @@ def test_without_storage_a_video_that_cannot_be_fitted_says_why_and_how_to_fix_i
     )
 
 
+@pytest.mark.integration
 def test_the_fit_stops_at_the_jobs_deadline_when_that_comes_first(tmp_path: Path):
     """A job near its JOB_TIMEOUT_S gets only what is left of it for the re-encode, not all of
     REENCODE_TIMEOUT_S: the job never runs past its deadline, and the error says which limit."""
@@ -276,6 +286,7 @@ def test_reencode_settings_come_from_the_environment():
         WorkerSettings.from_env({"REENCODE_TIMEOUT_S": "0"})
 
 
+@pytest.mark.integration
 def test_a_job_uploads_its_video_end_to_end(comfy: ComfyServer, s3):
     worker = comfy.worker(storage=storage(s3), max_base64_bytes=10)
     worker.store = make_store(worker.settings)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from PIL import Image
 
@@ -169,6 +170,7 @@ def test_the_hub_tests_input_is_valid_and_small() -> None:
     assert params.width * params.height <= 128 * 128
 
 
+@pytest.mark.integration
 def test_the_hub_tests_video_fits_inline_even_if_it_is_pure_noise(tmp_path: Path) -> None:
     """The self-test's video is noise; the test has no output storage, so the MP4 must come
     back as base64 within MAX_BASE64_BYTES. Pure random noise is the least compressible video:
@@ -194,6 +196,7 @@ def test_the_hub_tests_video_fits_inline_even_if_it_is_pure_noise(tmp_path: Path
     )
 
 
+@pytest.mark.integration
 def test_the_hubs_handler_py_runs_the_workers_entry_point(tmp_path: Path) -> None:
     """The Hub asks for a handler.py; .runpod/handler.py runs rp_handler.py, arguments and all."""
     result = subprocess.run(
@@ -281,6 +284,7 @@ def run_disk_check(tmp_path: Path, needed_gb: int) -> subprocess.CompletedProces
     )
 
 
+@pytest.mark.integration
 def test_the_disk_check_stops_the_job_with_a_clear_message_below_the_need(
     tmp_path: Path,
 ) -> None:

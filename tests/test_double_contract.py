@@ -18,7 +18,9 @@ import pytest
 import requests
 import websocket
 
-from tests.conftest import ComfyServer, make_png
+from tests.support import ComfyServer, make_png
+
+pytestmark = pytest.mark.integration  # the ComfyUI double in a subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "comfyui_transcripts"

@@ -13,11 +13,14 @@ import signal
 from functools import partial
 from typing import Any
 
+import pytest
 from runpod.serverless.modules.rp_job import run_job
 
-from tests.conftest import ComfyServer, make_png
+from tests.support import ComfyServer, make_png
 from wan_worker.handler import handle
 from wan_worker.worker import Worker
+
+pytestmark = pytest.mark.integration  # the ComfyUI double in a subprocess
 
 
 def sdk_run(worker: Worker, job_input: Any) -> dict[str, Any]:

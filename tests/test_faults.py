@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ComfyServer, make_png
-from tests.test_local_api import free_port
+from tests.support import ComfyServer, free_port, make_png
 from wan_worker.errors import error_result
 from wan_worker.handler import handle
+
+pytestmark = pytest.mark.integration  # the ComfyUI double and the worker in subprocesses
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -14,11 +14,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import ComfyServer, make_png
+import pytest
+
 from tests.media import probe
+from tests.support import ComfyServer, make_png
 from tests.tcp_proxy import proxy_to
 from wan_worker.handler import handle
 from wan_worker.worker import Worker
+
+pytestmark = pytest.mark.integration  # the ComfyUI double behind a loopback proxy
 
 
 def job(name: str) -> dict[str, Any]:

@@ -9,10 +9,14 @@ import os
 import time
 from pathlib import Path
 
-from tests.conftest import ComfyServer, make_png, start_double, stop
+import pytest
+
 from tests.media import probe
+from tests.support import ComfyServer, make_png, start_double, stop
 from wan_worker.handler import handle
 from wan_worker.workflow import load_template
+
+pytestmark = pytest.mark.integration  # the ComfyUI double in a subprocess, ffmpeg
 
 
 def job(**overrides) -> dict:
@@ -205,7 +209,7 @@ def test_comfyui_dying_mid_job_is_reported_within_seconds(comfy_double: ComfySer
 
 
 def test_a_comfyui_that_never_starts_fails_the_job_clearly(tmp_path):
-    from tests.conftest import ComfyServer as Server
+    from tests.support import ComfyServer as Server
 
     server = Server(
         "http://127.0.0.1:9", tmp_path, tmp_path / "none.pid", tmp_path / "none.log", None, True

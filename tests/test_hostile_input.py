@@ -1,7 +1,9 @@
-"""Hostile and malformed jobs: each gets a clear error naming the field, and the next job runs.
+"""Hostile and malformed jobs: each gets a clear error naming the field, before anything is
+fetched or reaches ComfyUI, and no input can break the worker for whoever comes next.
 
-Every case goes through the whole handler against the ComfyUI double; after each one a valid
-job must still succeed, so no input can break the worker for whoever comes next.
+Every case is a fast unit test on the input parser (`read_job_input`, the handler's first step,
+and the error result the handler returns for it). One integration test sends them all through
+the whole handler of one worker against the ComfyUI double, then good jobs, which must succeed.
 """
 
 from __future__ import annotations
@@ -10,13 +12,22 @@ import base64
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import ComfyServer, make_png
+from tests.support import ComfyServer, make_png, start_double, stop
+from wan_worker.errors import InputError, error_result
 from wan_worker.handler import handle
-from wan_worker.worker import Worker
+from wan_worker.job_input import read_job_input
+from wan_worker.settings.worker import WorkerSettings
+from wan_worker.workflow import load_template
+
+TEMPLATE = load_template(
+    Path(__file__).resolve().parent.parent / "workflows" / "wan_flf_i2v_api.json"
+)
+SETTINGS = WorkerSettings()
 
 PNG = make_png(64, 64)
 B64 = base64.b64encode(PNG).decode()
@@ -283,13 +294,26 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def worker_and_server(tmp_path_factory):
-    from tests.conftest import start_double, stop
+@pytest.fixture(autouse=True)
+def no_private_urls(monkeypatch):
+    """The worker's default: URLs on private addresses are refused, whatever the caller's
+    environment says."""
+    monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
 
-    server = start_double(tmp_path_factory.mktemp("hostile"))
-    yield server.worker(), server
-    stop(server)
+
+def refusal(raw) -> dict:
+    """The handler's error result for `raw`, from the parser alone."""
+    with pytest.raises(InputError) as caught:
+        read_job_input(raw, TEMPLATE, SETTINGS)
+    return error_result(caught.value)
+
+
+def assert_refused_clearly(result: dict, field: str, text: str) -> None:
+    assert result["error_code"] == "invalid_input", result
+    assert text in result["error"], result["error"][:500]
+    assert field in result["fields"]
+    assert len(result["error"]) < 4000
+    assert "hunter2" not in result["error"]
 
 
 def test_there_are_at_least_forty_cases():
@@ -297,26 +321,36 @@ def test_there_are_at_least_forty_cases():
 
 
 @pytest.mark.parametrize(("name", "raw", "field", "text"), CASES, ids=[c[0] for c in CASES])
-def test_hostile_input_is_refused_and_the_next_job_runs(
-    worker_and_server, monkeypatch, name, raw, field, text
-):
-    monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
-    worker: Worker = worker_and_server[0]
-    server: ComfyServer = worker_and_server[1]
-    before = server.prompts_received()
-    result = handle({"id": f"hostile-{name}", "input": raw}, worker)
-    assert result["error_code"] == "invalid_input", result
-    assert text in result["error"], result["error"][:500]
-    assert field in result["fields"]
-    assert len(result["error"]) < 4000
-    assert "hunter2" not in result["error"]
-    assert server.prompts_received() == before  # refused before ComfyUI saw anything
-    follow_up = handle({"id": f"after-{name}", "input": good()}, worker)
-    assert "error" not in follow_up, follow_up
-    assert server.job_files() == []
+def test_hostile_input_is_refused_with_its_field_named(name, raw, field, text):
+    assert_refused_clearly(refusal(raw), field, text)
 
 
-def test_an_animated_gif_uses_its_first_frame(worker_and_server):
-    worker = worker_and_server[0]
-    result = handle({"id": "gif", "input": good(start_image=b64(animated_gif()))}, worker)
-    assert "error" not in result, result
+def test_an_animated_gif_uses_its_first_frame():
+    gif = animated_gif()
+    _, image = read_job_input(good(start_image=b64(gif)), TEMPLATE, SETTINGS)
+    decoded = Image.open(io.BytesIO(image.png))
+    assert (decoded.format, decoded.size) == ("PNG", (48, 48))
+    with Image.open(io.BytesIO(gif)) as frames:
+        first = frames.convert("RGB").tobytes()
+        frames.seek(frames.n_frames - 1)
+        last = frames.convert("RGB").tobytes()
+    assert decoded.convert("RGB").tobytes() == first != last
+
+
+@pytest.mark.integration
+def test_the_worker_refuses_every_case_and_then_runs_good_jobs(tmp_path):
+    server: ComfyServer = start_double(tmp_path)
+    try:
+        worker = server.worker()
+        for name, raw, field, text in CASES:
+            result = handle({"id": f"hostile-{name}", "input": raw}, worker)
+            assert_refused_clearly(result, field, text)
+        assert server.prompts_received() == 0  # every case refused before ComfyUI saw it
+        assert server.job_files() == []
+        for job in (good(), good(start_image=b64(animated_gif()))):
+            result = handle({"id": "after-hostile", "input": job}, worker)
+            assert "error" not in result, result
+        assert server.prompts_received() == 2
+        assert server.job_files() == []
+    finally:
+        stop(server)

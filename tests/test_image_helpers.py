@@ -70,6 +70,7 @@ def fetch(url: str, dest: Path, commit: str) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.integration
 def test_fetches_exactly_the_pinned_commit_not_the_branch_tip(
     upstream: tuple[Path, str, str], tmp_path: Path
 ) -> None:
@@ -81,6 +82,7 @@ def test_fetches_exactly_the_pinned_commit_not_the_branch_tip(
     assert git("rev-list", "--count", "HEAD", cwd=tmp_path / "node") == "1"  # shallow
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("commit", ["main", "v1.0", "abc1234"])
 def test_refuses_branches_tags_and_short_shas(
     upstream: tuple[Path, str, str], tmp_path: Path, commit: str
@@ -92,6 +94,7 @@ def test_refuses_branches_tags_and_short_shas(
     assert not (tmp_path / "node").exists()
 
 
+@pytest.mark.integration
 def test_unknown_commit_fails_naming_it(upstream: tuple[Path, str, str], tmp_path: Path) -> None:
     repo, _, _ = upstream
     missing = "0" * 40
@@ -100,6 +103,7 @@ def test_unknown_commit_fails_naming_it(upstream: tuple[Path, str, str], tmp_pat
     assert f"could not fetch {missing}" in result.stderr
 
 
+@pytest.mark.integration
 def test_refuses_to_fetch_over_existing_files(
     upstream: tuple[Path, str, str], tmp_path: Path
 ) -> None:
@@ -167,6 +171,7 @@ def installed(root: Path) -> dict[str, str]:
     return dict(line.split("==") for line in freeze.splitlines())
 
 
+@pytest.mark.integration
 def test_node_requirements_keep_the_installed_torch(torch_venv: Path) -> None:
     root = torch_venv
     result = uv(
@@ -178,6 +183,7 @@ def test_node_requirements_keep_the_installed_torch(torch_venv: Path) -> None:
     assert installed(root) == {"polite-node": "1.0"} | {n: locked[n] for n in TORCH_STACK}
 
 
+@pytest.mark.integration
 def test_a_node_that_wants_another_torch_fails_instead_of_replacing_it(
     torch_venv: Path,
 ) -> None:
@@ -327,17 +333,20 @@ def fake_comfyui(root: Path, log: str, exit_code: int = 0) -> Path:
     return comfyui
 
 
+@pytest.mark.integration
 def test_quick_test_passes_when_comfyui_loads_every_node(tmp_path: Path) -> None:
     comfyui = fake_comfyui(tmp_path, comfyui_log())
     assert "all 9 custom nodes imported" in smoke.check_quick_test(comfyui, NODES)
 
 
+@pytest.mark.integration
 def test_quick_test_fails_on_a_failed_node_even_though_comfyui_exits_0(tmp_path: Path) -> None:
     comfyui = fake_comfyui(tmp_path, comfyui_log(failed={"ComfyUI-Frame-Interpolation": "boom"}))
     with pytest.raises(smoke.SmokeError, match="ComfyUI-Frame-Interpolation"):
         smoke.check_quick_test(comfyui, NODES)
 
 
+@pytest.mark.integration
 def test_quick_test_fails_when_comfyui_crashes(tmp_path: Path) -> None:
     comfyui = fake_comfyui(tmp_path, comfyui_log(), exit_code=3)
     with pytest.raises(smoke.SmokeError, match="exited 3"):
@@ -443,6 +452,7 @@ def test_a_fetched_requirement_file_that_changed_or_vanished_fails(fetched_comfy
         smoke.check_requirement_files(fetched_comfyui, KEPT)
 
 
+@pytest.mark.integration
 def test_requirement_files_command_exits_non_zero_on_a_difference(fetched_comfyui: Path) -> None:
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -502,6 +512,7 @@ def checkout(tmp_path: Path) -> tuple[Path, dict]:
     return comfyui, versions
 
 
+@pytest.mark.integration
 def test_refresh_copies_each_file_and_records_its_commit(
     checkout: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -520,6 +531,7 @@ def test_refresh_copies_each_file_and_records_its_commit(
     assert smoke.requirement_file_problems(comfyui, kept) == []
 
 
+@pytest.mark.integration
 def test_refresh_from_a_checkout_off_its_pins_changes_nothing(
     checkout: tuple[Path, dict], tmp_path: Path
 ) -> None:

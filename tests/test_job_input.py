@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.conftest import make_png
-from tests.http_server import serve
+from tests.support import make_png, serve
 from wan_worker.errors import InputError, error_result
 from wan_worker.job_input import RANDOM_SEED_MAX, parse_job_input, read_job_input, snap
 from wan_worker.settings.worker import WorkerSettings
@@ -216,6 +215,7 @@ def counting_image_server():
     return app, requests_seen, png
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "bad",
     [
@@ -237,6 +237,7 @@ def test_an_invalid_job_fetches_nothing(monkeypatch, bad):
     assert result["error"].endswith(NOT_CHECKED)
 
 
+@pytest.mark.integration
 def test_a_valid_job_fetches_its_image_exactly_once(monkeypatch):
     monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
     app, requests_seen, png = counting_image_server()

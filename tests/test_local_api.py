@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -17,16 +16,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ComfyServer, make_png
 from tests.media import graph_tags, probe
+from tests.support import ComfyServer, free_port, make_png
+
+pytestmark = pytest.mark.integration  # the SDK's local API and the ComfyUI double in subprocesses
 
 PROJECT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def worker_env(comfy: ComfyServer) -> dict[str, str]:

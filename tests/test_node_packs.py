@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.test_local_api import free_port
+from tests.support import free_port
 from wan_worker.errors import ConfigError
 from wan_worker.node_packs import (
     CLASS_MAP_PATH,
@@ -160,6 +160,7 @@ def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration
 def test_cli_prints_one_argument_a_line_and_fails_on_a_bad_setting(tmp_path: Path):
     for pack in WORKFLOW_PACKS:
         (tmp_path / "custom_nodes" / pack).mkdir(parents=True)
@@ -179,6 +180,7 @@ def test_cli_prints_one_argument_a_line_and_fails_on_a_bad_setting(tmp_path: Pat
     assert "COMFYUI_NODE_PACKS='three' must be one of: workflow, all" in bad.stderr
 
 
+@pytest.mark.integration
 def test_cli_map_writes_the_committed_file(tmp_path: Path):
     out = tmp_path / "node_classes.json"
     done = run_cli("map", str(OBJECT_INFO), "--output", str(out))
@@ -190,6 +192,7 @@ REAL_DIR = os.environ.get("REAL_COMFYUI_DIR", "")
 REAL_PYTHON = os.environ.get("REAL_COMFYUI_PYTHON", "")
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(
     not (REAL_DIR and REAL_PYTHON),
     reason="needs REAL_COMFYUI_DIR and REAL_COMFYUI_PYTHON (a real ComfyUI with the nodes)",

@@ -13,6 +13,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # a wheel built in a subprocess
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -29,6 +29,8 @@ from wan_worker.provision.provisioner import Provisioner, Report
 from wan_worker.provision.publish import build_bundle
 from wan_worker.settings.provisioning import ProvisionSettings
 
+pytestmark = pytest.mark.integration  # a loopback Hugging Face Hub
+
 TOKEN = "hf_planted_bundle_token_7c1e"
 MIB = 1024 * 1024
 BUNDLE = "me/wan-bundle"

@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import provision_run
-from tests.provision_servers import FlakyFileServer, make_blob, running, write_manifest
+from tests.provision_servers import FlakyFileServer, make_blob, running, url_model, write_manifest
 from wan_worker.provision import verify
 from wan_worker.settings.env import REMOVED, EnvVars
 from wan_worker.settings.provisioning import (
@@ -20,6 +22,8 @@ from wan_worker.settings.provisioning import (
     resolve_models_root,
     runpod_mode,
 )
+
+pytestmark = pytest.mark.integration  # the provisioner in a subprocess, loopback servers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,15 +53,7 @@ def test_cli_downloads_then_warm_start_is_a_no_op(tmp_path):
     with running(FlakyFileServer(tmp_path / "cdn")) as server:
         manifest = write_manifest(
             tmp_path / "m.json",
-            [
-                {
-                    "folder": "loras",
-                    "filename": "m.safetensors",
-                    "size": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "sources": [{"type": "url", "url": f"{server.url}/m.bin"}],
-                },
-            ],
+            [url_model("loras", "m.safetensors", data, f"{server.url}/m.bin")],
         )
         env = {"MODELS_MANIFEST": str(manifest), "MODELS_ROOT": str(tmp_path / "models")}
         first = cli(env)

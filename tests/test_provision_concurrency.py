@@ -28,21 +28,23 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests import provision_run
+from tests import provision_run, support
 from tests.provision_servers import (
     Fault,
     FlakyFileServer,
     S3Proxy,
-    closed_port,
     make_blob,
     running,
     write_manifest,
 )
+from tests.support import closed_port
 from tests.test_provision_download import settings_for
 from wan_worker.provision import claims, verify
 from wan_worker.provision.claims import Claim, Heartbeat, ModelFilePaths, Owner
 from wan_worker.provision.provisioner import Provisioner
 from wan_worker.provision.transfer import PartialState, state_path
+
+pytestmark = pytest.mark.integration  # provisioning processes, loopback and moto servers
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -91,16 +93,14 @@ def provisioning(tmp_path: Path, **changes: object) -> list[str]:
 def wait_for(found: Callable[[], T | None], what: str, workers: list[Worker]) -> T:
     """Poll observable state until `found` returns something; fail (with the logs) if the
     workers all exit first or a minute passes."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        value = found()
-        if value is not None:
-            return value
-        if all(w.proc.poll() is not None for w in workers):
-            break
-        time.sleep(0.02)
-    logs = "\n".join(w.log.read_text(encoding="utf-8") for w in workers)
-    raise AssertionError(f"never saw {what}; the workers' logs:\n{logs}")
+    return support.wait_for(
+        found,
+        what,
+        gone=lambda: all(w.proc.poll() is not None for w in workers),
+        context=lambda: (
+            "the workers' logs:\n" + "\n".join(w.log.read_text(encoding="utf-8") for w in workers)
+        ),
+    )
 
 
 @dataclass

@@ -19,13 +19,14 @@ from tests.provision_servers import (
     FlakyFileServer,
     HubStub,
     Nginx,
-    closed_port,
     make_blob,
     nginx_server,
     partial_of,
     running,
+    url_model,
     write_manifest,
 )
+from tests.support import closed_port
 from wan_worker.errors import DiskSpaceError, ProvisionError
 from wan_worker.provision import verify
 from wan_worker.provision.manifest import load_manifest
@@ -110,6 +111,7 @@ def run(settings: ProvisionSettings, lines: list[str] | None = None, **kw: objec
     return Provisioner(settings, log=log, **kw).run()  # type: ignore[arg-type]
 
 
+@pytest.mark.integration
 def test_fresh_download_uses_parallel_ranges_and_checks_sha(tmp_path, cdn, nginx, hub, hashes):
     a = make_blob(cdn / "a.bin", SIZE, seed=1)
     b = make_blob(cdn / "b.bin", MIB // 2, seed=2)
@@ -159,6 +161,7 @@ def test_fresh_download_uses_parallel_ranges_and_checks_sha(tmp_path, cdn, nginx
     assert any(line.startswith("[provision] all 2 models ready") for line in lines)
 
 
+@pytest.mark.integration
 def test_warm_start_downloads_nothing_and_hashes_nothing(tmp_path, cdn, nginx, hub, hashes):
     _, manifest = published(tmp_path, cdn, hub, folder="loras")
     settings = settings_for(tmp_path, manifest, hub.url)
@@ -173,6 +176,7 @@ def test_warm_start_downloads_nothing_and_hashes_nothing(tmp_path, cdn, nginx, h
     assert len(nginx.requests()) == nginx_before
 
 
+@pytest.mark.integration
 def test_interrupted_download_resumes_from_where_it_stopped(tmp_path, cdn):
     data = make_blob(cdn / "big.bin", SIZE)
     cut = MIB + 4321
@@ -180,15 +184,7 @@ def test_interrupted_download_resumes_from_where_it_stopped(tmp_path, cdn):
     with running(server):
         manifest = write_manifest(
             tmp_path / "m.json",
-            [
-                {
-                    "folder": "vae",
-                    "filename": "big.safetensors",
-                    "size": SIZE,
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "sources": [{"type": "url", "url": f"{server.url}/big.bin"}],
-                },
-            ],
+            [url_model("vae", "big.safetensors", data, f"{server.url}/big.bin")],
         )
         # One attempt, one connection: the dropped connection ends the first run.
         settings = settings_for(tmp_path, manifest, connections=1, chunk_bytes=8 * MIB, retries=1)
@@ -211,6 +207,7 @@ def test_interrupted_download_resumes_from_where_it_stopped(tmp_path, cdn):
     assert not tmp.exists()
 
 
+@pytest.mark.integration
 def test_dropped_connection_is_retried_within_one_run(tmp_path, cdn):
     data = make_blob(cdn / "big.bin", SIZE)
     server = FlakyFileServer(cdn, Fault(truncate_after=MIB + 200_000))
@@ -234,6 +231,7 @@ def test_dropped_connection_is_retried_within_one_run(tmp_path, cdn):
     assert any("retrying" in line for line in lines)
 
 
+@pytest.mark.integration
 def test_corrupted_cached_file_is_caught_by_sha256_and_downloaded_again(
     tmp_path, cdn, nginx, hub, hashes
 ):
@@ -257,6 +255,7 @@ def test_corrupted_cached_file_is_caught_by_sha256_and_downloaded_again(
     assert any("sha256 does not match" in line for line in lines)
 
 
+@pytest.mark.integration
 def test_corrupt_download_is_rejected_and_the_next_source_used(tmp_path, cdn, nginx, hub):
     bad = FlakyFileServer(cdn, Fault(corrupt=True))
     with running(bad):
@@ -273,6 +272,7 @@ def test_corrupt_download_is_rejected_and_the_next_source_used(tmp_path, cdn, ng
     assert any("sha256 mismatch" in line for line in lines)
 
 
+@pytest.mark.integration
 def test_a_source_that_is_down_falls_through_to_the_next(tmp_path, cdn, nginx, hub):
     unavailable = FlakyFileServer(cdn, Fault(status=503))
     with running(unavailable):
@@ -296,6 +296,7 @@ def test_a_source_that_is_down_falls_through_to_the_next(tmp_path, cdn, nginx, h
     assert unavailable.methods == ["HEAD"]
 
 
+@pytest.mark.integration
 def test_all_sources_down_fails_naming_the_file_and_every_source(tmp_path, monkeypatch, hub):
     secret = "s3cr3t-token-value"
     monkeypatch.setenv("HF_TOKEN", secret)
@@ -332,6 +333,7 @@ def test_all_sources_down_fails_naming_the_file_and_every_source(tmp_path, monke
     assert not (tmp_path / "models" / "diffusion_models" / "gone.safetensors").exists()
 
 
+@pytest.mark.integration
 def test_too_little_disk_fails_before_downloading_anything(tmp_path, cdn, nginx, hub):
     _, manifest = published(tmp_path, cdn, hub, pin_size=False, pin_sha=False)
     probed: list[Path] = []
@@ -404,6 +406,7 @@ def test_runpod_hf_cache_is_used_in_place(tmp_path, hashes):
     assert run(settings_for(tmp_path, manifest)).count("marker") == 1
 
 
+@pytest.mark.integration
 def test_link_into_exposes_the_file_where_a_node_looks(tmp_path, cdn):
     data = make_blob(cdn / "rife47.pth", 1000)
     server = FlakyFileServer(cdn)
@@ -463,6 +466,7 @@ def _put(r2: R2Settings, key: str, data: bytes) -> None:
     client.put_object(Bucket=r2.bucket, Key=key, Body=data)
 
 
+@pytest.mark.integration
 def test_r2_download_with_transfer_config(tmp_path, r2, hashes):
     data = os.urandom(6 * MIB + 7)
     _put(r2, "diffusion_models/x.safetensors", data)
@@ -486,6 +490,7 @@ def test_r2_download_with_transfer_config(tmp_path, r2, hashes):
     assert marker is not None and marker.sha256 == hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.integration
 def test_r2_resumes_a_partial_download(tmp_path, r2):
     data = os.urandom(4 * MIB)
     _put(r2, "loras/y.safetensors", data)
@@ -518,6 +523,7 @@ def test_r2_resumes_a_partial_download(tmp_path, r2):
     assert report.fetched_bytes == len(data) - done
 
 
+@pytest.mark.integration
 def test_r2_missing_object_falls_back_to_the_hub(tmp_path, r2, cdn, nginx, hub):
     data, manifest = published(
         tmp_path,

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,15 @@ from tests.provision_servers import (
     make_blob,
     partial_of,
     running,
+    url_model,
     write_manifest,
 )
+from tests.support import wait_for
 from tests.test_provision_download import run, settings_for
 from wan_worker.provision import verify
 from wan_worker.provision.transfer import STATE_SUFFIX, PartialState
+
+pytestmark = pytest.mark.integration  # a provisioning process, loopback servers
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -34,16 +37,7 @@ SIZE = 5 * MIB + 999  # six 1 MiB ranges, the last one short
 
 def one_model(tmp_path: Path, url: str, data: bytes, *, pin_sha: bool = True) -> Path:
     return write_manifest(
-        tmp_path / "m.json",
-        [
-            {
-                "folder": "vae",
-                "filename": "a.safetensors",
-                "size": len(data),
-                "sha256": hashlib.sha256(data).hexdigest() if pin_sha else None,
-                "sources": [{"type": "url", "url": url}],
-            },
-        ],
+        tmp_path / "m.json", [url_model("vae", "a.safetensors", data, url, pin_sha=pin_sha)]
     )
 
 
@@ -134,18 +128,24 @@ def test_download_killed_mid_file_resumes_and_hashes_what_was_on_disk(tmp_path, 
         worker = subprocess.Popen(
             [sys.executable, "-c", code, config], env=env, stderr=subprocess.PIPE
         )
+
+        def a_block_recorded() -> PartialState | None:
+            found = list(folder.glob(f".a.safetensors.*.partial{STATE_SUFFIX}"))
+            state = PartialState.load(found[0]) if found else None
+            return state if state is not None and state.done.total() >= block else None
+
         try:
-            deadline = time.monotonic() + 60
-            state = None
-            while time.monotonic() < deadline and worker.poll() is None:
-                found = list(folder.glob(f".a.safetensors.*.partial{STATE_SUFFIX}"))
-                state = PartialState.load(found[0]) if found else None
-                if state is not None and state.done.total() >= block:
-                    break
-                time.sleep(0.02)
-            assert state is not None and state.done.ranges() == [(0, block)], (
-                worker.stderr.read() if worker.poll() is not None and worker.stderr else state
+            state = wait_for(
+                a_block_recorded,
+                "a whole block recorded in the download's state file",
+                gone=lambda: worker.poll() is not None,
+                context=lambda: (
+                    worker.stderr.read().decode()
+                    if worker.poll() is not None and worker.stderr
+                    else ""
+                ),
             )
+            assert state.done.ranges() == [(0, block)], state
         finally:
             worker.send_signal(signal.SIGKILL)
             worker.wait()

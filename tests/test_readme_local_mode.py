@@ -21,15 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.media import probe
+from tests.support import free_port
+
+pytestmark = pytest.mark.integration  # README's local-mode block in a shell
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def local_mode_block() -> str:

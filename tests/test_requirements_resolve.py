@@ -39,6 +39,8 @@ import pytest
 from tests.dockerfile import DOCKERFILE, Instruction, commands, env, parse_dockerfile, run_flags
 from tests.wheel_files import write_wheel
 
+pytestmark = pytest.mark.integration  # pip and uv resolving in subprocesses
+
 REPO = Path(__file__).resolve().parent.parent
 VERSIONS = json.loads((REPO / "docker" / "versions.json").read_text())
 LOCKS = [REPO / "docker" / "torch.lock", REPO / "docker" / "requirements.lock"]

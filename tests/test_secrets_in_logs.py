@@ -10,15 +10,18 @@ that differs from how start.sh runs these processes.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ComfyServer, make_png
-from tests.provision_servers import FlakyFileServer, make_blob, running, write_manifest
+import pytest
+
+from tests.provision_servers import FlakyFileServer, make_blob, running, url_model, write_manifest
+from tests.support import ComfyServer, make_png
+
+pytestmark = pytest.mark.integration  # the worker and a loopback file server
 
 PROJECT = Path(__file__).resolve().parent.parent
 SECRETS = {
@@ -102,15 +105,7 @@ def test_a_secret_in_a_failure_deep_in_a_download_is_in_no_log_line(tmp_path: Pa
     with running(FlakyFileServer(tmp_path / "cdn")) as server:
         manifest = write_manifest(
             tmp_path / "m.json",
-            [
-                {
-                    "folder": "loras",
-                    "filename": "m.safetensors",
-                    "size": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "sources": [{"type": "url", "url": f"{server.url}/m.bin"}],
-                },
-            ],
+            [url_model("loras", "m.safetensors", data, f"{server.url}/m.bin")],
         )
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
         env.update(SECRETS, PYTHONPATH=str(PROJECT), HF_ENDPOINT="http://127.0.0.1:9")

@@ -22,17 +22,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_local_api import free_port
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMFYUI_DIR = os.environ.get("REAL_COMFYUI_DIR", "")
 COMFYUI_PYTHON = os.environ.get("REAL_COMFYUI_PYTHON", "")
 MODELS_ROOT = os.environ.get("REAL_MODELS_ROOT", "")
 
-pytestmark = pytest.mark.skipif(
-    not (COMFYUI_DIR and COMFYUI_PYTHON),
-    reason="needs REAL_COMFYUI_DIR and REAL_COMFYUI_PYTHON (a real ComfyUI with the nodes)",
-)
+pytestmark = [
+    pytest.mark.integration,  # start.sh and a real ComfyUI
+    pytest.mark.skipif(
+        not (COMFYUI_DIR and COMFYUI_PYTHON),
+        reason="needs REAL_COMFYUI_DIR and REAL_COMFYUI_PYTHON (a real ComfyUI with the nodes)",
+    ),
+]
 
 
 def test_self_test_boots_on_synthetic_weights_and_runs_a_job(tmp_path: Path):

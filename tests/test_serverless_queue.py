@@ -19,10 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ComfyServer, make_png
 from tests.media import probe
 from tests.runpod_queue import RunPodQueue
+from tests.support import ComfyServer, make_png
 from tests.test_local_api import worker_env
+
+# The worker in a subprocess against RunPod's queue on loopback.
+pytestmark = pytest.mark.integration
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from tests.conftest import make_png
-from tests.http_server import serve
+from tests.support import make_png, serve
 from wan_worker.errors import InputError
 from wan_worker.settings.worker import WorkerSettings
 from wan_worker.start_image import load_start_image
@@ -175,21 +174,25 @@ def image_server(monkeypatch):
         yield url
 
 
+@pytest.mark.integration
 def test_url_is_downloaded(image_server):
     image = load_start_image(f"{image_server}/image.png", SETTINGS)
     assert (image.width, image.height, image.source_bytes) == (160, 128, len(PNG))
 
 
+@pytest.mark.integration
 def test_redirects_are_followed(image_server):
     assert load_start_image(f"{image_server}/redirect", SETTINGS).width == 160
 
 
+@pytest.mark.integration
 def test_http_errors_and_caps_are_reported(image_server):
     assert "returned HTTP 404" in failure(f"{image_server}/missing.png")
     assert "is larger than 200000 bytes" in failure(f"{image_server}/big")
     assert "downloading http://127.0.0.1" in failure("http://127.0.0.1:9/nothing-listens-here")
 
 
+@pytest.mark.integration
 def test_private_addresses_are_blocked_by_default(monkeypatch):
     monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
     with serve(image_app()) as url:

@@ -5,7 +5,6 @@ Assertions are on files, exit codes, log lines and what ComfyUI and the handler 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import shutil
 import subprocess
@@ -25,15 +24,10 @@ from tests.boot_harness import (
     boot_env,
     stop_comfyui,
 )
-from tests.conftest import make_png
-from tests.provision_servers import (
-    FlakyFileServer,
-    closed_port,
-    free_port,
-    make_blob,
-    running,
-    write_manifest,
-)
+from tests.provision_servers import FlakyFileServer, make_blob, running, url_model, write_manifest
+from tests.support import closed_port, free_port, make_png
+
+pytestmark = pytest.mark.integration  # start.sh, the handler and the double; loopback servers
 
 JOB = json.dumps(
     {
@@ -66,15 +60,7 @@ def serve_model(tmp_path: Path, env: dict, server: FlakyFileServer) -> bytes:
     env["MODELS_MANIFEST"] = str(
         write_manifest(
             tmp_path / "models.json",
-            [
-                {
-                    "folder": "vae",
-                    "filename": "wan2.1_vae.safetensors",
-                    "size": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "sources": [{"type": "url", "url": f"{server.url}/vae.bin"}],
-                },
-            ],
+            [url_model("vae", "wan2.1_vae.safetensors", data, f"{server.url}/vae.bin")],
         )
     )
     return data

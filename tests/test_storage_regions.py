@@ -22,6 +22,8 @@ from wan_worker.errors import ConfigError, StorageError
 from wan_worker.s3 import s3_client
 from wan_worker.settings.worker import WorkerSettings
 
+pytestmark = pytest.mark.integration  # moto's S3 server on loopback
+
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 16
 BUCKETS = {"videos-eu": "eu-west-2", "videos-us": "us-east-1"}
 KEYS = {"BUCKET_ACCESS_KEY_ID": ACCESS_KEY, "BUCKET_SECRET_ACCESS_KEY": SECRET_KEY}

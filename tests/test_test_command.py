@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.integration  # scripts/test.sh in a subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("ruff", "mypy", "hadolint", "shellcheck", "actionlint", "check-jsonschema", "python")
@@ -36,10 +39,10 @@ def project(tmp_path: Path) -> Path:
     return copy
 
 
-def run(project: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PATH")}
     return subprocess.run(
-        ["/bin/bash", "scripts/test.sh", "-q"],
+        ["/bin/bash", "scripts/test.sh", *(args or ("-q",))],
         cwd=project,
         env={**clean, "PATH": SYSTEM_PATH, **env},
         capture_output=True,
@@ -70,3 +73,78 @@ def test_an_active_virtualenv_wins(project: Path, tmp_path: Path):
     done = run(project, VIRTUAL_ENV=str(other))
     assert done.returncode == 0, done.stderr
     assert {c.split(":")[0] for c in log.read_text().splitlines()} == {"other"}
+
+
+def test_fast_runs_the_unit_tests_alone_without_the_linters(project: Path, tmp_path: Path):
+    log = tmp_path / "calls.log"
+    fake_virtualenv(project / ".venv", log)
+    done = run(project, "--fast", "-x")
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == [".venv:python -m pytest -m not integration -x"]
+
+
+UNIT_AND_INTEGRATION = """
+import socket
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def listening():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock
+
+
+def test_unit_runs_a_process():
+    subprocess.run(["true"], check=True)
+
+
+def test_unit_starts_a_server():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+
+
+def test_unit_uses_a_fixture_that_starts_a_server(listening):
+    pass
+
+
+def test_unit_computes():
+    assert sum(range(4)) == 6
+
+
+@pytest.mark.integration
+def test_integration_runs_a_process_and_a_server():
+    subprocess.run(["true"], check=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+"""
+
+
+def test_a_unit_test_that_starts_a_process_or_a_server_fails_and_says_to_mark_it(tmp_path):
+    (tmp_path / "test_kinds.py").write_text(UNIT_AND_INTEGRATION)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-p",
+         "tests.conftest", "-p", "no:cacheprovider", "-rA", str(tmp_path / "test_kinds.py")],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    outcome = {
+        line.split("::")[1].split()[0]: line.split()[0]
+        for line in lines
+        if line.startswith(("PASSED", "FAILED", "ERROR"))
+    }
+    assert outcome == {
+        "test_unit_runs_a_process": "FAILED",
+        "test_unit_starts_a_server": "FAILED",
+        "test_unit_uses_a_fixture_that_starts_a_server": "ERROR",
+        "test_unit_computes": "PASSED",
+        "test_integration_runs_a_process_and_a_server": "PASSED",
+    }, done.stdout
+    assert "this unit test started a subprocess: mark it @pytest.mark.integration" in done.stdout
+    assert "this unit test listened on a socket (started a server)" in done.stdout

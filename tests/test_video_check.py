@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ComfyServer, make_png
 from tests.media import probe
+from tests.support import ComfyServer, make_png
 from wan_worker.handler import handle
 from wan_worker.video_check import inspect_frames
+
+pytestmark = pytest.mark.integration  # the ComfyUI double, ffmpeg
 
 
 def encode(tmp_path: Path, source: str, frames: int = 40) -> bytes:

@@ -14,6 +14,8 @@ from wan_worker import video_fit
 from wan_worker.errors import OutputError
 from wan_worker.video_fit import fit_video, minimum_bytes
 
+pytestmark = pytest.mark.integration  # ffmpeg
+
 
 @pytest.fixture
 def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -11,12 +11,16 @@ import base64
 import copy
 import json
 
-from tests.conftest import ComfyServer
+import pytest
+
 from tests.media import graph_tags, probe, tags
+from tests.support import ComfyServer
 from tests.test_handler import job
 from wan_worker.handler import handle
 from wan_worker.settings.worker import DEFAULT_WORKFLOW
 from wan_worker.workflow import OUTPUT_NODE, WorkflowTemplate, load_template
+
+pytestmark = pytest.mark.integration  # the ComfyUI double, ffmpeg
 
 
 def test_the_fixed_workflow_does_not_embed_itself_in_the_video():
