@@ -142,7 +142,7 @@ RUN git-fetch-commit https://github.com/comfyanonymous/ComfyUI.git /opt/ComfyUI 
 
 # The nine custom nodes. Never ComfyUI-Manager (it installs code at run time) or QwenVL. Then
 # ComfyUI's and the nodes' bytecode, compiled once here rather than at every worker start: it
-# takes 1.4-1.9 s off ComfyUI's start (docs/benchmarks.md, "ComfyUI's start").
+# takes 1.4-1.9 s off ComfyUI's start (docs/history/benchmarks.md, "ComfyUI's start").
 WORKDIR /opt/ComfyUI/custom_nodes
 RUN git-fetch-commit https://github.com/rgthree/rgthree-comfy.git \
       rgthree-comfy 13b4399c00b5ef5a97b1b6800fc1185874740f5d \

@@ -4,7 +4,7 @@
 # while a probe checks that CUDA works (SKIP_GPU_CHECK=1 skips it), verifies or downloads the
 # models meanwhile and reads them into the page cache, takes jobs once the models are verified,
 # and warms ComfyUI up while no job needs it. Its paths and interpreters can be overridden from
-# the environment (docs/provisioning.md lists them all), so the same script runs in tests outside
+# the environment (docs/configuration.md lists them all), so the same script runs in tests outside
 # the image.
 # Secrets are never printed.
 set -euo pipefail

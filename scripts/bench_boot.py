@@ -33,7 +33,7 @@ boots run with `--python`, ComfyUI with `--comfyui-python`):
         --comfyui-dir /opt/ComfyUI --comfyui-python /opt/venv/bin/python \\
         --models-root /models --drop-caches --out /tmp/bench-boot
 
-docs/benchmarks.md gives the commands used, and a dry run of the same path on a CPU.
+docs/history/benchmarks.md gives the commands used, and a dry run of the same path on a CPU.
 """
 
 from __future__ import annotations

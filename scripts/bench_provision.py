@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks for model provisioning; the numbers and this command go in docs/provisioning.md.
+"""Benchmarks for model provisioning; the numbers and this command go in docs/performance.md.
 
 1. A boot's download against `aria2c -x16 -s16 -k1M` (the seeds' tool and flags, one aria2c
    per file, all at once) from the same local nginx. Every run starts a fresh

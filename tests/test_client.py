@@ -389,8 +389,8 @@ def test_every_worker_error_code_is_read_from_the_error_text():
     assert (field_first.code, field_first.message) == (None, "seed: must be an integer")
 
 
-def test_every_client_error_exits_with_a_code_that_readme_lists():
-    table = (PROJECT / "README.md").read_text().split("| code | meaning |", 1)[1]
+def test_every_client_error_exits_with_a_code_that_the_client_docs_list():
+    table = (PROJECT / "docs" / "client.md").read_text().split("| code | meaning |", 1)[1]
     listed = {int(code) for code in re.findall(r"^\| (\d+) \|", table.split("\n\n")[0], re.M)}
     assert listed == {int(code) for code in ExitCode}
 

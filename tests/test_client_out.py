@@ -19,6 +19,8 @@ from tests.runpod_double import RunPodDouble
 from tests.test_client import FACTS, completed, image, mp4, run_client, runpod  # noqa: F401
 from wan_worker.client import ExitCode
 
+pytestmark = pytest.mark.integration  # the client as a subprocess against RunPod's API double
+
 
 @pytest.fixture
 def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

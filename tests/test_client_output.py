@@ -17,6 +17,8 @@ from tests.test_client import completed, image, mp4, run_client, runpod  # noqa:
 from wan_worker.client import ExitCode
 from wan_worker.client.outcome import KNOWN_OUTPUT_KEYS, OUTPUT_FIELDS, summary
 
+pytestmark = pytest.mark.integration  # the client against RunPod's API double
+
 PROJECT = Path(__file__).resolve().parent.parent
 
 

@@ -20,9 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.runpod_double import RunPodDouble, progress
 from tests.test_client import FACTS, completed, image, mp4, runpod  # noqa: F401
 from wan_worker.client import ExitCode
+
+pytestmark = pytest.mark.integration  # the client as a subprocess on a pipe and a pty
 
 PROJECT = Path(__file__).resolve().parent.parent
 ELAPSED = re.compile(r"^(\d+:)?\d\d:\d\d ")

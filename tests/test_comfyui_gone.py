@@ -22,10 +22,12 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import PROJECT, ComfyServer, make_png, start_double, stop
 from tests.media import probe
+from tests.support import PROJECT, ComfyServer, make_png, start_double, stop
 from wan_worker.handler import handle
 from wan_worker.worker import Worker
+
+pytestmark = pytest.mark.integration  # the ComfyUI double as a process, killed and stopped
 
 
 def job(name: str) -> dict[str, Any]:

@@ -17,7 +17,10 @@ import pytest
 
 from scripts.gpu_bench import compare_videos as cv
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+pytestmark = [
+    pytest.mark.integration,  # ffmpeg makes and decodes the videos
+    pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg"),
+]
 
 W, H, FRAMES = 64, 48, 12
 

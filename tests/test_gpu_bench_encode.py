@@ -12,6 +12,8 @@ import pytest
 
 from scripts.gpu_bench import analysis, encode_presets, report, summarise
 
+pytestmark = pytest.mark.integration  # ffmpeg encodes
+
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 
 

@@ -23,6 +23,8 @@ import pytest
 
 from scripts.gpu_bench import BenchError, analysis, comfyui, jobs
 
+pytestmark = pytest.mark.integration  # the launcher and a stand-in ComfyUI as processes
+
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "scripts" / "gpu_bench" / "comfy_launch.py"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.boot_harness import BootRun, boot_env, hold_comfyui
-from tests.conftest import PROJECT, make_png
+from tests.support import PROJECT, make_png
 from tests.test_readme_local_mode import block_for_test, paste_into_terminal
 from wan_worker.comfy.client import ComfyClient
 from wan_worker.comfy.process import ComfyProcess
@@ -27,6 +27,8 @@ from wan_worker.handler import handle
 from wan_worker.settings.worker import WorkerSettings
 from wan_worker.worker import Worker
 from wan_worker.workflow import load_template
+
+pytestmark = pytest.mark.integration  # foreign servers, the double, the boot and a shell
 
 
 class NotFound(BaseHTTPRequestHandler):

@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import PROJECT, ComfyServer, make_png, start_double, stop
-from tests.test_readme_local_mode import free_port
+from tests.support import PROJECT, ComfyServer, free_port, make_png, start_double, stop
+
+pytestmark = pytest.mark.integration  # the worker as a process, signalled
 
 
 def wait_for(condition: Any, timeout_s: float, what: str) -> None:

@@ -9,7 +9,7 @@ serve jobs.
 
 This module composes the boot and the handler, which never import each other. The handler's
 imports are slow (the runpod SDK, requests and PIL: about 1.8 s), so they come only after
-ComfyUI's launch, as the boot was measured (docs/benchmarks.md: ComfyUI launched 0.16-0.19 s
+ComfyUI's launch, as the boot was measured (docs/history/benchmarks.md: ComfyUI launched 0.16-0.19 s
 after start.sh's first line): the boot calls `import_job_path` right after the launch, while
 ComfyUI imports.
 """

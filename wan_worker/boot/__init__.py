@@ -7,5 +7,5 @@ once the models are verified; `warmup` then runs the workflow once at a small si
 needs ComfyUI. `cuda_check` probes CUDA beside ComfyUI's launch; `timeline` logs each step.
 What the boot's threads and the jobs share (the models' state, the jobs in hand, the warm-up's
 stop switch, the stages ComfyUI has begun) is the worker's gate, `wan_worker.worker_gate`.
-docs/provisioning.md says why the boot is built this way.
+docs/operations.md ("Why the worker works this way") says why the boot is built this way.
 """

@@ -39,8 +39,8 @@ PROMPT = "A calm lake at dawn, gentle ripples on the water."
 @dataclass(frozen=True)
 class WarmupPlan:
     """The warm-up's run. Its size and frames are constants, not settings: measured in
-    docs/benchmarks.md, "Cold worker to first video (H200)", a worker warmed up so ran its first
-    720x1280 job in 0.98x and 1.00x the time of the warm job after it."""
+    docs/history/benchmarks.md, "Cold worker to first video (H200)", a worker warmed up so ran
+    its first 720x1280 job in 0.98x and 1.00x the time of the warm job after it."""
 
     width: int = 480
     height: int = 832

@@ -56,7 +56,7 @@ OUTPUT_FIELDS: dict[str, str] = {
     "upload_error": "the `upload failed:` line",
 }
 KNOWN_OUTPUT_KEYS = frozenset(OUTPUT_FIELDS)
-# The worker's error codes (README "Errors"): every WorkerError's, and internal_error for the
+# The worker's error codes (docs/api.md, "Errors"): every WorkerError's, and internal_error for the
 # unforeseen. An `error` that starts with one of them and ": " carries its code; a field name
 # ("seed: ...") is not a code.
 

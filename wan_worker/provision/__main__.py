@@ -129,7 +129,7 @@ def main(
     commands = parser.add_subparsers(dest="command", metavar="{bundle}")
     bundle = commands.add_parser(
         "bundle",
-        help="build the models bundle for RunPod's cached models (docs/provisioning.md)",
+        help="build the models bundle for RunPod's cached models (docs/operations.md)",
         description="Verify every manifest file, upload them to one Hugging Face repository "
         "as <folder>/<filename> in one commit, and print the endpoint's settings.",
     )

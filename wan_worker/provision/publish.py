@@ -1,7 +1,8 @@
 """Build the models bundle: every manifest file, verified, in one Hugging Face repository as
 `<folder>/<filename>`, uploaded in one commit with huggingface_hub's upload API.
 
-`python -m wan_worker.provision bundle --repo owner/name` runs it (docs/provisioning.md):
+`python -m wan_worker.provision bundle --repo owner/name` runs it (docs/operations.md, "The
+models bundle"):
 1. the provisioner makes every file present and verified under the models root, exactly as at
    boot (downloads resume, sha256 checked, markers written; files already verified cost a stat);
 2. `HfApi.create_repo` (kept if it exists), then one `create_commit` adding each file under its

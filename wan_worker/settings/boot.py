@@ -1,11 +1,11 @@
 """The boot's settings: how ComfyUI is launched, the readahead, the warm-up, the CUDA check.
 
 Read once from the environment into a typed, frozen object; every variable is documented in
-docs/provisioning.md. ComfyUI's directory, URL (whose port it is started on), PID file, log and
+docs/configuration.md. ComfyUI's directory, URL (whose port it is started on), PID file, log and
 readiness time-out come from the job path's settings (`settings.worker`), the models root from
 provisioning's (`settings.provisioning`), so each is read in one place. A tuning knob is a
-variable only where a measurement in docs/benchmarks.md shows its choice wins (named beside it);
-the others are constants, each with why.
+variable only where a measurement (docs/performance.md, docs/history/benchmarks.md) shows its
+choice wins (named beside it); the others are constants, each with why.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ EXTRA_MODEL_PATHS = PROJECT_ROOT / "extra_model_paths.yaml"
 #: Where ComfyUI listens when COMFYUI_URL names no port.
 DEFAULT_COMFYUI_PORT = 8188
 #: COMFYUI_NODE_PACKS: the packs the workflow uses (`wan_worker.node_packs`), or every one (the
-#: UI on a pod). Only the workflow's packs start ComfyUI 3.2-4.0 s sooner (docs/benchmarks.md,
-#: "ComfyUI's start").
+#: UI on a pod). Only the workflow's packs start ComfyUI 3.2-4.0 s sooner
+#: (docs/history/benchmarks.md, "ComfyUI's start").
 NODE_PACK_MODES = ("workflow", "all")
 
 
@@ -62,12 +62,13 @@ class BootSettings:
     readahead_reserve_bytes: int = 16 * 1024**3
     #: READAHEAD_BEFORE_ANSWER_MB: the text encoder and the VAE of the fixed workflow (6662 MB)
     #: are read before ComfyUI first answers; the experts wait for the answer. Measured in
-    #: docs/benchmarks.md, "The read before the answer against none, in the first video": at
+    #: docs/history/benchmarks.md, "The read before the answer against none, in the first video": at
     #: 720x1280, the default size, the first video came 1.4-2.3 s sooner than with 0; at 480x832
     #: 0.1-3.5 s later, so a deployment that serves mostly 480x832 sets 0.
     readahead_before_answer_bytes: int = 6800 << 20
-    #: WARMUP: on by default on serverless. Measured in docs/benchmarks.md, "Cold worker to first
-    #: video (H200)": a worker that warmed up before its first job ran it in 0.98x warm time.
+    #: WARMUP: on by default on serverless. Measured in docs/history/benchmarks.md, "Cold worker
+    #: to first video (H200)": a worker that warmed up before its first job ran it in 0.98x
+    #: warm time.
     warmup: bool = False
     node_packs: str = "workflow"
     #: None when SKIP_GPU_CHECK=1 (CPU-only local runs and tests).

@@ -16,7 +16,8 @@ class CudaWaitSettings:
     #: The pause between two probes while the boot waits (not a setting: nothing measured it).
     interval_s: float = 2.0
     #: One probe's bound. A probe took 4-5 s, and 7.7-10.2 s as a fresh host's first use of its
-    #: GPU (docs/benchmarks.md, "Spreads for the last cells, and a fresh host's first boot").
+    #: GPU (docs/history/benchmarks.md, "Spreads for the last cells, and a fresh host's first
+    #: boot").
     probe_timeout_s: float = 60.0
 
     @classmethod

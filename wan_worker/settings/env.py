@@ -62,11 +62,11 @@ REMOVED: dict[str, str] = {
     "READAHEAD_SHARE_BEFORE_ANSWER": (
         "the readahead always holds what passes READAHEAD_BEFORE_ANSWER_MB until ComfyUI "
         "answers (reading during ComfyUI's imports was measured as no gain, "
-        "docs/benchmarks.md); unset it"
+        "docs/history/benchmarks.md); unset it"
     ),
     "READAHEAD_SMALL_TENSORS": (
         "the pass over the experts' small tensors is gone (its gain to the first video was "
-        "not settled, docs/benchmarks.md); unset it"
+        "not settled, docs/history/benchmarks.md); unset it"
     ),
     "BOOT_EVENTS_FILE": (
         "the boot's events are in its log only, one `[boot] +SECONDSs NAME key=value ...` line "
@@ -87,15 +87,15 @@ REMOVED: dict[str, str] = {
     ),
     "READAHEAD": (
         "the readahead is always on (at 480x832 it brought the first video from 85.9 s to "
-        "74.3 s, docs/benchmarks.md); READAHEAD_RESERVE_MB sets the memory it leaves free"
+        "74.3 s, docs/history/benchmarks.md); READAHEAD_RESERVE_MB sets the memory it leaves free"
     ),
     "WARMUP_SIZE": (
         "the warm-up always runs at 480x832, measured to pay every first-use cost "
-        "(docs/benchmarks.md); WARMUP=0 turns it off"
+        "(docs/history/benchmarks.md); WARMUP=0 turns it off"
     ),
     "WARMUP_FRAMES": (
         "the warm-up always runs 9 frames, measured to pay every first-use cost "
-        "(docs/benchmarks.md); WARMUP=0 turns it off"
+        "(docs/history/benchmarks.md); WARMUP=0 turns it off"
     ),
     "GPU_READY_INTERVAL_S": (
         "the boot probes CUDA every 2 s while it waits; GPU_READY_TIMEOUT_S bounds the wait"

@@ -1,7 +1,7 @@
 """Provisioning's settings: where the models live, where they come from, how they download.
 
 Read once from the environment into a typed, frozen object; every variable is documented in
-docs/provisioning.md. A bad value fails before anything is downloaded, with a message naming
+docs/configuration.md. A bad value fails before anything is downloaded, with a message naming
 the variable and the fix.
 """
 
@@ -86,13 +86,13 @@ class ProvisionSettings:
     hf_endpoint: str = "https://huggingface.co"
     hf_token: str = field(default="", repr=False)
     hf_offline: bool = False
-    bundle_repo: str = ""  # the models bundle (docs/provisioning.md), "" when not used
+    bundle_repo: str = ""  # the models bundle (docs/operations.md), "" when not used
     bundle_revision: str | None = None  # a 40-hex commit, or None for the cached/main one
     r2: R2Settings = field(default_factory=R2Settings)
     mode: str = "local"
     # Three files at once, eight ranges of 64 MiB each at a time: with these, three 512 MiB
-    # files from a local nginx came 1.42 times as fast as aria2c -x 16 (docs/provisioning.md,
-    # "Benchmark"); no other values were measured.
+    # files from a local nginx came 1.42 times as fast as aria2c -x 16 (docs/history/
+    # benchmarks.md, "Model provisioning (a 2-core VM)"); no other values were measured.
     max_parallel_files: int = 3
     connections: int = 8
     chunk_bytes: int = 64 * 1024 * 1024
@@ -104,7 +104,7 @@ class ProvisionSettings:
     min_free_bytes: int = 1024 * 1024 * 1024  # left free after the downloads, for the jobs
     progress_interval_s: float = 10.0  # between two progress (or "waiting for") lines
     # A claim is stale after six missed heartbeats (one every 10 s): well above NFS's attribute
-    # cache and a network volume's hiccups (docs/provisioning.md, "Many workers, one volume").
+    # cache and a network volume's hiccups (docs/operations.md, "Many workers, one volume").
     claim_stale_s: float = 60.0
     # The longest one file waits for another worker's live download: 38 GB at about 21 MB/s.
     # A worker that waited that long fails; RunPod starts it again, and it waits anew while the

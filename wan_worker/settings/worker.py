@@ -2,7 +2,7 @@
 and how the video is delivered (inline, re-encoded to fit, or to output storage).
 
 Read once from the environment into a typed, frozen object; every variable is documented in
-README.md ("Environment variables"). A bad value fails at start-up with a message naming the
+docs/configuration.md. A bad value fails at start-up with a message naming the
 variable, never in the middle of a job.
 """
 
