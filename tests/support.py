@@ -15,6 +15,7 @@ conftest.py; tests and scripts/ import from here.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -72,6 +73,34 @@ def make_png(
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def small_job(name: str) -> dict[str, Any]:
+    """A valid 128x128 job with a PNG start image: quick on the double."""
+    return {
+        "id": name,
+        "input": {
+            "start_image": base64.b64encode(make_png(144, 128)).decode(),
+            "prompt": "a boat drifts across a calm lake",
+            "width": 128,
+            "height": 128,
+            "seed": 11,
+        },
+    }
+
+
+def at_stage(worker: Worker, stage: str | None, action: Callable[[], None]) -> dict[str, float]:
+    """Run `action` once, when the job reaches `stage` (None: at its first progress event); the
+    returned dict gets the time it ran at, taken just before it."""
+    fired: dict[str, float] = {}
+
+    def on_progress(_job: dict[str, Any], payload: dict[str, Any]) -> None:
+        if stage in (None, payload["stage"]) and not fired:
+            fired["at"] = time.monotonic()
+            action()
+
+    worker.send_progress = on_progress
+    return fired
 
 
 @contextmanager

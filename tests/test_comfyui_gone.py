@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,38 +23,11 @@ import pytest
 import requests
 
 from tests.media import probe
-from tests.support import PROJECT, ComfyServer, make_png, start_double, stop
+from tests.support import PROJECT, ComfyServer, at_stage, small_job, start_double, stop
 from wan_worker.handler import handle
 from wan_worker.worker import Worker
 
 pytestmark = pytest.mark.integration  # the ComfyUI double as a process, killed and stopped
-
-
-def job(name: str) -> dict[str, Any]:
-    return {
-        "id": name,
-        "input": {
-            "start_image": base64.b64encode(make_png(144, 128)).decode(),
-            "prompt": "a boat drifts across a calm lake",
-            "width": 128,
-            "height": 128,
-            "seed": 11,
-        },
-    }
-
-
-def at_stage(worker: Worker, stage: str | None, action: Callable[[], None]) -> dict[str, float]:
-    """Run `action` once, when the job reaches `stage` (None: its first progress event);
-    the returned dict gets the time it ran at."""
-    fired: dict[str, float] = {}
-
-    def on_progress(_job: dict[str, Any], payload: dict[str, Any]) -> None:
-        if stage in (None, payload["stage"]) and not fired:
-            action()
-            fired["at"] = time.monotonic()
-
-    worker.send_progress = on_progress
-    return fired
 
 
 @pytest.fixture
@@ -75,7 +48,7 @@ def test_comfyui_killed_mid_job_in_local_mode(double: ComfyServer, tmp_path: Pat
     assert double.proc is not None
     worker = local_worker(double, tmp_path, job_timeout_s=120.0)
     fired = at_stage(worker, "sample_high_noise", double.proc.kill)
-    result = handle(job("killed"), worker)
+    result = handle(small_job("killed"), worker)
     assert fired, "the job never reached sampling"
     assert time.monotonic() - fired["at"] < 5, "the death took too long to notice"
     assert result["error_code"] == "comfyui_unavailable", result
@@ -85,7 +58,7 @@ def test_comfyui_killed_mid_job_in_local_mode(double: ComfyServer, tmp_path: Pat
     assert double.job_files() == []
     # The next job is told at once too: nothing listens there.
     started = time.monotonic()
-    again = handle(job("after"), worker)
+    again = handle(small_job("after"), worker)
     assert again["error_code"] == "comfyui_unavailable"
     assert "refused the connection" in again["error"]
     assert time.monotonic() - started < 5
@@ -104,7 +77,7 @@ def test_comfyui_stopped_mid_job(
         else local_worker(double, tmp_path, job_timeout_s=120.0)
     )
     fired = at_stage(worker, None, lambda: proc.send_signal(signal.SIGSTOP))
-    result = handle(job("stopped"), worker)
+    result = handle(small_job("stopped"), worker)
     noticed = time.monotonic() - fired["at"]
     # STALL_S, then at most one probe's wait (5 s) and one check's interval (2 s) more.
     assert 2.9 <= noticed < 3.0 + 5 + 2 + 2, noticed
@@ -160,7 +133,7 @@ def test_a_busy_comfyui_that_answers_http_is_followed_to_the_end(
 
         worker = server.worker()
         worker.send_progress = on_progress
-        result = handle(job("busy"), worker)
+        result = handle(small_job("busy"), worker)
     finally:
         proc.terminate()
         proc.wait(timeout=10)

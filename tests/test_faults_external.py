@@ -11,50 +11,21 @@ from __future__ import annotations
 import base64
 import signal
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from tests.media import probe
-from tests.support import ComfyServer, make_png
+from tests.support import ComfyServer, at_stage, small_job
 from tests.tcp_proxy import proxy_to
 from wan_worker.handler import handle
-from wan_worker.worker import Worker
 
 pytestmark = pytest.mark.integration  # the ComfyUI double behind a loopback proxy
 
 
-def job(name: str) -> dict[str, Any]:
-    return {
-        "id": name,
-        "input": {
-            "start_image": base64.b64encode(make_png(144, 128)).decode(),
-            "prompt": "a boat drifts across a calm lake",
-            "width": 128,
-            "height": 128,
-            "seed": 11,
-        },
-    }
-
-
-def fire_at(worker: Worker, stage: str | None, action: Callable[[], None]) -> dict[str, float]:
-    """Run `action` once, when the job reaches `stage` (None: at its first progress event)."""
-    fired: dict[str, float] = {}
-
-    def on_progress(_job: dict[str, Any], payload: dict[str, Any]) -> None:
-        if stage in (None, payload["stage"]) and not fired:
-            fired["at"] = time.monotonic()
-            action()
-
-    worker.send_progress = on_progress
-    return fired
-
-
 def test_comfyui_killed_mid_job(comfy: ComfyServer):
     worker = comfy.worker()
-    fired = fire_at(worker, "sample_high_noise", lambda: comfy.signal(signal.SIGKILL))
-    result = handle(job("killed"), worker)
+    fired = at_stage(worker, "sample_high_noise", lambda: comfy.signal(signal.SIGKILL))
+    result = handle(small_job("killed"), worker)
     reported = time.monotonic()
     assert fired, "the job never reached sampling"
     assert reported - fired["at"] < 10, "the crash took too long to notice"
@@ -65,7 +36,7 @@ def test_comfyui_killed_mid_job(comfy: ComfyServer):
     assert comfy.job_files() == []
     comfy.restart()
     worker = comfy.worker()
-    follow_up = handle(job("after-kill"), worker)
+    follow_up = handle(small_job("after-kill"), worker)
     assert "error" not in follow_up, follow_up
 
 
@@ -77,9 +48,9 @@ def test_comfyui_frozen_mid_job(comfy: ComfyServer, monkeypatch):
     worker = comfy.worker(job_timeout_s=timeout)
     worker.client.http_timeout_s = 3.0
     # The first progress event: on a warm ComfyUI the loaders are cached and skipped.
-    fired = fire_at(worker, None, lambda: comfy.signal(signal.SIGSTOP))
+    fired = at_stage(worker, None, lambda: comfy.signal(signal.SIGSTOP))
     try:
-        result = handle(job("frozen"), worker)
+        result = handle(small_job("frozen"), worker)
     finally:
         comfy.signal(signal.SIGCONT)
     assert fired
@@ -88,15 +59,15 @@ def test_comfyui_frozen_mid_job(comfy: ComfyServer, monkeypatch):
     assert "did not stop when interrupted; the worker will be replaced" in result["error"]
     assert result["refresh_worker"] is True
     assert comfy.job_files() == []
-    follow_up = handle(job("after-freeze"), comfy.worker())
+    follow_up = handle(small_job("after-freeze"), comfy.worker())
     assert "error" not in follow_up, follow_up
 
 
 def test_connections_cut_mid_job(comfy: ComfyServer):
     with proxy_to(comfy.url) as proxy:
         worker = comfy.worker(comfyui_url=proxy.url)
-        fired = fire_at(worker, "sample_low_noise", proxy.drop_all)
-        result = handle(job("cut"), worker)
+        fired = at_stage(worker, "sample_low_noise", proxy.drop_all)
+        result = handle(small_job("cut"), worker)
         assert fired and proxy.drops >= 1
     assert "error" not in result, result
     assert probe(base64.b64decode(result["video"])).frames == 161
