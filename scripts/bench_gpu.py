@@ -37,9 +37,12 @@ log must then list the backend as disabled, or the run stops). ``--stack host`` 
 the host's torch makes it run. ``--triton-backend`` adds ComfyUI's ``--enable-triton-backend``
 (comfy-kitchen's Triton kernels); ``--triton-cache-dir DIR`` gives ComfyUI its own Triton
 cache (``TRITON_CACHE_DIR``): a new folder times the first job's kernel compile, the same one
-again a worker whose cache persists. Every job's MP4 is saved under ``--videos`` (default
-``OUT/videos``), named by size, attention and job index, so that two runs (same seeds and
-inputs) compare frame by frame with ``scripts/gpu_bench/compare_videos.py``.
+again a worker whose cache persists. ``--bypass NODE`` takes a model-patch node out of every
+prompt (its consumers read the model that went into it): ``--bypass 910`` times the high-noise
+expert without its LoRA, the most a LoRA merged into the weights beforehand could save. Every
+job's MP4 is saved under ``--videos`` (default ``OUT/videos``), named by size, attention and
+job index, so that two runs (same seeds and inputs) compare frame by frame with
+``scripts/gpu_bench/compare_videos.py``.
 
 ``--weights tiny --sizes 128x128 --frames 9 --vram-budget-mib 0 --extra-comfyui-args=--cpu``
 is a dry run of the same path on a CPU. torch is never imported by this script; ComfyUI and the
@@ -107,6 +110,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     env["triton_backend"] = args.triton_backend
     env["triton_cache_dir"] = str(args.triton_cache_dir) if args.triton_cache_dir else None
     env["videos"] = str(args.videos)
+    env["bypass"] = list(args.bypass)
     return env
 
 
@@ -173,6 +177,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--triton-cache-dir",
         type=Path,
         help="TRITON_CACHE_DIR for ComfyUI (a new folder: the first job compiles every kernel)",
+    )
+    parser.add_argument(
+        "--bypass",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="take a model-patch node (one with a model input, e.g. the LoRA loader 910) out "
+        "of every prompt, its consumers reading its input model instead (repeatable)",
     )
     parser.add_argument(
         "--videos", type=Path, help="folder for every job's MP4 (default OUT/videos)"

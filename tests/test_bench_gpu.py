@@ -234,6 +234,15 @@ def test_the_old_global_fp16_mode_takes_the_per_model_nodes_out():
     choices = dict(model_file_choices(load_models(MANIFEST)))
     image = {("LoadImage", "image"): lambda v: None}
     assert validate_prompt(old, object_info, choices, image).ok
+    without_lora = jobs.bypassed(
+        template.build(params, image_name="a.png", output_prefix="x/y", attention="sage"), ["910"]
+    )
+    assert "910" not in without_lora and without_lora["290"]["inputs"]["model"] == ["908", 0]
+    assert validate_prompt(without_lora, object_info, choices, image).ok
+    with pytest.raises(BenchError, match=r"--bypass 906: not a node .* with a model input"):
+        jobs.bypassed(old, ["906"])
+    with pytest.raises(BenchError, match="--bypass 999"):
+        jobs.bypassed(old, ["999"])
     args = argparse.Namespace(fast=["cublas_ops"], fp16_accumulation="global")
     assert jobs.fast_features(args) == ["cublas_ops", "fp16_accumulation"]
     args.fp16_accumulation = "workflow"

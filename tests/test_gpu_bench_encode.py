@@ -58,6 +58,30 @@ def test_presets_are_timed_sized_and_checked_against_the_source(tmp_path, capsys
 
 
 @needs_ffmpeg
+def test_thread_counts_are_variants_of_each_preset_with_their_cpu_time(tmp_path, capsys):
+    assert "-preset veryfast -threads 3 -pix_fmt" in " ".join(
+        encode_presets.encode_command(tmp_path / "f.rgb", 64, 48, tmp_path / "o.mp4", "veryfast",
+                                      threads=3)
+    )  # fmt: skip
+    code = encode_presets.main([
+        "--lavfi", "testsrc2=s=64x48:r=24", "--frames", "10", "--runs", "1",
+        "--presets", "veryfast", "--threads", "0,1", "--json", str(tmp_path / "p.json"),
+        "--workdir", str(tmp_path / "work"),
+    ])  # fmt: skip
+
+    assert code == 0
+    saved = json.loads((tmp_path / "p.json").read_text())["presets"]
+    assert list(saved) == ["veryfast", "veryfast@1"]
+    for name, row in saved.items():
+        assert row["bytes"] == (tmp_path / "work" / f"{name}.mp4").stat().st_size
+        assert 0 < row["cpu_s"]["min"] <= row["cpu_s"]["max"]
+    assert "| veryfast@1 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        encode_presets.main(["--lavfi", "x", "--frames", "1", "--threads", "-1"])
+    assert "--threads takes counts of 0 or more" in capsys.readouterr().err
+
+
+@needs_ffmpeg
 def test_an_mp4_source_and_the_printed_command_encode_the_same_frames(tmp_path, capsys):
     source = tmp_path / "in.mp4"
     subprocess.run(

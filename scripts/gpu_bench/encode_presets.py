@@ -4,14 +4,18 @@ The workflow's last node (VideoHelperSuite's Video Combine, ``video/h264-mp4``, 
 yuv420p) pipes RGB frames into ffmpeg with x264's default preset (medium). This takes the frames
 of a real output (an MP4, decoded once to raw RGB) or a synthetic source, encodes them with each
 preset in turn as VideoHelperSuite would (its input and output arguments, ``-preset`` added,
-threads left to x264), and reports per preset the wall time of every run (min / median / max),
-the file size and the PSNR of the decoded result against the source frames::
+threads left to x264 unless ``--threads`` names counts), and reports per variant (a preset, or
+``PRESET@N`` with ``-threads N``) the wall time and the CPU time (user + system) of every run
+(min / median / max), the file size and the PSNR of the decoded result against the source
+frames::
 
     python scripts/gpu_bench/encode_presets.py --source OUTPUT.mp4 --runs 5 --json presets.json
     python scripts/gpu_bench/encode_presets.py --frames 161 --runs 5 \\
         --lavfi "testsrc2=s=720x1280:r=24,noise=alls=12:allf=t"
+    python scripts/gpu_bench/encode_presets.py --source OUTPUT.mp4 --presets medium,veryfast \\
+        --threads 0,8,4      # 0: x264's own choice, as the workflow runs it
 
-Runs are interleaved (preset A, B, C, then again in a rotated order) after one encode that is
+Runs are interleaved (variant A, B, C, then again in a rotated order) after one encode that is
 not counted, so that a machine's drift spreads over all presets. ``--print-command PRESET``
 prints one encode's command line (to time it with another tool) and exits.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -55,14 +60,18 @@ def encode_command(
     crf: int = WORKFLOW_CRF,
     fps: int = WORKFLOW_FPS,
     ffmpeg: str = "ffmpeg",
+    threads: int = 0,
 ) -> list[str]:
     """VideoHelperSuite's h264-mp4 command (its input flags, then its main pass), reading the
-    raw RGB frames from a file instead of its pipe, with ``-preset`` added."""
+    raw RGB frames from a file instead of its pipe, with ``-preset`` added (and ``-threads``
+    unless `threads` is 0, x264's own choice)."""
+    thread_flags = ["-threads", str(threads)] if threads else []
     return [
         ffmpeg, "-v", "error", "-nostdin", "-f", "rawvideo", "-pix_fmt", "rgb24",
         "-color_range", "pc", "-colorspace", "rgb", "-color_primaries", "bt709",
         "-color_trc", "bt709", "-s", f"{width}x{height}", "-r", str(fps), "-i", str(raw),
-        "-y", "-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-crf", str(crf),
+        "-y", "-c:v", "libx264", "-preset", preset, *thread_flags, "-pix_fmt", "yuv420p",
+        "-crf", str(crf),
         "-vf", "scale=out_color_matrix=bt709", "-color_range", "tv", "-colorspace", "bt709",
         "-color_primaries", "bt709", "-color_trc", "bt709", str(out),
     ]  # fmt: skip
@@ -100,27 +109,46 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def variant_name(preset: str, threads: int) -> str:
+    """``medium`` with x264's own thread count, ``medium@8`` with ``-threads 8``."""
+    return f"{preset}@{threads}" if threads else preset
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
     raw = work / "source.rgb"
     width, height, count = source_to_raw(args, raw)
     if count == 0:
         raise SystemExit("the source has no frames")
-    presets = list(args.presets)
+    settings = {
+        variant_name(preset, threads): (preset, threads)
+        for preset in args.presets
+        for threads in args.threads
+    }
+    presets = list(settings)
     times: dict[str, list[float]] = {p: [] for p in presets}
+    cpu: dict[str, list[float]] = {p: [] for p in presets}
     outputs = {p: work / f"{p}.mp4" for p in presets}
-    warmup = encode_command(
-        raw, width, height, work / "warmup.mp4", presets[0], args.crf, ffmpeg=args.ffmpeg
-    )
-    subprocess.run(warmup, check=True)
+
+    def command(name: str, out: Path) -> list[str]:
+        preset, threads = settings[name]
+        return encode_command(
+            raw, width, height, out, preset, args.crf, ffmpeg=args.ffmpeg, threads=threads
+        )
+
+    subprocess.run(command(presets[0], work / "warmup.mp4"), check=True)
     for index in range(args.runs):
         order = presets[index % len(presets) :] + presets[: index % len(presets)]
         for preset in order:
-            command = encode_command(
-                raw, width, height, outputs[preset], preset, args.crf, ffmpeg=args.ffmpeg
-            )
+            cpu_before = children_cpu_s()
             started = time.perf_counter()
-            subprocess.run(command, check=True)
+            subprocess.run(command(preset, outputs[preset]), check=True)
             times[preset].append(time.perf_counter() - started)
+            cpu[preset].append(children_cpu_s() - cpu_before)
     results: dict[str, object] = {
         "source": str(args.source) if args.source else f"lavfi:{args.lavfi}",
         "width": width,
@@ -147,6 +175,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         table[preset] = {
             "wall_s": spread(times[preset]),
             "runs_s": [round(t, 3) for t in times[preset]],
+            "cpu_s": spread(cpu[preset]),
             "bytes": outputs[preset].stat().st_size,
             "psnr_mean_db": round(check.psnr_mean_db, 3),
             "psnr_min_db": round(check.psnr_min_db, 3),
@@ -165,14 +194,15 @@ def markdown(results: dict[str, object]) -> str:
         f"{results['frames']} frames {results['width']}x{results['height']}, CRF "
         f"{results['crf']}, {results['runs']} runs each, source {results['source']}",
         "",
-        "| preset | wall s min / median / max | MB | PSNR vs source mean / min "
-        f"| PSNR vs {next(iter(presets), '')} mean / min |",
-        "|---|---|---|---|---|",
+        "| preset | wall s min / median / max | CPU s min / median / max | MB "
+        f"| PSNR vs source mean / min | PSNR vs {next(iter(presets), '')} mean / min |",
+        "|---|---|---|---|---|---|",
     ]
     for preset, row in presets.items():
-        wall = row["wall_s"]
+        wall, cpu = row["wall_s"], row["cpu_s"]
         lines.append(
             f"| {preset} | {wall['min']:.2f} / {wall['median']:.2f} / {wall['max']:.2f} | "
+            f"{cpu['min']:.2f} / {cpu['median']:.2f} / {cpu['max']:.2f} | "
             f"{row['bytes'] / 1e6:.1f} | {fmt_db(row['psnr_mean_db'])} / "
             f"{fmt_db(row['psnr_min_db'])} | {fmt_db(row['vs_first_psnr_mean_db'])} / "
             f"{fmt_db(row['vs_first_psnr_min_db'])} |"
@@ -187,6 +217,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--lavfi", help="an ffmpeg lavfi source instead (with --frames)")
     parser.add_argument("--frames", type=int, default=0, help="frames to take (0: all)")
     parser.add_argument("--presets", type=lambda s: s.split(","), default=list(PRESETS))
+    parser.add_argument(
+        "--threads",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[0],
+        help="x264 thread counts to try, comma-separated (0: x264's own choice, the default)",
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--crf", type=int, default=WORKFLOW_CRF)
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -200,6 +236,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--lavfi needs --frames")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if any(n < 0 for n in args.threads):
+        parser.error("--threads takes counts of 0 or more (0: x264's own choice)")
     if args.print_command and args.workdir is None:
         parser.error("--print-command needs --workdir (the command reads the frames there)")
     return args
@@ -213,7 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_command:
             width, height, _ = source_to_raw(args, work / "source.rgb")
             command = encode_command(
-                work / "source.rgb", width, height, work / "out.mp4", args.print_command, args.crf
+                work / "source.rgb",
+                width,
+                height,
+                work / "out.mp4",
+                args.print_command,
+                args.crf,
+                threads=args.threads[0],
             )
             print(" ".join(command))
             return 0

@@ -9,7 +9,7 @@ import base64
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,18 +146,28 @@ def video_name(label: str, attention: str, index: int) -> str:
     return f"{label}-{attention}-job{index}.mp4"
 
 
+def bypassed(prompt: dict[str, Any], node_ids: Iterable[str]) -> dict[str, Any]:
+    """The prompt with model-patch nodes taken out: whatever read a node's model now reads the
+    model that went into it (what ``--bypass`` measures: the cost of a LoRA or a patch)."""
+    for node_id in node_ids:
+        node = prompt.get(node_id)
+        source = node["inputs"].get("model") if node is not None else None
+        if not (isinstance(source, list) and len(source) == 2):
+            raise BenchError(f"--bypass {node_id}: not a node of the workflow with a model input")
+        del prompt[node_id]
+        for other in prompt.values():
+            for name, value in other["inputs"].items():
+                if value == [node_id, 0]:
+                    other["inputs"][name] = source
+    return prompt
+
+
 def without_fp16_nodes(prompt: dict[str, Any]) -> dict[str, Any]:
     """The prompt with the per-model fp16 accumulation nodes taken out (links bridged), as the
     workflow was when ComfyUI's global --fast fp16_accumulation did the job."""
     from wan_worker.workflow import FP16_ACCUMULATION_NODES
 
-    for node_id in FP16_ACCUMULATION_NODES:
-        source = prompt.pop(node_id)["inputs"]["model"]
-        for node in prompt.values():
-            for name, value in node["inputs"].items():
-                if value == [node_id, 0]:
-                    node["inputs"][name] = source
-    return prompt
+    return bypassed(prompt, FP16_ACCUMULATION_NODES)
 
 
 def make_worker(
@@ -166,20 +176,23 @@ def make_worker(
     workflow: Path,
     progress: ProgressLog,
     fp16_mode: str = "workflow",
+    bypass: Sequence[str] = (),
 ) -> Any:
     from wan_worker.comfy.client import ComfyClient
     from wan_worker.comfy.process import ComfyProcess
     from wan_worker.settings.worker import WorkerSettings
     from wan_worker.worker import Worker
-    from wan_worker.workflow import WorkflowTemplate, load_template
+    from wan_worker.workflow import FP16_ACCUMULATION_NODES, WorkflowTemplate, load_template
 
-    class GlobalFp16Template(WorkflowTemplate):
+    taken_out = [*bypass, *(FP16_ACCUMULATION_NODES if fp16_mode == "global" else ())]
+
+    class BypassTemplate(WorkflowTemplate):
         def build(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            return without_fp16_nodes(super().build(*args, **kwargs))
+            return bypassed(super().build(*args, **kwargs), taken_out)
 
     template = load_template(workflow)
-    if fp16_mode == "global":
-        template = GlobalFp16Template(template.graph)
+    if taken_out:
+        template = BypassTemplate(template.graph)
 
     settings = WorkerSettings(
         comfyui_url=server.url,
@@ -251,7 +264,12 @@ def run_config(
     server.start()
     try:
         worker = make_worker(
-            server, attention, workflow, progress, getattr(args, "fp16_accumulation", "workflow")
+            server,
+            attention,
+            workflow,
+            progress,
+            getattr(args, "fp16_accumulation", "workflow"),
+            getattr(args, "bypass", ()),
         )
         worker.client.wait_ready(args.ready_timeout)
         record.comfyui_start_s = round(time.monotonic() - started, 3)
