@@ -520,7 +520,7 @@ class Double:
                     "filename": mp4.name,
                     "subfolder": subfolder,
                     "type": "output",
-                    "format": "video/h264-mp4",
+                    "format": str(prompt[node_id]["inputs"]["format"]),
                     "frame_rate": fps,
                     "workflow": png.name,
                     "fullpath": str(mp4),

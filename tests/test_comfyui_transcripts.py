@@ -77,7 +77,7 @@ def test_success_reports_the_mp4_under_gifs_and_in_history():
     assert [m["data"]["node"] for m in executed] == ["906"]
     gifs = executed[0]["data"]["output"]["gifs"]
     assert gifs == history["outputs"]["906"]["gifs"]
-    assert gifs[0]["format"] == "video/h264-mp4"
+    assert gifs[0]["format"] == "video/h264-mp4-fast.json"
     assert gifs[0]["filename"].endswith(".mp4")
     assert gifs[0]["workflow"] == gifs[0]["filename"].replace(".mp4", ".png")
     assert record["output_files"][0]["ffprobe"]["streams"][0]["codec_name"] == "h264"

@@ -170,6 +170,22 @@ def test_the_hub_tests_input_is_valid_and_small() -> None:
     assert params.width * params.height <= 128 * 128
 
 
+def test_the_workflows_mp4_format_reaches_comfyui_through_extra_model_paths() -> None:
+    """Node 906 names a VideoHelperSuite format the project ships (h264-mp4 with x264's `fast`
+    preset); ComfyUI finds it through extra_model_paths.yaml, a path relative to that file, as
+    in the image (/app) and in a checkout alike."""
+    combine = json.loads((REPO / "workflows/wan_flf_i2v_api.json").read_text())["906"]["inputs"]
+    config = yaml.safe_load((REPO / "extra_model_paths.yaml").read_text())
+    folder = REPO / config["worker"]["VHS_video_formats"]
+    fmt = json.loads((folder / combine["format"].removeprefix("video/")).read_text())
+    assert fmt["main_pass"][:6] == ["-n", "-c:v", "libx264", "-preset", "fast", "-pix_fmt"]
+    widgets = json.loads((REPO / "tests/data/object_info.json").read_text())["VHS_VideoCombine"]
+    formats = widgets["input"]["required"]["format"]
+    assert combine["format"] in formats[0]
+    # the same widgets as VideoHelperSuite's own h264-mp4, so node 906's inputs are unchanged
+    assert formats[1]["formats"][combine["format"]] == formats[1]["formats"]["video/h264-mp4"]
+
+
 @pytest.mark.integration
 def test_the_hub_tests_video_fits_inline_even_if_it_is_pure_noise(tmp_path: Path) -> None:
     """The self-test's video is noise; the test has no output storage, so the MP4 must come
@@ -179,14 +195,16 @@ def test_the_hub_tests_video_fits_inline_even_if_it_is_pure_noise(tmp_path: Path
     settings = WorkerSettings.from_env({})
     template = load_template(REPO / settings.workflow_path)
     combine = json.loads((REPO / settings.workflow_path).read_text())["906"]["inputs"]
-    assert combine["format"] == "video/h264-mp4"
+    assert combine["format"] == "video/h264-mp4-fast.json"
+    main_pass = json.loads((REPO / "workflows/video_formats/h264-mp4-fast.json").read_text())
+    preset = main_pass["main_pass"][main_pass["main_pass"].index("-preset") + 1]
     width, height = case["input"]["width"], case["input"]["height"]
     noise = "geq=lum='random(1)*255':cb='random(2)*255':cr='random(3)*255'"
     video = tmp_path / "noise.mp4"
     subprocess.run(
         ["ffmpeg", "-v", "error", "-nostdin", "-f", "lavfi",
          "-i", f"nullsrc=s={width}x{height}:r={template.fps},{noise}",
-         "-frames:v", str(template.output_frames), "-c:v", "libx264",
+         "-frames:v", str(template.output_frames), "-c:v", "libx264", "-preset", preset,
          "-crf", str(combine["crf"]), "-pix_fmt", combine["pix_fmt"], str(video)],
         check=True,
     )  # fmt: skip
