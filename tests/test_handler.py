@@ -110,6 +110,21 @@ def test_a_rejected_workflow_names_node_class_and_input(comfy: ComfyServer, tmp_
     assert "error" not in handle(job(), comfy.worker())
 
 
+def test_a_comfyui_without_the_workers_mp4_format_is_told_where_it_comes_from(
+    comfy: ComfyServer, tmp_path
+):
+    graph = copy.deepcopy(load_template(comfy.settings().workflow_path).graph)
+    graph["906"]["inputs"]["format"] = "video/h264-mp4-gone.json"
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(graph))
+    result = handle(job(), comfy.worker(workflow_path=path))
+    assert result["error_code"] == "workflow_rejected"
+    assert "node 906 (VHS_VideoCombine) input format: Value not in list" in result["error"]
+    assert "start it with the worker's extra_model_paths.yaml" in result["error"]
+    assert "A model file is missing" not in result["error"]
+    assert comfy.job_files() == []
+
+
 def test_an_execution_error_names_the_node(comfy_double: ComfyServer):
     comfy_double.set_fault(
         error_at="420:12", type="RuntimeError", message="mat1 and mat2 shapes cannot be multiplied"

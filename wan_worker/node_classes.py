@@ -23,3 +23,9 @@ COMFY_LISTED_MODEL_INPUTS: dict[tuple[str, str], str] = {
     ("CLIPLoader", "clip_name"): "text_encoders",
     ("VAELoader", "vae_name"): "vae",
 }
+
+#: VideoHelperSuite's Video Combine input that names its ffmpeg format; ComfyUI lists the
+#: formats from VideoHelperSuite's own folder and the `VHS_video_formats` folders, so the
+#: workflow's own format (workflows/video_formats/, added by extra_model_paths.yaml) is missing
+#: from a ComfyUI started without the worker's extra_model_paths.yaml.
+VIDEO_FORMAT_INPUT = ("VHS_VideoCombine", "format")

@@ -21,7 +21,11 @@ from wan_worker.errors import (
     SageAttentionFailed,
     WorkerError,
 )
-from wan_worker.node_classes import COMFY_LISTED_MODEL_INPUTS, SAGE_ATTENTION_PATCH
+from wan_worker.node_classes import (
+    COMFY_LISTED_MODEL_INPUTS,
+    SAGE_ATTENTION_PATCH,
+    VIDEO_FORMAT_INPUT,
+)
 
 #: Traceback text that places a failure inside SageAttention: its package, or KJNodes' wrapper
 #: around it (attention_sage -> sage_func -> sageattn...).
@@ -145,12 +149,18 @@ def format_node_errors(body: dict[str, Any], prompt: dict[str, Any]) -> str:
                 f" input {input_name}" if input_name else ""
             )
             parts.append(f"{where}: {err.get('message')}: {err.get('details')}")
-            if (class_type, input_name) in COMFY_LISTED_MODEL_INPUTS and err.get("type") == (
-                "value_not_in_list"
-            ):
+            if err.get("type") != "value_not_in_list":
+                continue
+            if (class_type, input_name) in COMFY_LISTED_MODEL_INPUTS:
                 hint = (
                     " A model file is missing: check the worker's boot log for the model "
                     "download step and the network volume's free space."
+                )
+            elif (class_type, input_name) == VIDEO_FORMAT_INPUT:
+                hint = (
+                    " This ComfyUI lacks the workflow's MP4 format: start it with the worker's "
+                    "extra_model_paths.yaml (--extra-model-paths-config), which adds "
+                    "workflows/video_formats/."
                 )
     if not parts:
         error = body.get("error")
