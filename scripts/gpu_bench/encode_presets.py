@@ -1,7 +1,8 @@
 """Time libx264's presets on the workflow's final encode: the same frames, the same arguments.
 
-The workflow's last node (VideoHelperSuite's Video Combine, ``video/h264-mp4``, CRF 15,
-yuv420p) pipes RGB frames into ffmpeg with x264's default preset (medium). This takes the frames
+The workflow's last node (VideoHelperSuite's Video Combine, CRF 15, yuv420p) pipes RGB frames
+into ffmpeg as its ``video/h264-mp4`` format does, with the preset its format names (``fast``,
+``workflows/video_formats/h264-mp4-fast.json``; x264's default is ``medium``). This takes the frames
 of a real output (an MP4, decoded once to raw RGB) or a synthetic source, encodes them with each
 preset in turn as VideoHelperSuite would (its input and output arguments, ``-preset`` added,
 threads left to x264 unless ``--threads`` names counts), and reports per variant (a preset, or
