@@ -186,6 +186,7 @@ ENV COMFYUI_DIR=/opt/ComfyUI
 RUN python /app/scripts/smoke_image.py image \
       --comfyui-dir /opt/ComfyUI \
       --workflow /app/workflows/wan_flf_i2v_api.json \
+      --extra-model-paths /app/extra_model_paths.yaml \
       --lock /app/docker/torch.lock --lock /app/docker/requirements.lock \
       --models-manifest /app/workflows/models.json
 

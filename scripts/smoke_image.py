@@ -10,7 +10,8 @@ Three commands:
       After fetching ComfyUI and the nodes: each requirement file the image installed from
       docker/requirements/ (listed in its sources.json) is byte for byte the fetched one.
 
-  smoke_image.py image [--comfyui-dir DIR] [--workflow FILE] [--lock FILE]...
+  smoke_image.py image [--comfyui-dir DIR] [--workflow FILE] [--extra-model-paths FILE]
+                       [--lock FILE]...
                        [--models-manifest FILE] [--skip-gpu-build-checks]
                        [--without-sageattention]
       In the finished image, with the image's Python:
@@ -23,8 +24,10 @@ Three commands:
       - `main.py --cpu --quick-test-for-ci` loads every node, read from ComfyUI's own
         report: each of the nine listed under "Import times for custom nodes:" without
         "(IMPORT FAILED)", and no built-in node file reported as "IMPORT FAILED: ...";
-      - (--workflow) a ComfyUI started on loopback registers every node class the
-        workflow uses, read back from /object_info;
+      - (--workflow) a ComfyUI started on loopback (with --extra-model-paths FILE, the
+        worker's extra_model_paths.yaml, as the worker starts it) registers every node class
+        the workflow uses, and lists the video format each Video Combine node names, read
+        back from /object_info;
       - (--models-manifest) Frame-Interpolation reads RIFE checkpoints from the folder the
         manifest links rife47.pth into, so RIFE never downloads at job time.
 
@@ -388,13 +391,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def check_workflow_nodes(comfyui: Path, workflow: Path) -> str:
-    wanted = workflow_class_types(json.loads(workflow.read_text()))
+#: Inputs whose choices ComfyUI lists from files that the image ships (not models, which arrive
+#: at run time): VideoHelperSuite's formats, the workflow's own among them.
+LISTED_CHOICES = (("VHS_VideoCombine", "format"),)
+
+
+def unlisted_choices(workflow: Mapping, object_info: Mapping) -> list[str]:
+    """Each LISTED_CHOICES value in the workflow that ComfyUI does not offer."""
+    problems = []
+    for node_id, node in workflow.items():
+        for class_type, name in LISTED_CHOICES:
+            if node.get("class_type") != class_type or name not in node.get("inputs", {}):
+                continue
+            spec = object_info.get(class_type, {}).get("input", {}).get("required", {}).get(name)
+            offered = spec[0] if spec and isinstance(spec[0], list) else []
+            value = node["inputs"][name]
+            if value not in offered:
+                problems.append(f"node {node_id} ({class_type}) {name} {value!r} is not offered")
+    return problems
+
+
+def check_workflow_nodes(comfyui: Path, workflow: Path, extra_paths: Path | None = None) -> str:
+    graph = json.loads(workflow.read_text())
+    wanted = workflow_class_types(graph)
     port = free_port()
     url = f"http://127.0.0.1:{port}/object_info"
+    extra = ["--extra-model-paths-config", str(extra_paths.resolve())] if extra_paths else []
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "comfyui.log"
-        command = comfyui_command(comfyui, Path(tmp), "--listen", "127.0.0.1", "--port", str(port))
+        command = comfyui_command(
+            comfyui, Path(tmp), "--listen", "127.0.0.1", "--port", str(port), *extra
+        )
         with log_path.open("w") as log:
             server = subprocess.Popen(command, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -409,7 +436,11 @@ def check_workflow_nodes(comfyui: Path, workflow: Path) -> str:
     missing = sorted(wanted - set(object_info))
     if missing:
         raise SmokeError(f"{workflow.name} uses node classes ComfyUI does not have: {missing}")
-    return f"{workflow.name}: all {len(wanted)} node classes registered"
+    unlisted = unlisted_choices(graph, object_info)
+    if unlisted:
+        hint = "" if extra_paths else " (pass --extra-model-paths, the worker's yaml)"
+        raise SmokeError(f"{workflow.name}: " + "; ".join(unlisted) + hint)
+    return f"{workflow.name}: all {len(wanted)} node classes registered, its video format listed"
 
 
 def wait_for_json(url: str, server: subprocess.Popen, log_path: Path, timeout_s: float) -> dict:
@@ -460,7 +491,12 @@ def image_checks(args: argparse.Namespace, versions: Mapping) -> list:
         ("node import", lambda: check_quick_test(comfyui, nodes)),
     ]
     if args.workflow:
-        checks.append(("workflow", lambda: check_workflow_nodes(comfyui, args.workflow)))
+        checks.append(
+            (
+                "workflow",
+                lambda: check_workflow_nodes(comfyui, args.workflow, args.extra_model_paths),
+            )
+        )
     if args.models_manifest:
         checks.append(("rife", lambda: check_rife_folder(comfyui, args.models_manifest)))
     return checks
@@ -480,6 +516,11 @@ def main(argv: list[str] | None = None) -> int:
     image = commands.add_parser("image", help="check the finished image")
     image.add_argument("--comfyui-dir", type=Path, default=Path("/opt/ComfyUI"))
     image.add_argument("--workflow", type=Path, help="API workflow whose node classes must exist")
+    image.add_argument(
+        "--extra-model-paths",
+        type=Path,
+        help="the worker's extra_model_paths.yaml, for ComfyUI started by --workflow's check",
+    )
     image.add_argument(
         "--lock",
         type=Path,

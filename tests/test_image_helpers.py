@@ -409,6 +409,20 @@ def test_cuobjdump_listing_is_read_per_architecture() -> None:
     assert smoke.cuobjdump_archs(listing) == {"sm_120a", "sm_90a"}
 
 
+def test_the_workflows_video_format_must_be_offered_by_comfyui() -> None:
+    workflow = json.loads((REPO / "workflows/wan_flf_i2v_api.json").read_text())
+    object_info = json.loads((REPO / "tests/data/object_info.json").read_text())
+    # the recorded /object_info of a ComfyUI started with the worker's extra_model_paths.yaml
+    assert smoke.unlisted_choices(workflow, object_info) == []
+    formats = object_info["VHS_VideoCombine"]["input"]["required"]["format"][0]
+    formats.remove(workflow["906"]["inputs"]["format"])
+    assert smoke.unlisted_choices(workflow, object_info) == [
+        "node 906 (VHS_VideoCombine) format 'video/h264-mp4-fast.json' is not offered"
+    ]
+    del object_info["VHS_VideoCombine"]
+    assert len(smoke.unlisted_choices(workflow, object_info)) == 1
+
+
 def test_workflow_class_types_are_collected() -> None:
     workflow = {
         "1": {"class_type": "LoadImage", "inputs": {}},
