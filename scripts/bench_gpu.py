@@ -39,10 +39,14 @@ the host's torch makes it run. ``--triton-backend`` adds ComfyUI's ``--enable-tr
 cache (``TRITON_CACHE_DIR``): a new folder times the first job's kernel compile, the same one
 again a worker whose cache persists. ``--bypass NODE`` takes a model-patch node out of every
 prompt (its consumers read the model that went into it): ``--bypass 910`` times the high-noise
-expert without its LoRA, the most a LoRA merged into the weights beforehand could save. Every
-job's MP4 is saved under ``--videos`` (default ``OUT/videos``), named by size, attention and
-job index, so that two runs (same seeds and inputs) compare frame by frame with
-``scripts/gpu_bench/compare_videos.py``.
+expert without its LoRA, the most a LoRA merged into the weights beforehand could save.
+``--compile core|kj`` compiles each expert just before its sampler (ComfyUI's
+``TorchCompileModel`` or KJNodes' ``TorchCompileModelWanVideoV2``), ``--sage-allow-compile``
+lets SageAttention into the compiled graph, and ``--inductor-cache-dir DIR`` gives
+torch.compile its own cache (new: the first job compiles everything; the same again: a worker
+whose cache persists). Every job's MP4 is saved under ``--videos`` (default ``OUT/videos``),
+named by size, attention and job index, so that two runs (same seeds and inputs) compare frame
+by frame with ``scripts/gpu_bench/compare_videos.py``.
 
 ``--weights tiny --sizes 128x128 --frames 9 --vram-budget-mib 0 --extra-comfyui-args=--cpu``
 is a dry run of the same path on a CPU. torch is never imported by this script; ComfyUI and the
@@ -67,7 +71,12 @@ sys.path.insert(0, str(REPO_ROOT))
 from scripts.gpu_bench import BenchError  # noqa: E402
 from scripts.gpu_bench.analysis import ConfigRecord  # noqa: E402
 from scripts.gpu_bench.comfyui import DEFAULT_COMFYUI_ARGS, STACKS  # noqa: E402
-from scripts.gpu_bench.jobs import run_config, server_flags, workflow_with_frames  # noqa: E402
+from scripts.gpu_bench.jobs import (  # noqa: E402
+    COMPILE_NODES,
+    run_config,
+    server_flags,
+    workflow_with_frames,
+)
 from scripts.gpu_bench.memory import RTX_5090_MIB, GpuMemorySampler, VramBallast  # noqa: E402
 from scripts.gpu_bench.report import load_report, save  # noqa: E402
 from scripts.gpu_bench.weights import ensure_weights  # noqa: E402
@@ -111,6 +120,9 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     env["triton_cache_dir"] = str(args.triton_cache_dir) if args.triton_cache_dir else None
     env["videos"] = str(args.videos)
     env["bypass"] = list(args.bypass)
+    env["compile"] = args.compile
+    env["sage_allow_compile"] = args.sage_allow_compile
+    env["inductor_cache_dir"] = str(args.inductor_cache_dir) if args.inductor_cache_dir else None
     return env
 
 
@@ -187,6 +199,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "of every prompt, its consumers reading its input model instead (repeatable)",
     )
     parser.add_argument(
+        "--compile",
+        choices=sorted(COMPILE_NODES),
+        help="compile each expert before its sampler: core (ComfyUI's TorchCompileModel) or kj "
+        "(KJNodes' TorchCompileModelWanVideoV2)",
+    )
+    parser.add_argument(
+        "--sage-allow-compile",
+        action="store_true",
+        help="with --compile: the SageAttention nodes' allow_compile on (off in the workflow)",
+    )
+    parser.add_argument(
+        "--inductor-cache-dir",
+        type=Path,
+        help="TORCHINDUCTOR_CACHE_DIR for ComfyUI (a new folder: the first job compiles it all)",
+    )
+    parser.add_argument(
         "--videos", type=Path, help="folder for every job's MP4 (default OUT/videos)"
     )
     parser.add_argument("--python", default=sys.executable, help="Python that runs ComfyUI")
@@ -201,6 +229,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.videos = (args.videos or args.out / "videos").resolve()
     if args.triton_cache_dir is not None:
         args.triton_cache_dir = args.triton_cache_dir.resolve()
+    if args.inductor_cache_dir is not None:
+        args.inductor_cache_dir = args.inductor_cache_dir.resolve()
+    if args.sage_allow_compile and args.compile is None:
+        parser.error("--sage-allow-compile goes with --compile")
     if args.from_json is not None:
         if not args.from_json.is_file():
             parser.error(f"--from-json {args.from_json} does not exist")

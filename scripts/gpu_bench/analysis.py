@@ -122,6 +122,7 @@ class ConfigRecord:
     comfyui_command: list[str] = field(default_factory=list)
     kitchen_backends: dict[str, str] = field(default_factory=dict)  # from ComfyUI's log
     triton_cache: dict[str, Any] = field(default_factory=dict)  # dir, files before and after
+    inductor_cache: dict[str, Any] = field(default_factory=dict)  # the same, for --compile
 
 
 def analyse(record: JobRecord) -> None:

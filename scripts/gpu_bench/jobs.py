@@ -128,13 +128,22 @@ def server_flags(args: argparse.Namespace) -> list[str]:
 
 def server_env(args: argparse.Namespace) -> dict[str, str]:
     """Environment for ComfyUI beyond the benchmark's own: TRITON_CACHE_DIR with
-    --triton-cache-dir (Triton's compiled kernels; empty for a first-job compile cost)."""
-    cache = getattr(args, "triton_cache_dir", None)
-    return {"TRITON_CACHE_DIR": str(cache)} if cache is not None else {}
+    --triton-cache-dir (Triton's compiled kernels; empty for a first-job compile cost) and
+    TORCHINDUCTOR_CACHE_DIR with --inductor-cache-dir (torch.compile's, with --compile)."""
+    env = {}
+    for option, variable in (
+        ("triton_cache_dir", "TRITON_CACHE_DIR"),
+        ("inductor_cache_dir", "TORCHINDUCTOR_CACHE_DIR"),
+    ):
+        cache = getattr(args, option, None)
+        if cache is not None:
+            env[variable] = str(cache)
+    return env
 
 
 def cache_files(folder: Path | None) -> int | None:
-    """Files under a Triton cache folder (None without one; 0 when it does not exist yet)."""
+    """Files under a cache folder, Triton's or inductor's (None without one; 0 when it does not
+    exist yet)."""
     if folder is None:
         return None
     return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
@@ -162,6 +171,44 @@ def bypassed(prompt: dict[str, Any], node_ids: Iterable[str]) -> dict[str, Any]:
     return prompt
 
 
+#: `--compile` modes: the node that compiles each expert, with its inputs beside `model`.
+#: core: ComfyUI's own TorchCompileModel; kj: KJNodes' Wan node, its defaults (the
+#: transformer blocks only, static shapes).
+COMPILE_NODES: dict[str, tuple[str, dict[str, Any]]] = {
+    "core": ("TorchCompileModel", {"backend": "inductor"}),
+    "kj": (
+        "TorchCompileModelWanVideoV2",
+        {
+            "backend": "inductor",
+            "fullgraph": False,
+            "mode": "default",
+            "dynamic": False,
+            "dynamo_cache_size_limit": 64,
+            "compile_transformer_blocks_only": True,
+        },
+    ),
+}
+
+
+def compiled(prompt: dict[str, Any], mode: str, sage_allow_compile: bool) -> dict[str, Any]:
+    """The prompt with each expert compiled just before its sampler reads it: a compile node
+    (COMPILE_NODES[mode]) between every ModelSamplingSD3 and the model it reads.
+    `sage_allow_compile` sets the SageAttention patch nodes' `allow_compile` (off in the
+    workflow: KJNodes then keeps attention out of the compiled graph)."""
+    class_type, inputs = COMPILE_NODES[mode]
+    for node_id, node in list(prompt.items()):
+        if node["class_type"] == "ModelSamplingSD3":
+            compile_id = f"{node_id}-compile"
+            prompt[compile_id] = {
+                "class_type": class_type,
+                "inputs": {**inputs, "model": node["inputs"]["model"]},
+            }
+            node["inputs"]["model"] = [compile_id, 0]
+        elif node["class_type"] == "PathchSageAttentionKJ":
+            node["inputs"]["allow_compile"] = sage_allow_compile
+    return prompt
+
+
 def without_fp16_nodes(prompt: dict[str, Any]) -> dict[str, Any]:
     """The prompt with the per-model fp16 accumulation nodes taken out (links bridged), as the
     workflow was when ComfyUI's global --fast fp16_accumulation did the job."""
@@ -177,6 +224,8 @@ def make_worker(
     progress: ProgressLog,
     fp16_mode: str = "workflow",
     bypass: Sequence[str] = (),
+    compile_mode: str | None = None,
+    sage_allow_compile: bool = False,
 ) -> Any:
     from wan_worker.comfy.client import ComfyClient
     from wan_worker.comfy.process import ComfyProcess
@@ -186,13 +235,16 @@ def make_worker(
 
     taken_out = [*bypass, *(FP16_ACCUMULATION_NODES if fp16_mode == "global" else ())]
 
-    class BypassTemplate(WorkflowTemplate):
+    class EditedTemplate(WorkflowTemplate):
         def build(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            return bypassed(super().build(*args, **kwargs), taken_out)
+            prompt = bypassed(super().build(*args, **kwargs), taken_out)
+            if compile_mode is not None:
+                prompt = compiled(prompt, compile_mode, sage_allow_compile)
+            return prompt
 
     template = load_template(workflow)
-    if taken_out:
-        template = BypassTemplate(template.graph)
+    if taken_out or compile_mode is not None:
+        template = EditedTemplate(template.graph)
 
     settings = WorkerSettings(
         comfyui_url=server.url,
@@ -257,6 +309,12 @@ def run_config(
     triton_cache: Path | None = getattr(args, "triton_cache_dir", None)
     if triton_cache is not None:
         record.triton_cache = {"dir": str(triton_cache), "files_before": cache_files(triton_cache)}
+    inductor_cache: Path | None = getattr(args, "inductor_cache_dir", None)
+    if inductor_cache is not None:
+        record.inductor_cache = {
+            "dir": str(inductor_cache),
+            "files_before": cache_files(inductor_cache),
+        }
     videos: Path | None = getattr(args, "videos", None)
     baseline = gpu.now() if gpu is not None else None
     progress = ProgressLog()
@@ -270,6 +328,8 @@ def run_config(
             progress,
             getattr(args, "fp16_accumulation", "workflow"),
             getattr(args, "bypass", ()),
+            getattr(args, "compile", None),
+            getattr(args, "sage_allow_compile", False),
         )
         worker.client.wait_ready(args.ready_timeout)
         record.comfyui_start_s = round(time.monotonic() - started, 3)
@@ -316,6 +376,8 @@ def run_config(
         server.stop()
         if triton_cache is not None:
             record.triton_cache["files_after"] = cache_files(triton_cache)
+        if inductor_cache is not None:
+            record.inductor_cache["files_after"] = cache_files(inductor_cache)
     return record
 
 

@@ -126,14 +126,18 @@ def markdown(configs: list[ConfigRecord], verdict: dict[str, Any]) -> str:
     lines += [
         "",
         "| config | ComfyUI start s | idle MiB | peak MiB | budget MiB | fits | stack "
-        "| comfy-kitchen backends | Triton cache files before / after |",
+        "| comfy-kitchen backends | cache files before / after |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for config in configs:
         v = verdict["vram"][f"{config.size} {config.attention}"]
         backends = ", ".join(f"{k} {s}" for k, s in sorted(config.kitchen_backends.items()))
-        cache = config.triton_cache
-        files = f"{cache.get('files_before')} / {cache.get('files_after')}" if cache else ""
+        caches = (("Triton", config.triton_cache), ("inductor", config.inductor_cache))
+        files = ", ".join(
+            f"{name} {cache.get('files_before')} / {cache.get('files_after')}"
+            for name, cache in caches
+            if cache
+        )
         lines.append(
             f"| {config.size} {config.attention} | {config.comfyui_start_s} | "
             f"{config.idle_vram_mib} | {v['peak_mib']} | {v['budget_mib']} | "
