@@ -44,9 +44,11 @@ expert without its LoRA, the most a LoRA merged into the weights beforehand coul
 ``TorchCompileModel`` or KJNodes' ``TorchCompileModelWanVideoV2``), ``--sage-allow-compile``
 lets SageAttention into the compiled graph, and ``--inductor-cache-dir DIR`` gives
 torch.compile its own cache (new: the first job compiles everything; the same again: a worker
-whose cache persists). Every job's MP4 is saved under ``--videos`` (default ``OUT/videos``),
-named by size, attention and job index, so that two runs (same seeds and inputs) compare frame
-by frame with ``scripts/gpu_bench/compare_videos.py``.
+whose cache persists). ``--one-server`` runs all the sizes on one ComfyUI, one after another:
+the first job at a later size is "new-size" (recompiles show there). Every job's MP4 is saved
+under ``--videos`` (default ``OUT/videos``), named by size, attention and job index, so that
+two runs (same seeds and inputs) compare frame by frame with
+``scripts/gpu_bench/compare_videos.py``.
 
 ``--weights tiny --sizes 128x128 --frames 9 --vram-budget-mib 0 --extra-comfyui-args=--cpu``
 is a dry run of the same path on a CPU. torch is never imported by this script; ComfyUI and the
@@ -73,7 +75,7 @@ from scripts.gpu_bench.analysis import ConfigRecord  # noqa: E402
 from scripts.gpu_bench.comfyui import DEFAULT_COMFYUI_ARGS, STACKS  # noqa: E402
 from scripts.gpu_bench.jobs import (  # noqa: E402
     COMPILE_NODES,
-    run_config,
+    run_server,
     server_flags,
     workflow_with_frames,
 )
@@ -121,9 +123,45 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     env["videos"] = str(args.videos)
     env["bypass"] = list(args.bypass)
     env["compile"] = args.compile
+    env["one_server"] = args.one_server
     env["sage_allow_compile"] = args.sage_allow_compile
     env["inductor_cache_dir"] = str(args.inductor_cache_dir) if args.inductor_cache_dir else None
     return env
+
+
+def add_lever_options(parser: argparse.ArgumentParser) -> None:
+    """The options that change what a run times: a node taken out, the experts compiled, all
+    sizes on one server."""
+    parser.add_argument(
+        "--bypass",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="take a model-patch node (one with a model input, e.g. the LoRA loader 910) out "
+        "of every prompt, its consumers reading its input model instead (repeatable)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=sorted(COMPILE_NODES),
+        help="compile each expert before its sampler: core (ComfyUI's TorchCompileModel) or kj "
+        "(KJNodes' TorchCompileModelWanVideoV2)",
+    )
+    parser.add_argument(
+        "--sage-allow-compile",
+        action="store_true",
+        help="with --compile: the SageAttention nodes' allow_compile on (off in the workflow)",
+    )
+    parser.add_argument(
+        "--one-server",
+        action="store_true",
+        help="run every size on one ComfyUI, in turn (per attention mode): the first job at a "
+        "later size is 'new-size', what a change of size costs a warm server",
+    )
+    parser.add_argument(
+        "--inductor-cache-dir",
+        type=Path,
+        help="TORCHINDUCTOR_CACHE_DIR for ComfyUI (a new folder: the first job compiles it all)",
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -190,30 +228,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="TRITON_CACHE_DIR for ComfyUI (a new folder: the first job compiles every kernel)",
     )
-    parser.add_argument(
-        "--bypass",
-        action="append",
-        default=[],
-        metavar="NODE",
-        help="take a model-patch node (one with a model input, e.g. the LoRA loader 910) out "
-        "of every prompt, its consumers reading its input model instead (repeatable)",
-    )
-    parser.add_argument(
-        "--compile",
-        choices=sorted(COMPILE_NODES),
-        help="compile each expert before its sampler: core (ComfyUI's TorchCompileModel) or kj "
-        "(KJNodes' TorchCompileModelWanVideoV2)",
-    )
-    parser.add_argument(
-        "--sage-allow-compile",
-        action="store_true",
-        help="with --compile: the SageAttention nodes' allow_compile on (off in the workflow)",
-    )
-    parser.add_argument(
-        "--inductor-cache-dir",
-        type=Path,
-        help="TORCHINDUCTOR_CACHE_DIR for ComfyUI (a new folder: the first job compiles it all)",
-    )
+    add_lever_options(parser)
     parser.add_argument(
         "--videos", type=Path, help="folder for every job's MP4 (default OUT/videos)"
     )
@@ -266,15 +281,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["ballast"] = ballast.start()
             print(f"GPU memory held above the budget: {report['ballast']}", flush=True)
             gpu.start()
-        for size in args.sizes:
-            for attention in args.attention:
-                done = list(configs)
+        if args.one_server:
+            runs = [(args.sizes, attention) for attention in args.attention]
+        else:
+            runs = [([size], attention) for size in args.sizes for attention in args.attention]
+        for sizes, attention in runs:
+            done = list(configs)
 
-                def partial(record: ConfigRecord, done: list[ConfigRecord] = done) -> None:
-                    save(args.out, report, [*done, record], args.vram_budget_mib)
+            def partial(records: list[ConfigRecord], done: list[ConfigRecord] = done) -> None:
+                save(args.out, report, [*done, *records], args.vram_budget_mib)
 
-                configs.append(run_config(args, size, attention, workflow, gpu, partial))
-                save(args.out, report, configs, args.vram_budget_mib)
+            configs.extend(run_server(args, sizes, attention, workflow, gpu, partial))
+            save(args.out, report, configs, args.vram_budget_mib)
     finally:
         if gpu is not None:
             gpu.stop()

@@ -16,12 +16,13 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from scripts.gpu_bench import BenchError, analysis, comfyui, jobs
+from scripts.gpu_bench import BenchError, analysis, comfyui, jobs, report
 
 pytestmark = pytest.mark.integration  # the launcher and a stand-in ComfyUI as processes
 
@@ -369,3 +370,75 @@ def test_run_config_keeps_each_job_as_it_ends_with_its_seed_video_and_triton_cac
     assert (tmp_path / "videos" / "64x64-sdpa-job1.mp4").read_bytes() == b"video of seed 1001"
     assert record.triton_cache == {"dir": str(cache), "files_before": 0, "files_after": 2}
     assert record.stack == "host" and record.comfyui_command[2] == "main.py"
+
+
+def test_one_server_runs_each_size_in_turn_and_marks_the_size_change(tmp_path, monkeypatch):
+    """--one-server: one stand-in ComfyUI, two sizes; a record per size, the first job at the
+    second size is "new-size", and each record counts the inductor cache over its own jobs."""
+    import wan_worker.handler
+
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    # A stand-in that counts its starts and stays up until it is stopped, as ComfyUI does.
+    (comfy / "main.py").write_text(
+        "import pathlib, signal\n"
+        "starts = pathlib.Path(__file__).with_name('starts')\n"
+        "starts.write_text(starts.read_text() + 'x' if starts.exists() else 'x')\n"
+        "signal.pause()\n"
+    )
+    cache = tmp_path / "ic"
+    args = argparse.Namespace(
+        python=sys.executable, comfyui_dir=comfy, port=8199, comfyui_args="",
+        extra_comfyui_args="", fast=[], models_root=tmp_path, out=tmp_path, stack="host",
+        ready_timeout=5.0, jobs=2, triton_cache_dir=None, inductor_cache_dir=cache,
+        videos=tmp_path / "videos",
+    )  # fmt: skip
+    sizes_seen: list[tuple[int, int]] = []
+
+    def handle(job, worker):
+        size = (job["input"]["width"], job["input"]["height"])
+        if size not in sizes_seen:  # as inductor compiles once per new shape
+            cache.mkdir(exist_ok=True)
+            (cache / f"graph{len(sizes_seen)}.py").write_text("g")
+        sizes_seen.append(size)
+        video = f"{size} seed {job['input']['seed']}".encode()
+        return {
+            "video": base64.b64encode(video).decode(), "bytes": len(video), "frames": 161,
+            "attention": "sdpa",
+            "timings": {"total_s": 3.0, "inference_s": 2.0, "stages": {"encode_mp4": 1.0}},
+        }  # fmt: skip
+
+    class Ready:
+        def __init__(self, server, *args, **kwargs):
+            self.server = server
+            self.client = self
+
+        def wait_ready(self, timeout):
+            deadline = time.monotonic() + 60
+            while not (comfy / "starts").exists():  # its one line of "start-up"
+                assert self.server.proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+
+    monkeypatch.setattr(jobs, "make_worker", Ready)
+    monkeypatch.setattr(wan_worker.handler, "handle", handle)
+    seen: list[list[str]] = []
+
+    records = jobs.run_server(
+        args, [(64, 64), (32, 48)], "sdpa", tmp_path / "wf.json", None,
+        lambda rs: seen.append([r.size for r in rs]),
+    )  # fmt: skip
+
+    assert (comfy / "starts").read_text() == "x"  # one ComfyUI for both sizes
+    assert sizes_seen == [(64, 64), (64, 64), (32, 48), (32, 48)]
+    assert [r.size for r in records] == ["64x64", "32x48"]
+    assert [j.kind for j in records[0].jobs] == ["cold", "warm"]
+    assert [j.kind for j in records[1].jobs] == ["new-size", "warm"]
+    assert records[0].after_sizes == [] and records[1].after_sizes == ["64x64"]
+    assert records[0].log == records[1].log == "comfyui-64x64+32x48-sdpa.log"
+    assert records[0].inductor_cache == {"dir": str(cache), "files_before": 0, "files_after": 1}
+    assert records[1].inductor_cache == {"dir": str(cache), "files_before": 1, "files_after": 2}
+    assert seen == [["64x64"], ["64x64"], ["64x64", "32x48"], ["64x64", "32x48"]]
+    assert (tmp_path / "videos" / "32x48-sdpa-job0.mp4").read_bytes() == b"(32, 48) seed 1000"
+    table = report.markdown(records, report.verdicts(records, 0))
+    assert "| 32x48 sdpa (after 64x64) |" in table
+    assert "inductor 1 / 2" in table

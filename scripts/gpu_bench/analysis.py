@@ -123,6 +123,7 @@ class ConfigRecord:
     kitchen_backends: dict[str, str] = field(default_factory=dict)  # from ComfyUI's log
     triton_cache: dict[str, Any] = field(default_factory=dict)  # dir, files before and after
     inductor_cache: dict[str, Any] = field(default_factory=dict)  # the same, for --compile
+    after_sizes: list[str] = field(default_factory=list)  # sizes its ComfyUI ran before it
 
 
 def analyse(record: JobRecord) -> None:

@@ -10,6 +10,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -290,35 +291,56 @@ def run_config(
 ) -> ConfigRecord:
     """One configuration on a fresh ComfyUI; `after_job(record so far)` after every job, so
     that a run cut short (a GPU host taken back) keeps the jobs it finished."""
-    width, height = size
-    label = f"{width}x{height}"
+    each = None if after_job is None else (lambda records: after_job(records[-1]))
+    return run_server(args, [size], attention, workflow, gpu, each)[0]
+
+
+def run_server(
+    args: argparse.Namespace,
+    sizes: list[tuple[int, int]],
+    attention: str,
+    workflow: Path,
+    gpu: GpuMemorySampler | None,
+    after_job: Callable[[list[ConfigRecord]], None] | None = None,
+) -> list[ConfigRecord]:
+    """One fresh ComfyUI running `args.jobs` jobs at each size in turn, one record per size.
+    The server's first job is "cold"; the first job at each later size is "new-size" (what
+    changing size costs a warm server: recompiles with --compile). `after_job(records so far)`
+    after every job."""
+    labels = [f"{width}x{height}" for width, height in sizes]
     stack = getattr(args, "stack", "host")
-    record = ConfigRecord(label, attention, log=f"comfyui-{label}-{attention}.log", stack=stack)
+    log_name = f"comfyui-{'+'.join(labels)}-{attention}.log"
+    records = [ConfigRecord(label, attention, log=log_name, stack=stack) for label in labels]
+    for position, record in enumerate(records):
+        record.after_sizes = labels[:position]
     server = ComfyServer(
         args.python,
         args.comfyui_dir,
         args.port,
         server_flags(args),
         args.models_root,
-        args.out / record.log,
+        args.out / log_name,
         args.out / "comfyui.pid",
         stack=stack,
         env=server_env(args),
     )
-    record.comfyui_command = server.command()
-    triton_cache: Path | None = getattr(args, "triton_cache_dir", None)
-    if triton_cache is not None:
-        record.triton_cache = {"dir": str(triton_cache), "files_before": cache_files(triton_cache)}
-    inductor_cache: Path | None = getattr(args, "inductor_cache_dir", None)
-    if inductor_cache is not None:
-        record.inductor_cache = {
-            "dir": str(inductor_cache),
-            "files_before": cache_files(inductor_cache),
-        }
+    caches: dict[str, Path | None] = {
+        "triton_cache": getattr(args, "triton_cache_dir", None),
+        "inductor_cache": getattr(args, "inductor_cache_dir", None),
+    }
     videos: Path | None = getattr(args, "videos", None)
     baseline = gpu.now() if gpu is not None else None
     progress = ProgressLog()
     started = time.monotonic()
+    begun: list[ConfigRecord] = []
+
+    def count_caches(record: ConfigRecord, when: str) -> None:
+        for name, folder in caches.items():
+            if folder is not None:
+                counts = getattr(record, name)
+                counts.setdefault("dir", str(folder))
+                counts[when] = cache_files(folder)
+
     server.start()
     try:
         worker = make_worker(
@@ -332,53 +354,89 @@ def run_config(
             getattr(args, "sage_allow_compile", False),
         )
         worker.client.wait_ready(args.ready_timeout)
-        record.comfyui_start_s = round(time.monotonic() - started, 3)
-        log = (args.out / record.log).read_text(encoding="utf-8", errors="replace")
-        record.kitchen_backends = kitchen_backends(log)
+        start_s = round(time.monotonic() - started, 3)
+        log = (args.out / log_name).read_text(encoding="utf-8", errors="replace")
         problem = stack_problem(stack, log)
         if problem is not None:
             raise BenchError(f"ComfyUI is not running on the {stack} stack: {problem}")
-        if gpu is not None and baseline is not None:
-            idle = gpu.now()
-            record.idle_vram_mib = idle - baseline if idle is not None else None
-        image = start_image_b64(width, height)
-        for index in range(args.jobs):
-            kind = "cold" if index == 0 else "warm"
-            job = {
-                "id": f"bench-{label}-{attention}-{index}",
-                "input": {
-                    "start_image": image,
-                    "prompt": PROMPTS[index % len(PROMPTS)],
-                    "seed": seed_for(index),
-                    "width": width,
-                    "height": height,
-                },
-            }
-            job_record = run_job(
-                worker,
-                progress,
-                JobRecord(label, attention, kind, seed=seed_for(index)),
-                job,
-                gpu,
-                baseline,
-                videos / video_name(label, attention, index) if videos is not None else None,
+        idle = gpu.now() if gpu is not None and baseline is not None else None
+        for position, ((width, height), record) in enumerate(zip(sizes, records, strict=True)):
+            record.comfyui_command = server.command()
+            record.comfyui_start_s = start_s
+            record.kitchen_backends = kitchen_backends(log)
+            if idle is not None and baseline is not None:
+                record.idle_vram_mib = idle - baseline
+            count_caches(record, "files_before")
+            begun.append(record)
+            record_started = started if position == 0 else time.monotonic()
+            run_jobs(
+                JobRun(args, worker, progress, server, gpu, baseline, videos, after_job, begun),
+                record,
+                (width, height),
+                position,
             )
-            record.jobs.append(job_record)
-            print(format_job(job_record), flush=True)
-            if after_job is not None:
-                after_job(record)
-            if not job_record.ok and not server_alive(server):
+            if gpu is not None:
+                peak = gpu.peak(record_started, time.monotonic())
+                record.peak_vram_mib = peak - baseline if peak and baseline is not None else peak
+            count_caches(record, "files_after")
+            if not server_alive(server):
                 break
-        if gpu is not None:
-            peak = gpu.peak(started, time.monotonic())
-            record.peak_vram_mib = peak - baseline if peak and baseline is not None else peak
     finally:
         server.stop()
-        if triton_cache is not None:
-            record.triton_cache["files_after"] = cache_files(triton_cache)
-        if inductor_cache is not None:
-            record.inductor_cache["files_after"] = cache_files(inductor_cache)
-    return record
+        for record in begun:
+            if any("files_after" not in getattr(record, name) for name in caches if caches[name]):
+                count_caches(record, "files_after")
+    return begun
+
+
+@dataclass
+class JobRun:
+    """What `run_jobs` needs of the server run it belongs to."""
+
+    args: argparse.Namespace
+    worker: Any
+    progress: ProgressLog
+    server: ComfyServer
+    gpu: GpuMemorySampler | None
+    baseline: int | None
+    videos: Path | None
+    after_job: Callable[[list[ConfigRecord]], None] | None
+    begun: list[ConfigRecord]
+
+
+def run_jobs(run: JobRun, record: ConfigRecord, size: tuple[int, int], position: int) -> None:
+    """`args.jobs` jobs at one size; the first is "cold" on a fresh server (position 0),
+    "new-size" after other sizes."""
+    image = start_image_b64(*size)
+    attention = record.attention
+    for index in range(run.args.jobs):
+        kind = "warm" if index else ("new-size" if position else "cold")
+        job = {
+            "id": f"bench-{record.size}-{attention}-{index}",
+            "input": {
+                "start_image": image,
+                "prompt": PROMPTS[index % len(PROMPTS)],
+                "seed": seed_for(index),
+                "width": size[0],
+                "height": size[1],
+            },
+        }
+        video = video_name(record.size, attention, index)
+        job_record = run_job(
+            run.worker,
+            run.progress,
+            JobRecord(record.size, attention, kind, seed=seed_for(index)),
+            job,
+            run.gpu,
+            run.baseline,
+            run.videos / video if run.videos is not None else None,
+        )
+        record.jobs.append(job_record)
+        print(format_job(job_record), flush=True)
+        if run.after_job is not None:
+            run.after_job(list(run.begun))
+        if not job_record.ok and not server_alive(run.server):
+            break
 
 
 def seed_for(index: int) -> int:

@@ -138,8 +138,9 @@ def markdown(configs: list[ConfigRecord], verdict: dict[str, Any]) -> str:
             for name, cache in caches
             if cache
         )
+        after = f" (after {', '.join(config.after_sizes)})" if config.after_sizes else ""
         lines.append(
-            f"| {config.size} {config.attention} | {config.comfyui_start_s} | "
+            f"| {config.size} {config.attention}{after} | {config.comfyui_start_s} | "
             f"{config.idle_vram_mib} | {v['peak_mib']} | {v['budget_mib']} | "
             f"{'yes' if v['pass'] else 'no'} | {config.stack} | {backends} | {files} |"
         )
