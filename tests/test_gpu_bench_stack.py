@@ -287,6 +287,25 @@ def test_each_job_keeps_its_mp4_under_a_name_that_pairs_across_runs(tmp_path, mo
     assert other.video == "" and sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
+def bench_args(comfy: Path, tmp_path: Path, **overrides: object) -> argparse.Namespace:
+    """bench_gpu's arguments for a stand-in ComfyUI at `comfy`: host stack, two jobs."""
+    values: dict[str, object] = {
+        "python": sys.executable, "comfyui_dir": comfy, "port": 8199, "comfyui_args": "",
+        "extra_comfyui_args": "", "fast": [], "models_root": tmp_path, "out": tmp_path,
+        "stack": "host", "ready_timeout": 5.0, "jobs": 2, "videos": tmp_path / "videos",
+    }  # fmt: skip
+    return argparse.Namespace(**{**values, **overrides})
+
+
+def handler_result(video: bytes) -> dict:
+    """What the worker's handler returns for a job whose MP4 is `video` (3 s, sdpa)."""
+    return {
+        "video": base64.b64encode(video).decode(), "bytes": len(video), "frames": 161,
+        "attention": "sdpa",
+        "timings": {"total_s": 3.0, "inference_s": 2.0, "stages": {"encode_mp4": 1.0}},
+    }  # fmt: skip
+
+
 def test_a_bench_error_names_the_stack_when_the_log_disagrees(tmp_path, monkeypatch):
     """run_config stops at once when ComfyUI's log shows the wrong stack, before any job."""
     comfy = tmp_path / "ComfyUI"
@@ -297,11 +316,7 @@ def test_a_bench_error_names_the_stack_when_the_log_disagrees(tmp_path, monkeypa
         "print(\"Found comfy_kitchen backend cuda: {'available': True, 'disabled': False}\","
         " file=sys.stderr)\n"
     )
-    args = argparse.Namespace(
-        python=sys.executable, comfyui_dir=comfy, port=8199, comfyui_args="",
-        extra_comfyui_args="", fast=[], models_root=tmp_path, out=tmp_path, stack="image",
-        ready_timeout=5.0, jobs=1, triton_cache_dir=None, videos=None,
-    )  # fmt: skip
+    args = bench_args(comfy, tmp_path, stack="image", jobs=1, triton_cache_dir=None, videos=None)
 
     class Ready:
         def __init__(self, server, *args, **kwargs):
@@ -329,11 +344,7 @@ def test_run_config_keeps_each_job_as_it_ends_with_its_seed_video_and_triton_cac
     comfy.mkdir()
     (comfy / "main.py").write_text("print('ComfyUI stand-in')\n")
     cache = tmp_path / "tc"
-    args = argparse.Namespace(
-        python=sys.executable, comfyui_dir=comfy, port=8199, comfyui_args="",
-        extra_comfyui_args="", fast=[], models_root=tmp_path, out=tmp_path, stack="host",
-        ready_timeout=5.0, jobs=2, triton_cache_dir=cache, videos=tmp_path / "videos",
-    )  # fmt: skip
+    args = bench_args(comfy, tmp_path, triton_cache_dir=cache)
     seeds: list[int] = []
 
     def handle(job, worker):
@@ -341,11 +352,7 @@ def test_run_config_keeps_each_job_as_it_ends_with_its_seed_video_and_triton_cac
         cache.mkdir(exist_ok=True)  # as Triton writes a kernel during the first job
         (cache / f"kernel{len(seeds)}.cubin").write_bytes(b"k")
         video = f"video of seed {job['input']['seed']}".encode()
-        return {
-            "video": base64.b64encode(video).decode(), "bytes": len(video), "frames": 161,
-            "attention": "sdpa",
-            "timings": {"total_s": 3.0, "inference_s": 2.0, "stages": {"encode_mp4": 1.0}},
-        }  # fmt: skip
+        return handler_result(video)
 
     class Ready:
         def __init__(self, server, *args, **kwargs):
@@ -387,12 +394,7 @@ def test_one_server_runs_each_size_in_turn_and_marks_the_size_change(tmp_path, m
         "signal.pause()\n"
     )
     cache = tmp_path / "ic"
-    args = argparse.Namespace(
-        python=sys.executable, comfyui_dir=comfy, port=8199, comfyui_args="",
-        extra_comfyui_args="", fast=[], models_root=tmp_path, out=tmp_path, stack="host",
-        ready_timeout=5.0, jobs=2, triton_cache_dir=None, inductor_cache_dir=cache,
-        videos=tmp_path / "videos",
-    )  # fmt: skip
+    args = bench_args(comfy, tmp_path, triton_cache_dir=None, inductor_cache_dir=cache)
     sizes_seen: list[tuple[int, int]] = []
 
     def handle(job, worker):
@@ -402,11 +404,7 @@ def test_one_server_runs_each_size_in_turn_and_marks_the_size_change(tmp_path, m
             (cache / f"graph{len(sizes_seen)}.py").write_text("g")
         sizes_seen.append(size)
         video = f"{size} seed {job['input']['seed']}".encode()
-        return {
-            "video": base64.b64encode(video).decode(), "bytes": len(video), "frames": 161,
-            "attention": "sdpa",
-            "timings": {"total_s": 3.0, "inference_s": 2.0, "stages": {"encode_mp4": 1.0}},
-        }  # fmt: skip
+        return handler_result(video)
 
     class Ready:
         def __init__(self, server, *args, **kwargs):

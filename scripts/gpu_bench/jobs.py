@@ -384,8 +384,8 @@ def run_server(
     finally:
         server.stop()
         for record in begun:
-            if any("files_after" not in getattr(record, name) for name in caches if caches[name]):
-                count_caches(record, "files_after")
+            if "files_after" not in {*record.triton_cache, *record.inductor_cache}:
+                count_caches(record, "files_after")  # a run cut short: count what it left
     return begun
 
 
