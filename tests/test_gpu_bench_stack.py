@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -306,6 +307,24 @@ def handler_result(video: bytes) -> dict:
     }  # fmt: skip
 
 
+def exited(proc: subprocess.Popen) -> None:
+    proc.wait(timeout=60)
+
+
+def stand_in_worker(ready: Callable[[subprocess.Popen], None]) -> type:
+    """A make_worker stand-in whose client is ready once `ready(ComfyUI's process)` returns."""
+
+    class StandIn:
+        def __init__(self, server, *args, **kwargs):
+            self.server = server
+            self.client = self
+
+        def wait_ready(self, timeout):
+            ready(self.server.proc)
+
+    return StandIn
+
+
 def test_a_bench_error_names_the_stack_when_the_log_disagrees(tmp_path, monkeypatch):
     """run_config stops at once when ComfyUI's log shows the wrong stack, before any job."""
     comfy = tmp_path / "ComfyUI"
@@ -318,15 +337,8 @@ def test_a_bench_error_names_the_stack_when_the_log_disagrees(tmp_path, monkeypa
     )
     args = bench_args(comfy, tmp_path, stack="image", jobs=1, triton_cache_dir=None, videos=None)
 
-    class Ready:
-        def __init__(self, server, *args, **kwargs):
-            self.server = server
-            self.client = self
-
-        def wait_ready(self, timeout):
-            self.server.proc.wait(timeout=60)  # its log is complete once it has exited
-
-    monkeypatch.setattr(jobs, "make_worker", Ready)
+    # its log is complete once it has exited
+    monkeypatch.setattr(jobs, "make_worker", stand_in_worker(exited))
     with pytest.raises(BenchError, match="not running on the image stack: the launcher never"):
         jobs.run_config(args, (64, 64), "sdpa", tmp_path / "wf.json", None)
     assert not (tmp_path / "comfyui.pid").exists()  # the server was stopped
@@ -354,15 +366,7 @@ def test_run_config_keeps_each_job_as_it_ends_with_its_seed_video_and_triton_cac
         video = f"video of seed {job['input']['seed']}".encode()
         return handler_result(video)
 
-    class Ready:
-        def __init__(self, server, *args, **kwargs):
-            self.server = server
-            self.client = self
-
-        def wait_ready(self, timeout):
-            self.server.proc.wait(timeout=60)
-
-    monkeypatch.setattr(jobs, "make_worker", Ready)
+    monkeypatch.setattr(jobs, "make_worker", stand_in_worker(exited))
     monkeypatch.setattr(wan_worker.handler, "handle", handle)
     seen: list[list[str]] = []
 
@@ -406,18 +410,13 @@ def test_one_server_runs_each_size_in_turn_and_marks_the_size_change(tmp_path, m
         video = f"{size} seed {job['input']['seed']}".encode()
         return handler_result(video)
 
-    class Ready:
-        def __init__(self, server, *args, **kwargs):
-            self.server = server
-            self.client = self
+    def started(proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 60
+        while not (comfy / "starts").exists():  # its one line of "start-up"
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
 
-        def wait_ready(self, timeout):
-            deadline = time.monotonic() + 60
-            while not (comfy / "starts").exists():  # its one line of "start-up"
-                assert self.server.proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.05)
-
-    monkeypatch.setattr(jobs, "make_worker", Ready)
+    monkeypatch.setattr(jobs, "make_worker", stand_in_worker(started))
     monkeypatch.setattr(wan_worker.handler, "handle", handle)
     seen: list[list[str]] = []
 
