@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -301,8 +302,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return save(args.out, report, configs, args.vram_budget_mib)
 
 
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a queue cancelling the run, `timeout`) ends the run as Ctrl-C would: through
+    the `finally` blocks, so that the ComfyUI it started (in its own session, out of reach of
+    a signal to the bench's process group) and the GPU ballast stop with it."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     if args.from_json is not None:
         report, configs = load_report(args.from_json)
         save(args.out, report, configs, int(report.get("vram_budget_mib", args.vram_budget_mib)))

@@ -12,9 +12,12 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 from pathlib import Path
 from typing import IO
+
+from scripts.gpu_bench import BenchError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_PATHS = REPO_ROOT / "extra_model_paths.yaml"
@@ -98,6 +101,13 @@ def comfyui_args(base: str, extra: str, fast: list[str]) -> list[str]:
     return [*args, "--fast", *features] if features else args
 
 
+def port_in_use(port: int) -> bool:
+    """Whether something accepts connections at 127.0.0.1:`port`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 class ComfyServer:
     """A fresh ComfyUI process for one configuration, with its own log and PID file."""
 
@@ -140,6 +150,13 @@ class ComfyServer:
         return {**os.environ, **self.env, **own}
 
     def start(self) -> None:
+        """Start ComfyUI; BenchError if something already listens on its port (the run would
+        time that program instead, or ComfyUI would fail to bind)."""
+        if port_in_use(self.port):
+            raise BenchError(
+                f"port {self.port} is in use: another program (a ComfyUI left from an earlier "
+                "run?) listens at 127.0.0.1 there; stop it or pass --port"
+            )
         env = self.environment()
         self.log_handle = self.log_path.open("wb")
         self.proc = subprocess.Popen(

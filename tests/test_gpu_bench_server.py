@@ -1,0 +1,121 @@
+"""The benchmark's ComfyUI process and the ports and signals around it, with real processes.
+
+A bench run cancelled with SIGTERM (a queue runner's cancel, `timeout`) must stop the ComfyUI it
+started: that ComfyUI runs in its own session, so a signal to the bench's process group does not
+reach it, and a survivor would hold the port and GPU memory for the next run. A run that finds
+its port taken must say so rather than time whatever answers there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scripts.gpu_bench import BenchError, comfyui
+
+pytestmark = pytest.mark.integration  # real sockets and processes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A ComfyUI that starts and never listens: it records its PID and waits to be signalled.
+SILENT_MAIN = """
+import os, pathlib, signal
+pathlib.Path(os.environ["SILENT_COMFYUI_PID"]).write_text(str(os.getpid()))
+while True:
+    signal.pause()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A real socket listening on a loopback port: the port is in use."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and path.read_text():
+            return path.read_text()
+        assert proc.poll() is None, f"the bench ended early: {proc.returncode}"
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_a_port_in_use_stops_the_server_before_it_starts(listener, tmp_path):
+    server = comfyui.ComfyServer(
+        sys.executable,
+        tmp_path,
+        listener,
+        [],
+        tmp_path / "models",
+        tmp_path / "comfyui.log",
+        tmp_path / "comfyui.pid",
+    )
+
+    with pytest.raises(BenchError, match=f"port {listener} is in use.*pass --port"):
+        server.start()
+    assert server.proc is None
+    assert not (tmp_path / "comfyui.pid").exists()
+    assert not (tmp_path / "comfyui.log").exists()
+
+
+def test_a_free_port_is_not_in_use():
+    assert comfyui.port_in_use(free_port()) is False
+
+
+def test_sigterm_to_the_bench_stops_the_comfyui_it_started(tmp_path):
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "main.py").write_text(SILENT_MAIN, encoding="utf-8")
+    comfy_pid_file = tmp_path / "silent.pid"
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "scripts/bench_gpu.py", "--comfyui-dir", str(comfy),
+        "--models-root", str(tmp_path / "models"), "--out", str(out), "--weights", "none",
+        "--vram-budget-mib", "0", "--stack", "host", "--attention", "sdpa",
+        "--sizes", "128x128", "--jobs", "1", "--port", str(free_port()),
+    ]  # fmt: skip
+    bench = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "SILENT_COMFYUI_PID": str(comfy_pid_file)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        comfy_pid = int(wait_for_file(comfy_pid_file, bench))
+        assert os.getsid(comfy_pid) != os.getsid(bench.pid)  # out of the bench's session
+
+        os.killpg(bench.pid, signal.SIGTERM)  # as a queue runner cancels an item
+        assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+
+        with pytest.raises(ProcessLookupError):
+            os.kill(comfy_pid, 0)
+        assert not (out / "comfyui.pid").exists()
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        if comfy_pid_file.is_file() and comfy_pid_file.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(comfy_pid_file.read_text()), signal.SIGKILL)
