@@ -42,14 +42,14 @@ prompt (its consumers read the model that went into it): ``--bypass 910`` times 
 expert without its LoRA, the most a LoRA merged into the weights beforehand could save.
 ``--compile core|kj`` compiles each expert just before its sampler (ComfyUI's
 ``TorchCompileModel`` or KJNodes' ``TorchCompileModelWanVideoV2``), ``--sage-allow-compile``
-lets SageAttention into the compiled graph, and ``--inductor-cache-dir DIR`` gives
-torch.compile its own cache (new: the first job compiles everything; the same again: a worker
-whose cache persists). On ComfyUI 0.33.0 under a GPU memory budget the compiled experts fail
-(dynamic VRAM cannot be traced; docs/performance.md, "torch.compile of the experts"): the
-options stay for a later ComfyUI. ``--one-server`` runs all the sizes on one ComfyUI, one
-after another: the first job at a later size is "new-size" (recompiles show there). Every job's
-MP4 is saved under ``--videos`` (default ``OUT/videos``), named by size, attention and job
-index, so that two runs (same seeds and inputs) compare frame by frame with
+lets SageAttention into the compiled graph, and ``--inductor-cache-dir DIR`` gives torch.compile
+its own cache (new: the first job compiles everything; the same again: a worker whose cache
+persists). On ComfyUI 0.33.0 under a GPU memory budget ``kj`` fails (dynamic VRAM cannot be
+traced); ``core`` takes the expert off dynamic VRAM and has not run on a GPU yet
+(docs/performance.md, "torch.compile of the experts"). ``--one-server`` runs all the sizes on
+one ComfyUI, one after another: the first job at a later size is "new-size" (recompiles show
+there). Every job's MP4 is saved under ``--videos`` (default ``OUT/videos``), named by size,
+attention and job index, so that two runs (same seeds and inputs) compare frame by frame with
 ``scripts/gpu_bench/compare_videos.py``.
 
 ``--weights tiny --sizes 128x128 --frames 9 --vram-budget-mib 0 --extra-comfyui-args=--cpu``
