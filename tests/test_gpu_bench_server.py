@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from scripts.gpu_bench import BenchError, comfyui
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration  # real sockets and processes
 
@@ -33,12 +34,6 @@ pathlib.Path(os.environ["SILENT_COMFYUI_PID"]).write_text(str(os.getpid()))
 while True:
     signal.pause()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
