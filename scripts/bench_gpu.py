@@ -128,6 +128,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     env["compile"] = args.compile
     env["one_server"] = args.one_server
     env["sage_allow_compile"] = args.sage_allow_compile
+    env["video_format"] = args.video_format
     env["inductor_cache_dir"] = str(args.inductor_cache_dir) if args.inductor_cache_dir else None
     return env
 
@@ -153,6 +154,12 @@ def add_lever_options(parser: argparse.ArgumentParser) -> None:
         "--sage-allow-compile",
         action="store_true",
         help="with --compile: the SageAttention nodes' allow_compile on (off in the workflow)",
+    )
+    parser.add_argument(
+        "--video-format",
+        metavar="FORMAT",
+        help="node 906's format instead of the workflow's video/h264-mp4-fast.json, e.g. "
+        "video/h264-mp4 (VideoHelperSuite's own: x264's default preset, medium)",
     )
     parser.add_argument(
         "--one-server",

@@ -281,6 +281,14 @@ def test_the_old_global_fp16_mode_takes_the_per_model_nodes_out():
     )
     assert "910" not in without_lora and without_lora["290"]["inputs"]["model"] == ["908", 0]
     assert validate_prompt(without_lora, object_info, choices, image).ok
+    medium = jobs.with_video_format(
+        template.build(params, image_name="a.png", output_prefix="x/y", attention="sage"),
+        "video/h264-mp4",
+    )
+    assert medium["906"]["inputs"]["format"] == "video/h264-mp4"
+    assert validate_prompt(medium, object_info, choices, image).ok
+    offered = object_info["VHS_VideoCombine"]["input"]["required"]["format"][0]
+    assert "video/h264-mp4" in offered
     with pytest.raises(BenchError, match=r"--bypass 906: not a node .* with a model input"):
         jobs.bypassed(old, ["906"])
     with pytest.raises(BenchError, match="--bypass 999"):

@@ -210,6 +210,16 @@ def compiled(prompt: dict[str, Any], mode: str, sage_allow_compile: bool) -> dic
     return prompt
 
 
+def with_video_format(prompt: dict[str, Any], video_format: str) -> dict[str, Any]:
+    """The prompt with the output node's format replaced (``video/h264-mp4``:
+    VideoHelperSuite's own, x264's default preset ``medium``), for a same-host A/B of the
+    encode inside jobs."""
+    from wan_worker.workflow import OUTPUT_NODE
+
+    prompt[OUTPUT_NODE]["inputs"]["format"] = video_format
+    return prompt
+
+
 def without_fp16_nodes(prompt: dict[str, Any]) -> dict[str, Any]:
     """The prompt with the per-model fp16 accumulation nodes taken out (links bridged), as the
     workflow was when ComfyUI's global --fast fp16_accumulation did the job."""
@@ -227,6 +237,7 @@ def make_worker(
     bypass: Sequence[str] = (),
     compile_mode: str | None = None,
     sage_allow_compile: bool = False,
+    video_format: str | None = None,
 ) -> Any:
     from wan_worker.comfy.client import ComfyClient
     from wan_worker.comfy.process import ComfyProcess
@@ -241,10 +252,12 @@ def make_worker(
             prompt = bypassed(super().build(*args, **kwargs), taken_out)
             if compile_mode is not None:
                 prompt = compiled(prompt, compile_mode, sage_allow_compile)
+            if video_format is not None:
+                prompt = with_video_format(prompt, video_format)
             return prompt
 
     template = load_template(workflow)
-    if taken_out or compile_mode is not None:
+    if taken_out or compile_mode is not None or video_format is not None:
         template = EditedTemplate(template.graph)
 
     settings = WorkerSettings(
@@ -352,6 +365,7 @@ def run_server(
             getattr(args, "bypass", ()),
             getattr(args, "compile", None),
             getattr(args, "sage_allow_compile", False),
+            getattr(args, "video_format", None),
         )
         worker.client.wait_ready(args.ready_timeout)
         start_s = round(time.monotonic() - started, 3)
