@@ -40,15 +40,10 @@ cache (``TRITON_CACHE_DIR``): a new folder times the first job's kernel compile,
 again a worker whose cache persists. ``--bypass NODE`` takes a model-patch node out of every
 prompt (its consumers read the model that went into it): ``--bypass 910`` times the high-noise
 expert without its LoRA, the most a LoRA merged into the weights beforehand could save.
-``--compile core|kj`` compiles each expert just before its sampler (ComfyUI's
-``TorchCompileModel`` or KJNodes' ``TorchCompileModelWanVideoV2``), ``--sage-allow-compile``
-lets SageAttention into the compiled graph, and ``--inductor-cache-dir DIR`` gives torch.compile
-its own cache (new: the first job compiles everything; the same again: a worker whose cache
-persists). On ComfyUI 0.33.0 under a GPU memory budget ``kj`` fails (dynamic VRAM cannot be
-traced); ``core`` takes the expert off dynamic VRAM and has not run on a GPU yet
-(docs/performance.md, "torch.compile of the experts"). ``--one-server`` runs all the sizes on
-one ComfyUI, one after another: the first job at a later size is "new-size" (recompiles show
-there). Every job's MP4 is saved under ``--videos`` (default ``OUT/videos``), named by size,
+``--video-format FORMAT`` replaces the output node's format (``video/h264-mp4``: x264's default
+preset, against the workflow's ``fast``). ``--one-server`` runs all the sizes on one ComfyUI,
+one after another: the first job at a later size is "new-size", what a change of size costs a
+warm server. Every job's MP4 is saved under ``--videos`` (default ``OUT/videos``), named by size,
 attention and job index, so that two runs (same seeds and inputs) compare frame by frame with
 ``scripts/gpu_bench/compare_videos.py``.
 
@@ -77,7 +72,6 @@ from scripts.gpu_bench import BenchError  # noqa: E402
 from scripts.gpu_bench.analysis import ConfigRecord  # noqa: E402
 from scripts.gpu_bench.comfyui import DEFAULT_COMFYUI_ARGS, STACKS  # noqa: E402
 from scripts.gpu_bench.jobs import (  # noqa: E402
-    COMPILE_NODES,
     run_server,
     server_flags,
     workflow_with_frames,
@@ -125,16 +119,13 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     env["triton_cache_dir"] = str(args.triton_cache_dir) if args.triton_cache_dir else None
     env["videos"] = str(args.videos)
     env["bypass"] = list(args.bypass)
-    env["compile"] = args.compile
     env["one_server"] = args.one_server
-    env["sage_allow_compile"] = args.sage_allow_compile
     env["video_format"] = args.video_format
-    env["inductor_cache_dir"] = str(args.inductor_cache_dir) if args.inductor_cache_dir else None
     return env
 
 
 def add_lever_options(parser: argparse.ArgumentParser) -> None:
-    """The options that change what a run times: a node taken out, the experts compiled, all
+    """The options that change what a run times: a node taken out, the output's format, all
     sizes on one server."""
     parser.add_argument(
         "--bypass",
@@ -143,17 +134,6 @@ def add_lever_options(parser: argparse.ArgumentParser) -> None:
         metavar="NODE",
         help="take a model-patch node (one with a model input, e.g. the LoRA loader 910) out "
         "of every prompt, its consumers reading its input model instead (repeatable)",
-    )
-    parser.add_argument(
-        "--compile",
-        choices=sorted(COMPILE_NODES),
-        help="compile each expert before its sampler: core (ComfyUI's TorchCompileModel) or kj "
-        "(KJNodes' TorchCompileModelWanVideoV2)",
-    )
-    parser.add_argument(
-        "--sage-allow-compile",
-        action="store_true",
-        help="with --compile: the SageAttention nodes' allow_compile on (off in the workflow)",
     )
     parser.add_argument(
         "--video-format",
@@ -166,11 +146,6 @@ def add_lever_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run every size on one ComfyUI, in turn (per attention mode): the first job at a "
         "later size is 'new-size', what a change of size costs a warm server",
-    )
-    parser.add_argument(
-        "--inductor-cache-dir",
-        type=Path,
-        help="TORCHINDUCTOR_CACHE_DIR for ComfyUI (a new folder: the first job compiles it all)",
     )
 
 
@@ -254,10 +229,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.videos = (args.videos or args.out / "videos").resolve()
     if args.triton_cache_dir is not None:
         args.triton_cache_dir = args.triton_cache_dir.resolve()
-    if args.inductor_cache_dir is not None:
-        args.inductor_cache_dir = args.inductor_cache_dir.resolve()
-    if args.sage_allow_compile and args.compile is None:
-        parser.error("--sage-allow-compile goes with --compile")
     if args.from_json is not None:
         if not args.from_json.is_file():
             parser.error(f"--from-json {args.from_json} does not exist")

@@ -216,48 +216,6 @@ def test_fast_is_taken_on_the_command_line(bench, tmp_path):
     assert args.fast == ["cublas_ops", "autotune"]
 
 
-def test_compile_puts_a_compile_node_before_each_sampler_model(bench, tmp_path):
-    from scripts.gpu_bench import jobs
-    from wan_worker.settings.worker import DEFAULT_WORKFLOW
-    from wan_worker.workflow import JobParameters, load_template
-
-    def prompt() -> dict:
-        return load_template(DEFAULT_WORKFLOW).build(
-            JobParameters("p", "n", 1, 480, 832), image_name="a.png", output_prefix="x/y",
-            attention="sage",
-        )  # fmt: skip
-
-    high_model = prompt()["363"]["inputs"]["model"]
-    out = jobs.compiled(prompt(), "kj", sage_allow_compile=True)
-    assert out["363"]["inputs"]["model"] == ["363-compile", 0]
-    assert out["362"]["inputs"]["model"] == ["362-compile", 0]
-    node = out["363-compile"]
-    assert node["class_type"] == "TorchCompileModelWanVideoV2"
-    assert node["inputs"]["model"] == high_model
-    assert node["inputs"]["compile_transformer_blocks_only"] is True
-    assert out["288"]["inputs"]["allow_compile"] is True
-    assert out["290"]["inputs"]["allow_compile"] is True
-    core = jobs.compiled(prompt(), "core", sage_allow_compile=False)
-    assert core["362-compile"] == {
-        "class_type": "TorchCompileModel",
-        "inputs": {"backend": "inductor", "model": prompt()["362"]["inputs"]["model"]},
-    }
-    assert core["288"]["inputs"]["allow_compile"] is False
-    (tmp_path / "main.py").write_text("")
-    common = [
-        "--out",
-        str(tmp_path),
-        "--comfyui-dir",
-        str(tmp_path),
-        "--models-root",
-        str(tmp_path),
-    ]
-    args = bench.parse_args([*common, "--compile", "core", "--inductor-cache-dir", "c"])
-    assert jobs.server_env(args) == {"TORCHINDUCTOR_CACHE_DIR": str(Path("c").resolve())}
-    with pytest.raises(SystemExit):
-        bench.parse_args([*common, "--sage-allow-compile"])
-
-
 def test_the_old_global_fp16_mode_takes_the_per_model_nodes_out():
     from scripts.gpu_bench import jobs
     from tests.comfy_double import load_models
@@ -298,3 +256,33 @@ def test_the_old_global_fp16_mode_takes_the_per_model_nodes_out():
     args.fp16_accumulation = "workflow"
     assert jobs.fast_features(args) == ["cublas_ops"]
     assert "fp16_accumulation" not in comfyui.DEFAULT_COMFYUI_ARGS
+
+
+def test_a_report_from_an_older_bench_with_a_removed_field_still_loads(tmp_path):
+    """Runs saved before the inductor-cache count was dropped still summarise."""
+    sage = analysis.ConfigRecord("480x832", "sage", peak_vram_mib=20000)
+    sage.jobs = [job("sage", 2.0, kind="cold"), job("sage", 2.0)]
+    report.save(tmp_path, {"vram_budget_mib": 32607}, [sage], 32607)
+    saved = json.loads((tmp_path / "bench_gpu.json").read_text())
+    saved["configs"][0]["inductor_cache"] = {"dir": "/ic", "files_before": 0}
+    (tmp_path / "bench_gpu.json").write_text(json.dumps(saved))
+
+    _, configs = report.load_report(tmp_path / "bench_gpu.json")
+
+    assert [c.size for c in configs] == ["480x832"]
+    assert [j.s_per_step for j in configs[0].jobs] == [2.0, 2.0]
+
+
+def test_video_format_is_taken_on_the_command_line(bench, tmp_path):
+    (tmp_path / "main.py").write_text("")
+    common = [
+        "--out",
+        str(tmp_path),
+        "--comfyui-dir",
+        str(tmp_path),
+        "--models-root",
+        str(tmp_path),
+    ]
+    args = bench.parse_args([*common, "--video-format", "video/h264-mp4"])
+    assert args.video_format == "video/h264-mp4"
+    assert bench.parse_args(common).video_format is None

@@ -385,7 +385,7 @@ def test_run_config_keeps_each_job_as_it_ends_with_its_seed_video_and_triton_cac
 
 def test_one_server_runs_each_size_in_turn_and_marks_the_size_change(tmp_path, monkeypatch):
     """--one-server: one stand-in ComfyUI, two sizes; a record per size, the first job at the
-    second size is "new-size", and each record counts the inductor cache over its own jobs."""
+    second size is "new-size", and each record counts the Triton cache over its own jobs."""
     import wan_worker.handler
 
     comfy = tmp_path / "ComfyUI"
@@ -397,13 +397,13 @@ def test_one_server_runs_each_size_in_turn_and_marks_the_size_change(tmp_path, m
         "starts.write_text(starts.read_text() + 'x' if starts.exists() else 'x')\n"
         "signal.pause()\n"
     )
-    cache = tmp_path / "ic"
-    args = bench_args(comfy, tmp_path, triton_cache_dir=None, inductor_cache_dir=cache)
+    cache = tmp_path / "tc"
+    args = bench_args(comfy, tmp_path, triton_cache_dir=cache)
     sizes_seen: list[tuple[int, int]] = []
 
     def handle(job, worker):
         size = (job["input"]["width"], job["input"]["height"])
-        if size not in sizes_seen:  # as inductor compiles once per new shape
+        if size not in sizes_seen:  # a kernel compiled for each new shape
             cache.mkdir(exist_ok=True)
             (cache / f"graph{len(sizes_seen)}.py").write_text("g")
         sizes_seen.append(size)
@@ -432,10 +432,10 @@ def test_one_server_runs_each_size_in_turn_and_marks_the_size_change(tmp_path, m
     assert [j.kind for j in records[1].jobs] == ["new-size", "warm"]
     assert records[0].after_sizes == [] and records[1].after_sizes == ["64x64"]
     assert records[0].log == records[1].log == "comfyui-64x64+32x48-sdpa.log"
-    assert records[0].inductor_cache == {"dir": str(cache), "files_before": 0, "files_after": 1}
-    assert records[1].inductor_cache == {"dir": str(cache), "files_before": 1, "files_after": 2}
+    assert records[0].triton_cache == {"dir": str(cache), "files_before": 0, "files_after": 1}
+    assert records[1].triton_cache == {"dir": str(cache), "files_before": 1, "files_after": 2}
     assert seen == [["64x64"], ["64x64"], ["64x64", "32x48"], ["64x64", "32x48"]]
     assert (tmp_path / "videos" / "32x48-sdpa-job0.mp4").read_bytes() == b"(32, 48) seed 1000"
     table = report.markdown(records, report.verdicts(records, 0))
     assert "| 32x48 sdpa (after 64x64) |" in table
-    assert "inductor 1 / 2" in table
+    assert "Triton 1 / 2" in table

@@ -122,7 +122,6 @@ class ConfigRecord:
     comfyui_command: list[str] = field(default_factory=list)
     kitchen_backends: dict[str, str] = field(default_factory=dict)  # from ComfyUI's log
     triton_cache: dict[str, Any] = field(default_factory=dict)  # dir, files before and after
-    inductor_cache: dict[str, Any] = field(default_factory=dict)  # the same, for --compile
     after_sizes: list[str] = field(default_factory=list)  # sizes its ComfyUI ran before it
 
 

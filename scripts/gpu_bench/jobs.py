@@ -129,22 +129,13 @@ def server_flags(args: argparse.Namespace) -> list[str]:
 
 def server_env(args: argparse.Namespace) -> dict[str, str]:
     """Environment for ComfyUI beyond the benchmark's own: TRITON_CACHE_DIR with
-    --triton-cache-dir (Triton's compiled kernels; empty for a first-job compile cost) and
-    TORCHINDUCTOR_CACHE_DIR with --inductor-cache-dir (torch.compile's, with --compile)."""
-    env = {}
-    for option, variable in (
-        ("triton_cache_dir", "TRITON_CACHE_DIR"),
-        ("inductor_cache_dir", "TORCHINDUCTOR_CACHE_DIR"),
-    ):
-        cache = getattr(args, option, None)
-        if cache is not None:
-            env[variable] = str(cache)
-    return env
+    --triton-cache-dir (Triton's compiled kernels; empty for a first-job compile cost)."""
+    cache = getattr(args, "triton_cache_dir", None)
+    return {} if cache is None else {"TRITON_CACHE_DIR": str(cache)}
 
 
 def cache_files(folder: Path | None) -> int | None:
-    """Files under a cache folder, Triton's or inductor's (None without one; 0 when it does not
-    exist yet)."""
+    """Files under a cache folder (None without one; 0 when it does not exist yet)."""
     if folder is None:
         return None
     return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
@@ -169,44 +160,6 @@ def bypassed(prompt: dict[str, Any], node_ids: Iterable[str]) -> dict[str, Any]:
             for name, value in other["inputs"].items():
                 if value == [node_id, 0]:
                     other["inputs"][name] = source
-    return prompt
-
-
-#: `--compile` modes: the node that compiles each expert, with its inputs beside `model`.
-#: core: ComfyUI's own TorchCompileModel; kj: KJNodes' Wan node, its defaults (the
-#: transformer blocks only, static shapes).
-COMPILE_NODES: dict[str, tuple[str, dict[str, Any]]] = {
-    "core": ("TorchCompileModel", {"backend": "inductor"}),
-    "kj": (
-        "TorchCompileModelWanVideoV2",
-        {
-            "backend": "inductor",
-            "fullgraph": False,
-            "mode": "default",
-            "dynamic": False,
-            "dynamo_cache_size_limit": 64,
-            "compile_transformer_blocks_only": True,
-        },
-    ),
-}
-
-
-def compiled(prompt: dict[str, Any], mode: str, sage_allow_compile: bool) -> dict[str, Any]:
-    """The prompt with each expert compiled just before its sampler reads it: a compile node
-    (COMPILE_NODES[mode]) between every ModelSamplingSD3 and the model it reads.
-    `sage_allow_compile` sets the SageAttention patch nodes' `allow_compile` (off in the
-    workflow: KJNodes then keeps attention out of the compiled graph)."""
-    class_type, inputs = COMPILE_NODES[mode]
-    for node_id, node in list(prompt.items()):
-        if node["class_type"] == "ModelSamplingSD3":
-            compile_id = f"{node_id}-compile"
-            prompt[compile_id] = {
-                "class_type": class_type,
-                "inputs": {**inputs, "model": node["inputs"]["model"]},
-            }
-            node["inputs"]["model"] = [compile_id, 0]
-        elif node["class_type"] == "PathchSageAttentionKJ":
-            node["inputs"]["allow_compile"] = sage_allow_compile
     return prompt
 
 
@@ -235,8 +188,6 @@ def make_worker(
     progress: ProgressLog,
     fp16_mode: str = "workflow",
     bypass: Sequence[str] = (),
-    compile_mode: str | None = None,
-    sage_allow_compile: bool = False,
     video_format: str | None = None,
 ) -> Any:
     from wan_worker.comfy.client import ComfyClient
@@ -250,14 +201,12 @@ def make_worker(
     class EditedTemplate(WorkflowTemplate):
         def build(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
             prompt = bypassed(super().build(*args, **kwargs), taken_out)
-            if compile_mode is not None:
-                prompt = compiled(prompt, compile_mode, sage_allow_compile)
             if video_format is not None:
                 prompt = with_video_format(prompt, video_format)
             return prompt
 
     template = load_template(workflow)
-    if taken_out or compile_mode is not None or video_format is not None:
+    if taken_out or video_format is not None:
         template = EditedTemplate(template.graph)
 
     settings = WorkerSettings(
@@ -318,7 +267,7 @@ def run_server(
 ) -> list[ConfigRecord]:
     """One fresh ComfyUI running `args.jobs` jobs at each size in turn, one record per size.
     The server's first job is "cold"; the first job at each later size is "new-size" (what
-    changing size costs a warm server: recompiles with --compile). `after_job(records so far)`
+    changing size costs a warm server). `after_job(records so far)`
     after every job."""
     labels = [f"{width}x{height}" for width, height in sizes]
     stack = getattr(args, "stack", "host")
@@ -337,10 +286,7 @@ def run_server(
         stack=stack,
         env=server_env(args),
     )
-    caches: dict[str, Path | None] = {
-        "triton_cache": getattr(args, "triton_cache_dir", None),
-        "inductor_cache": getattr(args, "inductor_cache_dir", None),
-    }
+    triton_cache: Path | None = getattr(args, "triton_cache_dir", None)
     videos: Path | None = getattr(args, "videos", None)
     baseline = gpu.now() if gpu is not None else None
     progress = ProgressLog()
@@ -348,11 +294,9 @@ def run_server(
     begun: list[ConfigRecord] = []
 
     def count_caches(record: ConfigRecord, when: str) -> None:
-        for name, folder in caches.items():
-            if folder is not None:
-                counts = getattr(record, name)
-                counts.setdefault("dir", str(folder))
-                counts[when] = cache_files(folder)
+        if triton_cache is not None:
+            record.triton_cache.setdefault("dir", str(triton_cache))
+            record.triton_cache[when] = cache_files(triton_cache)
 
     server.start()
     try:
@@ -363,8 +307,6 @@ def run_server(
             progress,
             getattr(args, "fp16_accumulation", "workflow"),
             getattr(args, "bypass", ()),
-            getattr(args, "compile", None),
-            getattr(args, "sage_allow_compile", False),
             getattr(args, "video_format", None),
         )
         worker.client.wait_ready(args.ready_timeout)
@@ -398,7 +340,7 @@ def run_server(
     finally:
         server.stop()
         for record in begun:
-            if "files_after" not in {*record.triton_cache, *record.inductor_cache}:
+            if "files_after" not in record.triton_cache:
                 count_caches(record, "files_after")  # a run cut short: count what it left
     return begun
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +132,8 @@ def markdown(configs: list[ConfigRecord], verdict: dict[str, Any]) -> str:
     for config in configs:
         v = verdict["vram"][f"{config.size} {config.attention}"]
         backends = ", ".join(f"{k} {s}" for k, s in sorted(config.kitchen_backends.items()))
-        caches = (("Triton", config.triton_cache), ("inductor", config.inductor_cache))
-        files = ", ".join(
-            f"{name} {cache.get('files_before')} / {cache.get('files_after')}"
-            for name, cache in caches
-            if cache
-        )
+        cache = config.triton_cache
+        files = f"Triton {cache.get('files_before')} / {cache.get('files_after')}" if cache else ""
         after = f" (after {', '.join(config.after_sizes)})" if config.after_sizes else ""
         lines.append(
             f"| {config.size} {config.attention}{after} | {config.comfyui_start_s} | "
@@ -167,5 +163,7 @@ def load_report(path: Path) -> tuple[dict[str, Any], list[ConfigRecord]]:
             record = JobRecord(**{**job, "events": [ProgressEvent(**e) for e in job["events"]]})
             analyse(record)
             jobs.append(record)
-        configs.append(ConfigRecord(**{**raw, "jobs": jobs}))
+        known = {f.name for f in fields(ConfigRecord)}  # older runs may carry removed fields
+        kept = {k: v for k, v in raw.items() if k in known}
+        configs.append(ConfigRecord(**{**kept, "jobs": jobs}))
     return report, configs
