@@ -114,7 +114,8 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     env["fp16_accumulation"] = args.fp16_accumulation
     env["comfyui_flags"] = server_flags(args)
     env["stack"] = args.stack
-    env["kitchen_backends_disabled"] = list(STACKS[args.stack])
+    env["kitchen_backends_disabled"] = list(STACKS[args.stack].disabled_backends)
+    env["conv3d_workaround"] = STACKS[args.stack].conv3d_workaround
     env["triton_backend"] = args.triton_backend
     env["triton_cache_dir"] = str(args.triton_cache_dir) if args.triton_cache_dir else None
     env["videos"] = str(args.videos)

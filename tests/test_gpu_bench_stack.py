@@ -1,10 +1,11 @@
 """The GPU benchmark's stack options, on a CPU: the launcher that runs ComfyUI as the image's
-cu128 torch makes it run (comfy-kitchen's cuda backend disabled), the Triton options, and each
-job's MP4 kept for the output check.
+torch 2.10 cu128 makes it run (comfy-kitchen's cuda backend disabled, comfy/ops.py's conv3d
+workaround on), the Triton options, and each job's MP4 kept for the output check.
 
-The launcher runs here for real, in a subprocess, on a stand-in ComfyUI main.py and a stand-in
-comfy_kitchen package (the real one needs torch): what it must get right is when the backend is
-disabled (as ComfyUI imports comfy_kitchen, not before) and how main.py is run (argv, sys.path,
+The launcher runs here for real, in a subprocess, on a stand-in ComfyUI (main.py and a comfy
+package with model_management and ops) and a stand-in comfy_kitchen package (the real ones need
+torch): what it must get right is when the backend is disabled and the workaround set (as
+ComfyUI imports comfy_kitchen and comfy.ops, not before) and how main.py is run (argv, sys.path,
 __name__), which does not depend on torch.
 """
 
@@ -39,7 +40,9 @@ import comfy_kitchen as ck
 ck.registry.disable("triton")  # ComfyUI's own call without --enable-triton-backend
 for name, state in sorted(ck.list_backends().items()):
     print(f"Found comfy_kitchen backend {name}: {state}", file=sys.stderr)
+import comfy.ops
 print(json.dumps({
+    "conv3d": comfy.ops.conv3d_path(),
     "argv": sys.argv, "path0": sys.path[0], "name": __name__, "file": __file__,
     "cwd": os.getcwd(), "imported_before_main": seen_before,
     "disabled": sorted(ck.registry.disabled),
@@ -72,12 +75,36 @@ def list_backends():
 """
 
 
+# comfy/ops.py's workaround, reduced: a module global set at import from the torch and cuDNN
+# versions (never here), read when a 3D convolution runs.
+FAKE_OPS = """
+import comfy.model_management
+NVIDIA_MEMORY_CONV_BUG_WORKAROUND = False
+
+
+def conv3d_path():
+    return "cudnn_convolution" if NVIDIA_MEMORY_CONV_BUG_WORKAROUND else "conv3d"
+"""
+
+FAKE_MODEL_MANAGEMENT = """
+import os
+
+
+def is_nvidia():
+    return os.environ.get("FAKE_DEVICE") == "nvidia"
+"""
+
+
 @pytest.fixture
 def fake_comfy(tmp_path: Path) -> tuple[Path, Path]:
-    """(a ComfyUI folder with the stand-in main.py, a site folder with comfy_kitchen)."""
+    """(a ComfyUI folder with the stand-in main.py and comfy package, a site folder with
+    comfy_kitchen)."""
     comfy = tmp_path / "ComfyUI"
-    comfy.mkdir()
+    (comfy / "comfy").mkdir(parents=True)
     (comfy / "main.py").write_text(FAKE_MAIN, encoding="utf-8")
+    (comfy / "comfy" / "__init__.py").write_text("", encoding="utf-8")
+    (comfy / "comfy" / "ops.py").write_text(FAKE_OPS, encoding="utf-8")
+    (comfy / "comfy" / "model_management.py").write_text(FAKE_MODEL_MANAGEMENT, encoding="utf-8")
     site = tmp_path / "site" / "comfy_kitchen"
     site.mkdir(parents=True)
     (site / "__init__.py").write_text(FAKE_KITCHEN, encoding="utf-8")
@@ -93,11 +120,13 @@ def load_bench() -> ModuleType:
     return module
 
 
-def run_launcher(comfy: Path, site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_launcher(
+    comfy: Path, site: Path, *args: str, device: str = "nvidia"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-u", str(LAUNCHER), *args],
         cwd=comfy,
-        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "FAKE_DEVICE": device},
         capture_output=True,
         text=True,
         check=False,
@@ -107,13 +136,17 @@ def run_launcher(comfy: Path, site: Path, *args: str) -> subprocess.CompletedPro
 def test_launcher_disables_the_backend_as_comfyui_imports_comfy_kitchen(fake_comfy):
     comfy, site = fake_comfy
 
-    done = run_launcher(comfy, site, "--disable-ck-backend", "cuda", "--", "main.py", "--port", "9")
+    done = run_launcher(
+        comfy, site, *comfyui.STACKS["image"].launcher_flags(), "--", "main.py", "--port", "9"
+    )
 
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
     # Not imported before ComfyUI's own import (torch and the allocator set-up come first there)
     assert seen["imported_before_main"] is False
     assert seen["disabled"] == ["cuda", "triton"]
+    # ComfyUI's 3D convolutions take the image's path
+    assert seen["conv3d"] == "cudnn_convolution"
     # the module stays what its own loader made: source, resources, package
     assert seen["is_package"] and seen["resource"] and seen["source"]
     # main.py runs as `python main.py --port 9` would run it
@@ -124,9 +157,11 @@ def test_launcher_disables_the_backend_as_comfyui_imports_comfy_kitchen(fake_com
     # one line says so, before ComfyUI's own backend list, which shows it
     lines = done.stderr.splitlines()
     tagged = [i for i, line in enumerate(lines) if line.startswith("comfy_launch:")]
-    assert len(tagged) == 1
+    assert len(tagged) == 2
     assert "backend(s) cuda disabled" in lines[tagged[0]]
     assert tagged[0] < min(i for i, line in enumerate(lines) if "Found comfy_kitchen" in line)
+    assert lines[tagged[1]].startswith("comfy_launch: conv3d workaround on, as ComfyUI sets it")
+    assert comfyui.conv3d_state(done.stderr) == "on"
     assert comfyui.kitchen_backends(done.stderr) == {
         "cuda": "disabled",
         "eager": "on",
@@ -142,7 +177,9 @@ def test_launcher_without_backends_changes_nothing(fake_comfy):
 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["disabled"] == ["triton"]
+    assert json.loads(done.stdout)["conv3d"] == "conv3d"
     assert "comfy_launch:" not in done.stderr
+    assert comfyui.conv3d_state(done.stderr) == ""
     assert comfyui.kitchen_backends(done.stderr)["cuda"] == "on"
     assert comfyui.stack_problem("host", done.stderr) is None
     assert "launcher never disabled" in str(comfyui.stack_problem("image", done.stderr))
@@ -178,11 +215,54 @@ def test_a_log_whose_backend_is_on_is_not_the_image_stack():
     )
 
 
+def test_the_conv3d_workaround_stays_off_where_comfyui_would_leave_it_off(fake_comfy):
+    """Not an NVIDIA device (a CPU dry run): ComfyUI's own check starts with is_nvidia(), so
+    the launcher leaves the workaround off and says so; the stack is still the image's."""
+    comfy, site = fake_comfy
+
+    done = run_launcher(
+        comfy, site, *comfyui.STACKS["image"].launcher_flags(), "--", "main.py", device="cpu"
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["conv3d"] == "conv3d"
+    assert "comfy_launch: conv3d workaround left off: not an NVIDIA device" in done.stderr
+    assert comfyui.conv3d_state(done.stderr) == "left off"
+    assert comfyui.stack_problem("image", done.stderr) is None
+
+
+def test_a_comfyui_without_the_workaround_is_told_apart(fake_comfy):
+    comfy, site = fake_comfy
+    (comfy / "comfy" / "ops.py").write_text("def conv3d_path():\n    return 'conv3d'\n")
+
+    done = run_launcher(comfy, site, "--conv3d-workaround", "--", "main.py")
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["conv3d"] == "conv3d"
+    assert "conv3d workaround not set: comfy.ops has no NVIDIA_MEMORY_CONV_BUG_WORKAROUND" in (
+        done.stderr
+    )
+    assert comfyui.conv3d_state(done.stderr) == "not set"
+
+
+def test_a_log_without_the_workaround_line_is_not_the_image_stack():
+    log = (
+        "comfy_launch: comfy-kitchen backend(s) cuda disabled at import\n"
+        "Found comfy_kitchen backend cuda: {'available': True, 'disabled': True}\n"
+    )
+    assert comfyui.stack_problem("host", log) is None
+    assert comfyui.stack_problem("image", log) == (
+        "the launcher never set ComfyUI's conv3d workaround (comfy.ops was not imported)"
+    )
+    assert comfyui.stack_problem("image", log + "comfy_launch: conv3d workaround on, as\n") is None
+
+
 def test_stack_commands():
     args = ["--listen", "127.0.0.1"]
     assert comfyui.launch_command("py", "host", args) == ["py", "-u", "main.py", *args]
     assert comfyui.launch_command("py", "image", args) == [
-        "py", "-u", str(LAUNCHER), "--disable-ck-backend", "cuda", "--", "main.py", *args,
+        "py", "-u", str(LAUNCHER), "--disable-ck-backend", "cuda", "--conv3d-workaround",
+        "--", "main.py", *args,
     ]  # fmt: skip
     with pytest.raises(ValueError, match="unknown stack"):
         comfyui.launch_command("py", "cu128", args)

@@ -121,6 +121,7 @@ class ConfigRecord:
     stack: str = ""  # "image" or "host" (see scripts/gpu_bench/comfyui.py); "" before the option
     comfyui_command: list[str] = field(default_factory=list)
     kitchen_backends: dict[str, str] = field(default_factory=dict)  # from ComfyUI's log
+    conv3d_workaround: str = ""  # the launcher's, from the log ("" on the host's stack)
     triton_cache: dict[str, Any] = field(default_factory=dict)  # dir, files before and after
     after_sizes: list[str] = field(default_factory=list)  # sizes its ComfyUI ran before it
 

@@ -1,11 +1,18 @@
-"""Run ComfyUI's main.py with some of comfy-kitchen's backends disabled, without patching ComfyUI.
+"""Run ComfyUI's main.py as the image's torch makes it run, without patching ComfyUI.
 
-Why: the image runs torch cu128, under which ComfyUI 0.33 (``comfy/quant_ops.py``) calls
-``comfy_kitchen.registry.disable("cuda")``; a GPU host with a cu130 torch keeps that backend on,
-so its step times are not the image's. This launcher makes a cu130 host run ComfyUI as the image
-runs it::
+Why: ComfyUI 0.33 takes two decisions from the torch it runs on, and a GPU host with a newer
+torch takes them the other way, so its times are not the image's:
 
-    python comfy_launch.py --disable-ck-backend cuda -- main.py --listen 127.0.0.1 ...
+- under a torch older than cu130 (the image's is cu128), ``comfy/quant_ops.py`` calls
+  ``comfy_kitchen.registry.disable("cuda")``: ``--disable-ck-backend cuda`` does the same;
+- under torch 2.9-2.10 with cuDNN 9.10-9.14 (the image's 2.10 and 9.10.2), ``comfy/ops.py``
+  sets ``NVIDIA_MEMORY_CONV_BUG_WORKAROUND``, which runs the VAE's half-precision 3D
+  convolutions through ``torch.cudnn_convolution``: ``--conv3d-workaround`` sets it on an
+  NVIDIA GPU.
+
+::
+
+    python comfy_launch.py --disable-ck-backend cuda --conv3d-workaround -- main.py ...
 
 Everything after ``--`` is ComfyUI's command line, run with ``runpy`` as ``python main.py ...``
 would run it: ``sys.argv[0]`` is main.py, ``sys.path[0]`` its folder, ``__name__`` is
@@ -14,6 +21,8 @@ comfy_kitchen (an import hook), not here and now: ComfyUI sets up its allocator 
 before torch is imported, and importing comfy_kitchen (which imports torch) earlier would change
 that. One line on stderr says when it is done (``comfy_launch: comfy-kitchen backend(s) cuda
 disabled ...``); ComfyUI's own "Found comfy_kitchen backend" lines that follow show the state.
+The workaround is set the same way, right after ComfyUI first imports ``comfy.ops`` (whose own
+check has then run), with one line saying whether it is on.
 
 Standard library only: it runs under whatever Python runs ComfyUI.
 """
@@ -30,24 +39,33 @@ from pathlib import Path
 from types import ModuleType
 
 TAG = "comfy_launch:"
-USAGE = "usage: comfy_launch.py [--disable-ck-backend NAME]... -- MAIN_PY [COMFYUI_ARGS...]"
+USAGE = (
+    "usage: comfy_launch.py [--disable-ck-backend NAME]... [--conv3d-workaround] "
+    "-- MAIN_PY [COMFYUI_ARGS...]"
+)
+CONV3D_FLAG = "NVIDIA_MEMORY_CONV_BUG_WORKAROUND"  # comfy/ops.py, ComfyUI 0.33
 
 
-def parse(argv: Sequence[str]) -> tuple[list[str], Path, list[str]]:
-    """(backends to disable, ComfyUI's main.py, ComfyUI's arguments) from our command line."""
+def parse(argv: Sequence[str]) -> tuple[list[str], bool, Path, list[str]]:
+    """(backends to disable, whether to set the conv3d workaround, ComfyUI's main.py, ComfyUI's
+    arguments) from our command line."""
     if "--" not in argv:
         raise SystemExit(f"{USAGE}\n(no '--' before ComfyUI's main.py)")
     split = list(argv).index("--")
     ours, theirs = list(argv[:split]), list(argv[split + 1 :])
     backends: list[str] = []
+    conv3d = False
     while ours:
         flag = ours.pop(0)
+        if flag == "--conv3d-workaround":
+            conv3d = True
+            continue
         if flag != "--disable-ck-backend" or not ours:
             raise SystemExit(f"{USAGE}\n(unexpected {flag!r})")
         backends.append(ours.pop(0))
     if not theirs:
         raise SystemExit(f"{USAGE}\n(no main.py after '--')")
-    return backends, Path(theirs[0]), theirs[1:]
+    return backends, conv3d, Path(theirs[0]), theirs[1:]
 
 
 class _AfterExec(importlib.abc.Loader):
@@ -108,13 +126,28 @@ def disable_backends(backends: list[str]) -> Callable[[ModuleType], None]:
     return after
 
 
+def conv3d_workaround(ops: ModuleType) -> None:
+    """Set comfy/ops.py's conv3d workaround as ComfyUI does under the image's torch and cuDNN:
+    on an NVIDIA GPU only (its own condition starts with ``is_nvidia()``)."""
+    if not hasattr(ops, CONV3D_FLAG):
+        state = f"not set: comfy.ops has no {CONV3D_FLAG}"
+    elif not sys.modules["comfy.model_management"].is_nvidia():
+        state = "left off: not an NVIDIA device"
+    else:
+        setattr(ops, CONV3D_FLAG, True)
+        state = "on, as ComfyUI sets it under the image's torch 2.10 and cuDNN 9.10"
+    print(f"{TAG} conv3d workaround {state}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    backends, main_py, comfy_args = parse(sys.argv[1:] if argv is None else argv)
+    backends, conv3d, main_py, comfy_args = parse(sys.argv[1:] if argv is None else argv)
     main_py = main_py.resolve()
     if not main_py.is_file():
         raise SystemExit(f"{TAG} no ComfyUI main.py at {main_py}")
     if backends:
         sys.meta_path.insert(0, AfterImport("comfy_kitchen", disable_backends(backends)))
+    if conv3d:
+        sys.meta_path.insert(0, AfterImport("comfy.ops", conv3d_workaround))
     sys.argv = [str(main_py), *comfy_args]
     sys.path[0] = str(main_py.parent)  # what `python main.py` puts first: ComfyUI's folder
     runpy.run_path(str(main_py), run_name="__main__")

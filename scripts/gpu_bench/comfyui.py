@@ -1,8 +1,9 @@
 """A fresh ComfyUI process per benchmark configuration, and the flags it runs with.
 
-The stack ComfyUI runs on: ``image`` runs it as the image's torch (cu128) makes ComfyUI 0.33 run,
-comfy-kitchen's ``cuda`` backend disabled (through ``comfy_launch.py``, ComfyUI's source left
-as it is); ``host`` runs it as the host's own torch does (cu130: that backend on).
+The stack ComfyUI runs on: ``image`` runs it as the image's torch (2.10, cu128, cuDNN 9.10) makes
+ComfyUI 0.33 run: comfy-kitchen's ``cuda`` backend disabled and ``comfy/ops.py``'s conv3d
+workaround on (through ``comfy_launch.py``, ComfyUI's source left as it is); ``host`` runs it
+as the host's own torch does (torch 2.11 cu130: that backend on, the workaround off).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shlex
 import signal
 import socket
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -23,24 +25,49 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_PATHS = REPO_ROOT / "extra_model_paths.yaml"
 DEFAULT_COMFYUI_ARGS = "--preview-method none --disable-auto-launch"  # start.sh's
 LAUNCHER = Path(__file__).resolve().with_name("comfy_launch.py")
-# comfy-kitchen backends disabled per stack: ComfyUI 0.33 disables "cuda" under any torch
-# older than cu130 (comfy/quant_ops.py), which the image's torch 2.10 cu128 is.
-STACKS: dict[str, tuple[str, ...]] = {"image": ("cuda",), "host": ()}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What ComfyUI 0.33 decides from the torch under it, as the launcher reproduces it."""
+
+    disabled_backends: tuple[str, ...]  # comfy-kitchen's, as comfy/quant_ops.py disables them
+    conv3d_workaround: bool  # comfy/ops.py's NVIDIA_MEMORY_CONV_BUG_WORKAROUND
+
+    def launcher_flags(self) -> list[str]:
+        flags = [arg for name in self.disabled_backends for arg in ("--disable-ck-backend", name)]
+        return [*flags, "--conv3d-workaround"] if self.conv3d_workaround else flags
+
+
+# ComfyUI 0.33 disables comfy-kitchen's "cuda" under any torch older than cu130
+# (comfy/quant_ops.py), and sets the conv3d workaround under torch 2.9-2.10 with cuDNN
+# 9.10-9.14 (comfy/ops.py): the image's torch 2.10 cu128 with cuDNN 9.10.2 gets both.
+STACKS: dict[str, Stack] = {
+    "image": Stack(disabled_backends=("cuda",), conv3d_workaround=True),
+    "host": Stack(disabled_backends=(), conv3d_workaround=False),
+}
 TRITON_BACKEND_FLAG = "--enable-triton-backend"
 LAUNCHER_TAG = "comfy_launch:"
 _BACKEND_LINE = re.compile(r"Found comfy_kitchen backend (\w+): (\{.*\})")
+_CONV3D_LINE = re.compile(rf"{LAUNCHER_TAG} conv3d workaround (on|left off|not set)")
 
 
 def launch_command(python: str, stack: str, main_args: list[str]) -> list[str]:
     """How ComfyUI is started on `stack`: ``python -u main.py ARGS`` on the host's stack, or
-    through the launcher that disables the image's missing comfy-kitchen backends first."""
+    through the launcher that makes ComfyUI decide as under the image's torch."""
     if stack not in STACKS:
         raise ValueError(f"unknown stack {stack!r}; use one of {sorted(STACKS)}")
-    disabled = STACKS[stack]
-    if not disabled:
+    flags = STACKS[stack].launcher_flags()
+    if not flags:
         return [python, "-u", "main.py", *main_args]
-    flags = [arg for name in disabled for arg in ("--disable-ck-backend", name)]
     return [python, "-u", str(LAUNCHER), *flags, "--", "main.py", *main_args]
+
+
+def conv3d_state(log: str) -> str:
+    """The launcher's conv3d workaround as ComfyUI's log tells it: "on", "left off" (not an
+    NVIDIA GPU), "not set" (this ComfyUI has no such workaround), or "" (never set)."""
+    match = _CONV3D_LINE.search(log)
+    return match.group(1) if match else ""
 
 
 def kitchen_backends(log: str) -> dict[str, str]:
@@ -66,11 +93,13 @@ def kitchen_backends(log: str) -> dict[str, str]:
 def stack_problem(stack: str, log: str) -> str | None:
     """Why ComfyUI's log shows it is not running on `stack`, or None when it is."""
     backends = kitchen_backends(log)
-    for name in STACKS[stack]:
+    for name in STACKS[stack].disabled_backends:
         if LAUNCHER_TAG not in log:
             return f"the launcher never disabled comfy-kitchen's {name!r} backend"
         if backends.get(name, "disabled") != "disabled":
             return f"comfy-kitchen's {name!r} backend is {backends[name]} in ComfyUI's log"
+    if STACKS[stack].conv3d_workaround and not conv3d_state(log):
+        return "the launcher never set ComfyUI's conv3d workaround (comfy.ops was not imported)"
     return None
 
 

@@ -20,6 +20,7 @@ from scripts.gpu_bench.comfyui import (
     TRITON_BACKEND_FLAG,
     ComfyServer,
     comfyui_args,
+    conv3d_state,
     kitchen_backends,
     stack_problem,
 )
@@ -320,6 +321,7 @@ def run_server(
             record.comfyui_command = server.command()
             record.comfyui_start_s = start_s
             record.kitchen_backends = kitchen_backends(log)
+            record.conv3d_workaround = conv3d_state(log)
             if idle is not None and baseline is not None:
                 record.idle_vram_mib = idle - baseline
             count_caches(record, "files_before")

@@ -132,13 +132,16 @@ def markdown(configs: list[ConfigRecord], verdict: dict[str, Any]) -> str:
     for config in configs:
         v = verdict["vram"][f"{config.size} {config.attention}"]
         backends = ", ".join(f"{k} {s}" for k, s in sorted(config.kitchen_backends.items()))
+        stack = config.stack + (
+            f" (conv3d workaround {config.conv3d_workaround})" if config.conv3d_workaround else ""
+        )
         cache = config.triton_cache
         files = f"Triton {cache.get('files_before')} / {cache.get('files_after')}" if cache else ""
         after = f" (after {', '.join(config.after_sizes)})" if config.after_sizes else ""
         lines.append(
             f"| {config.size} {config.attention}{after} | {config.comfyui_start_s} | "
             f"{config.idle_vram_mib} | {v['peak_mib']} | {v['budget_mib']} | "
-            f"{'yes' if v['pass'] else 'no'} | {config.stack} | {backends} | {files} |"
+            f"{'yes' if v['pass'] else 'no'} | {stack} | {backends} | {files} |"
         )
     return "\n".join(lines) + "\n"
 
