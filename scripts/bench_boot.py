@@ -17,6 +17,11 @@ serverless mode through the runpod SDK) and a real ComfyUI, for every size and s
   start; `--boot-env` gives one boot name its own settings (the same checkout may be booted
   under several names).
 
+`--stack image` (the default) runs ComfyUI as the image's torch makes it run, as
+`scripts/bench_gpu.py --stack image` does: COMFYUI_PYTHON is a small wrapper (`OUT/comfyui-python`)
+that starts ComfyUI's main.py through `scripts/gpu_bench/comfy_launch.py`, and a run whose log
+does not show that stack fails. `--stack host` runs the host's own stack.
+
 `--drop-caches` drops the page cache before each boot (`sync; echo 3 > /proc/sys/vm/drop_caches`,
 as root), so the models come from disk as on a fresh host. Before the first boot the host is primed
 once, untimed (`--no-prime` skips it): ComfyUI's and each checkout's bytecode is compiled, as the
@@ -56,6 +61,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from scripts.gpu_bench import BenchError  # noqa: E402
+from scripts.gpu_bench.comfyui import LAUNCHER, STACKS, stack_problem  # noqa: E402
 from scripts.gpu_bench.jobs import PROMPTS, start_image_b64  # noqa: E402
 from scripts.gpu_bench.jobs import workflow_with_frames as gpu_bench_workflow  # noqa: E402
 from scripts.gpu_bench.memory import VramBallast  # noqa: E402
@@ -139,13 +145,34 @@ def workflow_with_frames(out: Path, frames: int | None) -> Path | None:
     return None if frames is None else gpu_bench_workflow(out, frames)
 
 
+def comfyui_python(args: argparse.Namespace) -> str:
+    """COMFYUI_PYTHON for the boots: `--comfyui-python` itself on the host's stack, or a wrapper
+    that runs ComfyUI through the launcher of `--stack` (the worker starts ComfyUI as
+    `COMFYUI_PYTHON -u MAIN ARGS`, which the wrapper turns into `PYTHON -u LAUNCHER FLAGS --
+    MAIN ARGS`)."""
+    flags = STACKS[args.stack].launcher_flags()
+    if not flags:
+        return str(args.comfyui_python)
+    wrapper = args.out / "comfyui-python"
+    command = shlex.join([args.comfyui_python, "-u", str(LAUNCHER), *flags, "--"])
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"# ComfyUI on the {args.stack} stack (scripts/bench_boot.py --stack {args.stack})\n"
+        'if [ "${1:-}" = "-u" ]; then shift; fi\n'
+        f'exec {command} "$@"\n',
+        encoding="utf-8",
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
 def base_env(args: argparse.Namespace, manifest: Path, workflow: Path | None) -> dict[str, str]:
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "CUDA_VISIBLE_DEVICES")
     env = {k: v for k, v in os.environ.items() if k in keep}
     env.update(
         {
             "PYTHON": args.python,
-            "COMFYUI_PYTHON": args.comfyui_python,
+            "COMFYUI_PYTHON": comfyui_python(args),
             "COMFYUI_DIR": str(args.comfyui_dir),
             "MODELS_ROOT": str(args.models_root),
             "MODELS_MANIFEST": str(manifest),
@@ -447,19 +474,28 @@ def run_boot(
         finally:
             stop_boot(proc, pid_file)
     run.marks.update(read_events(log_path, t0_wall))
-    run.comfyui_start_s = run.marks.pop("comfyui_start_s", None) or old_comfyui_start(
-        log_path.read_text(errors="replace")
-    )
+    boot_log = log_path.read_text(errors="replace")
+    run.comfyui_start_s = run.marks.pop("comfyui_start_s", None) or old_comfyui_start(boot_log)
     if scenario == "answer":
         run.ok = not run.error and run.comfyui_start_s is not None
         if not run.ok and not run.error:
             run.error = "ComfyUI answered, but its start (launch to answer) was not logged"
+        check_stack(args, run, boot_log)
         return run
     warm_ok = (run.warm is not None and run.warm.ok) if args.warm_job else True
     run.ok = not run.error and bool(run.first and run.first.ok and warm_ok)
     if not run.ok and not run.error:
         run.error = (run.first.error if run.first else "") or (run.warm.error if run.warm else "")
+    check_stack(args, run, boot_log)
     return run
+
+
+def check_stack(args: argparse.Namespace, run: Run, log: str) -> None:
+    """Fail a run whose log shows ComfyUI on another stack than `--stack`."""
+    problem = stack_problem(args.stack, log)
+    if problem is not None and not run.error:
+        run.ok = False
+        run.error = f"ComfyUI did not run on the {args.stack} stack: {problem}"
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -744,6 +780,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME:KEY=VALUE",
         help="more environment for the boot NAME alone, over --env (repeatable)",
     )
+    parser.add_argument(
+        "--stack",
+        choices=sorted(STACKS),
+        default="image",
+        help="image: ComfyUI as the image's torch makes it run, through the launcher; host: "
+        "the host's own stack (see scripts/bench_gpu.py)",
+    )
     parser.add_argument("--skip-gpu-check", action="store_true", help="SKIP_GPU_CHECK=1 (CPU)")
     parser.add_argument(
         "--vram-budget-mib",
@@ -773,7 +816,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> str:
     args.out.mkdir(parents=True, exist_ok=True)
-    meta: dict[str, Any] = {"command": sys.argv, "boots": {n: str(p) for n, p in args.boot}}
+    meta: dict[str, Any] = {
+        "command": sys.argv,
+        "boots": {n: str(p) for n, p in args.boot},
+        "stack": args.stack,
+    }
     if args.weights != "none":
         meta["weights_s"] = ensure_weights(
             args.comfyui_python, args.weights, args.models_root, args.comfyui_dir, args.out

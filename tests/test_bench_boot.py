@@ -4,6 +4,7 @@ before them, and the `answer` runs that stop a boot once ComfyUI answers."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from scripts.bench_boot import (
     report,
     run_boot,
 )
+from tests.fake_comfy_stack import make_fake_comfy
 
 
 def run(boot: str, first_s: float, start_s: float, warm_s: float | None) -> Run:
@@ -194,6 +196,7 @@ def answer_args(tmp_path: Path, *extra: str) -> Any:
             *("--boot", f"old={old}", "--boot", f"new={new}", "--boot", f"new0={new}"),
             *("--comfyui-dir", str(tmp_path / "ComfyUI"), "--models-root", str(tmp_path)),
             *("--out", str(tmp_path / "out"), "--scenarios", "answer", "--timeout", "60"),
+            *(() if "--stack" in extra else ("--stack", "host")),  # the stand-ins run no ComfyUI
             *extra,
         ]
     )
@@ -247,6 +250,66 @@ def test_a_boot_that_exits_before_comfyui_answers_fails_its_run_with_why(tmp_pat
     assert not failed.ok
     assert failed.error == "the boot exited (4) before ComfyUI answered"
     assert "- new answer 480x832 #1: the boot exited (4)" in report([failed])
+
+
+# A stand-in boot that starts "ComfyUI" as the worker does (COMFYUI_PYTHON -u MAIN ARGS), lets
+# it print what it saw, then logs the answer.
+LAUNCHING_START = """#!/usr/bin/env bash
+set -euo pipefail
+echo "$$" > "$APP_DIR/pid"
+cd "$COMFYUI_DIR"
+"$COMFYUI_PYTHON" -u "$COMFYUI_DIR/main.py" --listen 127.0.0.1
+printf '%s INFO wan_worker.boot: [boot] +0.1s comfyui_answers s_since_launch=1.5\\n' \\
+  "$(date '+%Y-%m-%d %H:%M:%S,%3N')" >&2
+exec sleep 600
+"""
+
+
+@pytest.mark.integration
+def test_an_image_stack_boot_starts_comfyui_through_the_launcher(tmp_path):
+    comfy, site = make_fake_comfy(tmp_path / "fake")
+    new = checkout(tmp_path / "new", LAUNCHING_START)
+    args = parse_args(
+        [
+            *("--boot", f"new={new}", "--comfyui-dir", str(comfy), "--models-root", str(tmp_path)),
+            *("--out", str(tmp_path / "out"), "--scenarios", "answer", "--timeout", "60"),
+            *("--env", f"PYTHONPATH={site}", "--env", "FAKE_DEVICE=nvidia"),
+        ]
+    )
+    assert args.stack == "image"  # the default, as bench_gpu's
+    args.out.mkdir()
+
+    run_ = boot(args, "new", tmp_path)
+
+    assert run_.ok, run_.error
+    assert run_.comfyui_start_s == 1.5
+    log = (args.out / "boot-new-answer-480x832-1.log").read_text()
+    seen = json.loads(next(line for line in log.splitlines() if line.startswith("{")))
+    assert seen["argv"] == [str(comfy / "main.py"), "--listen", "127.0.0.1"]
+    assert seen["disabled"] == ["cuda", "triton"]
+    assert seen["conv3d"] == "cudnn_convolution"
+    assert "comfy_launch: conv3d workaround on" in log
+    wrapper = (args.out / "comfyui-python").read_text()
+    assert wrapper.startswith("#!/bin/sh\n# ComfyUI on the image stack")
+    assert gone(tmp_path / "new/pid")
+
+
+@pytest.mark.integration
+def test_a_boot_whose_comfyui_is_not_on_the_image_stack_fails_its_run(tmp_path):
+    args = answer_args(tmp_path, "--stack", "image")
+
+    failed = boot(args, "new", tmp_path)  # its ComfyUI never went through the launcher
+
+    assert not failed.ok
+    assert failed.error == (
+        "ComfyUI did not run on the image stack: "
+        "the launcher never disabled comfy-kitchen's 'cuda' backend"
+    )
+    assert base_env(args, tmp_path / "m.json", None)["COMFYUI_PYTHON"] == str(
+        args.out / "comfyui-python"
+    )
+    host = answer_args(tmp_path / "host")
+    assert base_env(host, tmp_path / "m.json", None)["COMFYUI_PYTHON"] == host.comfyui_python
 
 
 def answered(boot_name: str, at: float, start: float) -> Run:
