@@ -203,6 +203,12 @@ async def write_throttled(response: web.StreamResponse, body: bytes, rate: int |
         await asyncio.sleep(min(piece, len(body) - start) / rate)
 
 
+def client_port(request: web.Request) -> int:
+    """The port a request came from: which of a client's connections sent it."""
+    assert request.transport is not None
+    return int(request.transport.get_extra_info("peername")[1])
+
+
 class FlakyFileServer(_AioServer):
     def __init__(self, root: Path, fault: Fault | None = None) -> None:
         super().__init__()
@@ -211,6 +217,7 @@ class FlakyFileServer(_AioServer):
         self.ranges: list[str | None] = []
         self.methods: list[str] = []
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range)
+        self.ports: list[int] = []  # each request's client port, in the same order
         self._truncated = False
         self._stalled = False
         self._served = 0  # complete GET bodies sent
@@ -230,6 +237,7 @@ class FlakyFileServer(_AioServer):
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         self.methods.append(request.method)
+        self.ports.append(client_port(request))
         self.requests.append((request.method, request.path, request.headers.get("Range")))
         if self.fault.status is not None:
             return web.Response(status=self.fault.status)
@@ -289,13 +297,14 @@ class FlakyFileServer(_AioServer):
 
 class S3Proxy(_AioServer):
     """A reverse proxy in front of an S3 API server (moto) that throttles every response body
-    and records each request, as (method, path, Range)."""
+    and records each request, as (method, path, Range), and the client port it came from."""
 
     def __init__(self, upstream: str, rate: int | None = None) -> None:
         super().__init__()
         self.upstream = upstream.rstrip("/")
         self.rate = rate
         self.requests: list[tuple[str, str, str | None]] = []
+        self.ports: list[int] = []  # each request's client port, in the same order
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 30)
@@ -305,6 +314,7 @@ class S3Proxy(_AioServer):
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         import aiohttp
 
+        self.ports.append(client_port(request))
         self.requests.append((request.method, request.path, request.headers.get("Range")))
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         body = await request.read()

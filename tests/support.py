@@ -61,6 +61,26 @@ def closed_port() -> int:
     return free_port()
 
 
+def tcp_ports(pid: int) -> frozenset[int]:
+    """The local ports of a live process's TCP sockets, from Linux's /proc: the socket inodes
+    its file descriptors point to, looked up in the TCP tables of the test's own network."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed since the listing
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text(encoding="ascii").splitlines()[1:]:
+            fields = line.split()  # sl local_address rem_address st ... uid timeout inode
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return frozenset(ports)
+
+
 def make_png(
     width: int = 160, height: int = 128, color: tuple[int, int, int] = (200, 80, 40)
 ) -> bytes:

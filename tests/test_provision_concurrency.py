@@ -37,7 +37,7 @@ from tests.provision_servers import (
     running,
     write_manifest,
 )
-from tests.support import closed_port
+from tests.support import closed_port, tcp_ports
 from tests.test_provision_download import settings_for
 from wan_worker.provision import claims, verify
 from wan_worker.provision.claims import Claim, Heartbeat, ModelFilePaths, Owner
@@ -161,6 +161,7 @@ class Kill:
     pid: int
     at_request: int  # how many requests the server had seen when it was killed
     persisted: dict[str, int] = field(default_factory=dict)  # its files: bytes its state held
+    ports: frozenset[int] = frozenset()  # its TCP connections' ports when it was stopped
 
 
 def claim_holders(root: Path) -> dict[str, Owner]:
@@ -195,7 +196,11 @@ def kill_mid_download(
 
     owner = wait_for(target, f"a download with {least} bytes on disk", workers)
     [worker] = [w for w in workers if w.proc.pid == owner.pid]
-    kill = Kill(owner.pid, 0)
+    # Stopped first, so that it opens no connection and sends nothing more while its state is
+    # read. A request it sent just before may still reach the server's log after the mark:
+    # its ports tell those apart (`stretches`).
+    worker.proc.send_signal(signal.SIGSTOP)
+    kill = Kill(owner.pid, 0, ports=tcp_ports(owner.pid))
     for rel, holder in claim_holders(root).items():
         if holder.token == owner.token:
             kill.persisted[rel] = persisted(root, rel, owner)
@@ -212,12 +217,30 @@ def span(rng: str | None, size: int) -> tuple[int, int]:
     return int(first), int(last) + 1 if last else size
 
 
-def fetched(requests: list, path_of: dict[str, str], rel: str, lo: int, hi: int) -> list:
-    """The byte ranges of `rel` asked for by GETs lo..hi of the request log."""
+def stretches(ports: list[int], killed: list[Kill]) -> list[int]:
+    """Which stretch each logged request belongs to: stretch k is what was sent after the k-th
+    kill and before the next (0: before the first). A killed worker's last requests can reach
+    the log after its kill's mark; each of its connections carries at most one request at a
+    time, so the first request logged after the mark from each of its ports is its own, sent
+    before it died, and belongs to the stretch before its kill."""
+    stretch = [sum(kill.at_request <= j for kill in killed) for j in range(len(ports))]
+    for k, kill in enumerate(killed):
+        late = set(kill.ports)
+        for j in range(kill.at_request, len(ports)):
+            if ports[j] in late:
+                late.discard(ports[j])
+                stretch[j] = k
+    return stretch
+
+
+def fetched(
+    requests: list, path_of: dict[str, str], rel: str, stretch: list[int] | None = None, k: int = 0
+) -> list:
+    """The byte ranges of `rel` asked for by GETs: all of them, or those of stretch `k`."""
     return [
         span(rng, SIZES[rel])
-        for method, path, rng in requests[lo:hi]
-        if method == "GET" and path == path_of[rel]
+        for j, (method, path, rng) in enumerate(requests)
+        if method == "GET" and path == path_of[rel] and (stretch is None or stretch[j] == k)
     ]
 
 
@@ -233,6 +256,7 @@ def check_run(
     workers: list[Worker],
     killed: list[Kill],
     requests: list,
+    ports: list[int],
     path_of: dict[str, str],
     label: Callable[[str], str],
 ) -> None:
@@ -258,20 +282,17 @@ def check_run(
     # Who fetched what. While a file's owner lives nobody else fetches it: within each stretch
     # between two kills, no byte of a file is asked for twice. After a kill, the new owner
     # fetches only what its predecessor had not recorded (the partial was adopted and resumed).
-    marks = [0, *(k.at_request for k in killed), len(requests)]
+    stretch = stretches(ports[: len(requests)], killed)
     taken_over = {rel for k in killed for rel in k.persisted}
     for rel in data:
-        for i in range(len(marks) - 1):
-            assert_disjoint(fetched(requests, path_of, rel, marks[i], marks[i + 1]), rel)
-        for i, kill in enumerate(killed):
+        for k in range(len(killed) + 1):
+            assert_disjoint(fetched(requests, path_of, rel, stretch, k), rel)
+        for k, kill in enumerate(killed):
             if rel in kill.persisted:
-                after = fetched(requests, path_of, rel, marks[i + 1], marks[i + 2])
+                after = fetched(requests, path_of, rel, stretch, k + 1)
                 assert sum(e - s for s, e in after) <= SIZES[rel] - kill.persisted[rel], rel
         if rel not in taken_over:  # fetched exactly once, by one process
-            assert (
-                sum(e - s for s, e in fetched(requests, path_of, rel, 0, len(requests)))
-                == (SIZES[rel])
-            )
+            assert sum(e - s for s, e in fetched(requests, path_of, rel)) == SIZES[rel]
         # One process put it in place.
         assert everything.count(f"[provision] {rel}: ready ({label(rel)})") == 1, everything
 
@@ -330,7 +351,7 @@ def test_five_workers_on_one_root_over_http_two_killed_mid_download(tmp_path):
             assert all(w.proc.poll() is None for w in workers if w.proc.pid != killed[0].pid)
             kill_mid_download(root, workers, server.requests, killed, least=2 * MIB)
             check_run(
-                root, data, workers, killed, server.requests, path_of,
+                root, data, workers, killed, server.requests, server.ports, path_of,
                 lambda rel: f"{server.url}{path_of[rel]}",
             )  # fmt: skip
     # Each file's source was opened (HEAD) by its owners only: once, plus once per takeover.
@@ -386,7 +407,7 @@ def test_four_workers_on_one_root_over_s3_one_killed_mid_download(tmp_path, s3_b
     with workers_running(4, env, tmp_path / "logs", provisioning(tmp_path)) as workers:
         kill_mid_download(root, workers, proxy.requests, killed, least=MIB)
         check_run(
-            root, data, workers, killed, proxy.requests, path_of,
+            root, data, workers, killed, proxy.requests, proxy.ports, path_of,
             lambda rel: f"r2://wan-models/{rel}",
         )  # fmt: skip
     for worker in workers:
