@@ -16,29 +16,54 @@ from wan_worker.video_check import inspect_frames
 pytestmark = pytest.mark.integration  # the ComfyUI double, ffmpeg
 
 
-def encode(tmp_path: Path, source: str, frames: int = 40) -> bytes:
+def encode(tmp_path: Path, source: str, frames: int = 40, preset: str = "ultrafast") -> bytes:
     out = tmp_path / "v.mp4"
     subprocess.run(
         ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-frames:v", str(frames),
-         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out)],
+         "-c:v", "libx264", "-preset", preset, "-crf", "15", "-pix_fmt", "yuv420p", str(out)],
         check=True,
     )  # fmt: skip
     return out.read_bytes()
 
 
-@pytest.mark.parametrize(
-    ("source", "bad"),
-    [
-        ("color=c=black:s=128x128:r=24", True),
-        ("color=c=0x808080:s=128x128:r=24", True),  # flat grey, as a NaN-born video can be
-        ("testsrc2=s=128x128:r=24", False),
-        ("testsrc2=s=128x128:r=24,eq=brightness=-0.45", False),  # a dark but real scene
-        ("mandelbrot=s=128x128:r=24", False),
-    ],
-)
+def frame_types(video: bytes, tmp_path: Path) -> list[str]:
+    """Each frame's picture type (I, P or B), as ffprobe reads the video."""
+    path = tmp_path / "probed.mp4"
+    path.write_bytes(video)
+    lines = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v", "-show_frames",
+         "-show_entries", "frame=pict_type", "-of", "csv=p=0", str(path)],
+        check=True, capture_output=True, text=True,
+    ).stdout.splitlines()  # fmt: skip
+    return [line.split(",")[0] for line in lines if line]
+
+
+SOURCES = [
+    ("color=c=black:s=128x128:r=24", True),
+    ("color=c=0x808080:s=128x128:r=24", True),  # flat grey, as a NaN-born video can be
+    ("testsrc2=s=128x128:r=24", False),
+    ("testsrc2=s=128x128:r=24,eq=brightness=-0.45", False),  # a dark but real scene
+    ("mandelbrot=s=128x128:r=24", False),
+]
+
+
+@pytest.mark.parametrize(("source", "bad"), SOURCES)
 def test_black_and_flat_videos_are_told_apart_from_real_ones(tmp_path, source, bad):
     report = inspect_frames(encode(tmp_path, source))
-    assert report.frames == 10  # every fourth of 40
+    assert report.frames == 10  # every fourth of 40: ultrafast makes no B-frames
+    assert report.bad is bad, report.describe()
+
+
+@pytest.mark.parametrize(("source", "bad"), SOURCES)
+def test_with_the_workflows_preset_the_unreferenced_frames_are_not_decoded(tmp_path, source, bad):
+    """x264 `fast` (node 906's format) makes B-frames, most of which nothing refers to: the
+    check skips those at decode and judges every video as it does with every frame decoded."""
+    video = encode(tmp_path, source, preset="fast")
+    types = frame_types(video, tmp_path)
+    assert len(types) == 40 and types.count("B") >= 10, types
+    report = inspect_frames(video)
+    # Every fourth of what was decoded: the I- and P-frames, and the B-frames referred to.
+    assert (40 - types.count("B") + 3) // 4 <= report.frames < 10
     assert report.bad is bad, report.describe()
 
 
