@@ -6,8 +6,8 @@ black MP4 that plays fine. The only place left to see it is the decoded video: f
 the frames that other frames refer to, and every fourth of those is scaled to 64x64 grey and
 judged by its mean and spread of luma.
 
-The frames nothing refers to (x264's non-reference B-frames: 38-50% of the frames of a
-720x1280 video at the workflow's preset, none of a noise video's) are skipped at decode
+The frames nothing refers to (x264's non-reference B-frames: 38-50% of the frames of the
+720x1280 test videos at the workflow's preset, none of uniform noise's) are skipped at decode
 (`-skip_frame noref`), which takes a third off the check's time (docs/performance.md). The
 frames that are decoded are exact, so a black or flat video is judged as before.
 """
