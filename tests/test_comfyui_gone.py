@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import os
 import signal
 import subprocess
 import sys
@@ -151,3 +153,55 @@ def test_the_probes_route_answers_as_comfyuis_does(double: ComfyServer):
     )["get_prompt_idle"]
     reply = requests.get(f"{double.url}/prompt", timeout=5)
     assert (reply.status_code, reply.json()) == (recorded["status"], recorded["body"])
+
+
+def dead_pid() -> int:
+    """The PID of a process that has ended and been reaped: nothing runs under it."""
+    proc = subprocess.Popen(["true"])
+    proc.wait(timeout=10)
+    assert not Path(f"/proc/{proc.pid}").exists()
+    return proc.pid
+
+
+def test_a_pid_file_left_over_from_before_the_worker_is_ignored_with_a_warning(
+    double: ComfyServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """A worker outside the image, beside a PID file an earlier run left behind: the job runs,
+    and the log names the file and what to do about it."""
+    pid_file = tmp_path / "comfyui.pid"
+    pid = dead_pid()
+    pid_file.write_text(str(pid), encoding="ascii")
+    long_ago = time.time() - 3600  # an hour before this test process started
+    os.utime(pid_file, (long_ago, long_ago))
+    worker = double.worker(comfyui_pid_file=pid_file)
+    with caplog.at_level(logging.WARNING, logger="wan_worker.comfy.process"):
+        first = handle(small_job("left-over"), worker)
+        second = handle(small_job("left-over-again"), worker)
+    for result in (first, second):
+        assert "error" not in result, result
+        assert probe(base64.b64decode(result["video"])).frames == 161
+    warnings = [r.getMessage() for r in caplog.records if r.name == "wan_worker.comfy.process"]
+    assert len(warnings) == 1, warnings  # once per file, not at every check
+    assert f"COMFYUI_PID_FILE ({pid_file}) names pid {pid}, which is not running" in warnings[0]
+    assert "Delete the file, or set COMFYUI_PID_FILE" in warnings[0]
+    assert pid_file.read_text(encoding="ascii") == str(pid)  # the user's file is left alone
+
+
+def test_a_pid_file_written_since_the_worker_started_is_believed(
+    double: ComfyServer, tmp_path: Path
+):
+    """The same dead PID in a file written after the worker's process started, as the boot
+    writes it: that ComfyUI died, so the job fails at once and the error names the file."""
+    pid_file = tmp_path / "comfyui.pid"
+    pid = dead_pid()
+    pid_file.write_text(str(pid), encoding="ascii")
+    worker = double.worker(comfyui_pid_file=pid_file)
+    started = time.monotonic()
+    result = handle(small_job("written-since"), worker)
+    assert time.monotonic() - started < 5
+    assert result["error_code"] == "comfyui_unavailable", result
+    assert result["error"].startswith(
+        f"comfyui_unavailable: ComfyUI (pid {pid}, from {pid_file}) is gone: "
+    )
+    assert result["refresh_worker"] is True
+    assert double.job_files() == []

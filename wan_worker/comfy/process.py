@@ -4,11 +4,18 @@ The boot, in the handler's process, starts ComfyUI (`wan_worker.comfy.launch`) a
 PID to COMFYUI_PID_FILE and its log to COMFYUI_LOG, so the handler is ComfyUI's parent. A dead
 child stays a zombie until it is reaped, and `kill(pid, 0)` succeeds on a zombie, so liveness
 is read from /proc and the child is reaped when it is ours.
+
+A PID file can outlive its ComfyUI: one left in /tmp by an earlier run, read by a worker started
+outside the image (local mode). A file that names a process which is not running, that this
+worker never saw running, and that was written before this worker's process started is such a
+left-over: it is ignored, with a warning naming it, and ComfyUI is followed over HTTP alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -19,6 +26,8 @@ _OOM_PATTERNS = (
     re.compile(r"Killed|MemoryError|Cannot allocate memory", re.IGNORECASE),
 )
 _LOG_TAIL_BYTES = 64 * 1024
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,20 @@ def _read_pid(pid_file: Path) -> int | None:
     except (FileNotFoundError, UnicodeDecodeError):
         return None
     return int(text) if text.isdigit() else None
+
+
+@functools.cache
+def process_started_at() -> float:
+    """When this process started, in seconds since the epoch (from /proc: its start in clock
+    ticks after the host's boot, and the boot's time)."""
+    stat = Path("/proc/self/stat").read_text(encoding="ascii", errors="replace")
+    ticks = int(stat.rpartition(")")[2].split()[19])  # field 22, starttime
+    boot = next(
+        int(line.split()[1])
+        for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
+        if line.startswith("btime ")
+    )
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _proc_state(pid: int) -> str | None:
@@ -64,6 +87,8 @@ class ComfyProcess:
         self.pid_file = pid_file
         self.log_file = log_file
         self._exit_code: int | None = None
+        self._seen_running: set[int] = set()
+        self._left_over: tuple[int, float] | None = None  # (pid, mtime) of one warned about
 
     def state(self) -> ProcessState:
         pid = _read_pid(self.pid_file)
@@ -72,10 +97,13 @@ class ComfyProcess:
             return ProcessState(True, None, "no PID file")
         proc = _proc_state(pid)
         if proc is not None and proc not in ("Z", "X"):
+            self._seen_running.add(pid)
             return ProcessState(True, pid, f"state {proc}")
         code = _reap(pid)
         if code is not None:
             self._exit_code = code
+        elif self._exit_code is None and self._left_over_file(pid):
+            return ProcessState(True, None, f"a left-over PID file ({self.pid_file}) ignored")
         how = (
             f"exited with status {self._exit_code}"
             if self._exit_code is not None and self._exit_code >= 0
@@ -83,7 +111,30 @@ class ComfyProcess:
             if self._exit_code is not None
             else "is gone"
         )
-        return ProcessState(False, pid, f"ComfyUI (pid {pid}) {how}")
+        return ProcessState(False, pid, f"ComfyUI (pid {pid}, from {self.pid_file}) {how}")
+
+    def _left_over_file(self, pid: int) -> bool:
+        """Whether the PID file, naming `pid` (not running, not this process's child), is left
+        over from before this worker: warned about once per file."""
+        if pid in self._seen_running:
+            return False
+        try:
+            written = self.pid_file.stat().st_mtime
+        except OSError:
+            return False
+        if written >= process_started_at():
+            return False
+        if self._left_over != (pid, written):
+            self._left_over = (pid, written)
+            log.warning(
+                "COMFYUI_PID_FILE (%s) names pid %d, which is not running, and was written "
+                "before this worker started: it is left over from an earlier run, so it is "
+                "ignored and ComfyUI at COMFYUI_URL is followed over HTTP alone. Delete the "
+                "file, or set COMFYUI_PID_FILE to the file your ComfyUI's launcher writes.",
+                self.pid_file,
+                pid,
+            )
+        return True
 
     def log_tail(self, max_bytes: int = _LOG_TAIL_BYTES) -> str:
         with contextlib.suppress(OSError), self.log_file.open("rb") as handle:
