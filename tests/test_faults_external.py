@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import signal
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -45,7 +46,12 @@ def test_comfyui_frozen_mid_job(comfy: ComfyServer, monkeypatch):
     # Ask /history during the freeze too: a server that does not answer is not yet a failure.
     monkeypatch.setattr("wan_worker.comfy.follower.HISTORY_CHECK_S", 1.0)
     timeout = 4.0 if comfy.is_double else 30.0
+    # The job's deadline is what this test follows: a silence as long as STALL_S (30 s, as
+    # long as the real ComfyUI's timeout here) would end the job first, as stopped (that path:
+    # tests/test_comfyui_gone.py).
+    monkeypatch.setattr("wan_worker.comfy.follower.STALL_S", timeout + 60.0)
     worker = comfy.worker(job_timeout_s=timeout)
+    http_timeout_s = worker.client.http_timeout_s
     worker.client.http_timeout_s = 3.0
     # The first progress event: on a warm ComfyUI the loaders are cached and skipped.
     fired = at_stage(worker, None, lambda: comfy.signal(signal.SIGSTOP))
@@ -59,8 +65,13 @@ def test_comfyui_frozen_mid_job(comfy: ComfyServer, monkeypatch):
     assert "did not stop when interrupted; the worker will be replaced" in result["error"]
     assert result["refresh_worker"] is True
     assert comfy.job_files() == []
-    follow_up = handle(small_job("after-freeze"), comfy.worker())
+    # The next job on the same worker, its usual deadline back: it runs, and afterwards no
+    # file of either job is left, whatever the resumed ComfyUI made of the frozen prompt.
+    worker.client.http_timeout_s = http_timeout_s
+    follow_up = handle(small_job("after-freeze"), replace(worker, settings=comfy.settings()))
     assert "error" not in follow_up, follow_up
+    assert probe(base64.b64decode(follow_up["video"])).frames == 161
+    assert comfy.job_files() == []
 
 
 def test_connections_cut_mid_job(comfy: ComfyServer):
