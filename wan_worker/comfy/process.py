@@ -45,12 +45,22 @@ def _read_pid(pid_file: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name, from field 3 (the state) on;
+    none if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    # The command name is in parentheses and may itself contain spaces or parentheses.
+    return stat.rpartition(")")[2].split()
+
+
 @functools.cache
 def process_started_at() -> float:
     """When this process started, in seconds since the epoch (from /proc: its start in clock
     ticks after the host's boot, and the boot's time)."""
-    stat = Path("/proc/self/stat").read_text(encoding="ascii", errors="replace")
-    ticks = int(stat.rpartition(")")[2].split()[19])  # field 22, starttime
+    ticks = int(_stat_fields("self")[22 - 3])  # field 22, starttime
     boot = next(
         int(line.split()[1])
         for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
@@ -61,12 +71,8 @@ def process_started_at() -> float:
 
 def _proc_state(pid: int) -> str | None:
     """The one-letter state from /proc/<pid>/stat, or None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name is in parentheses and may itself contain spaces or parentheses.
-    return stat.rpartition(")")[2].split()[0]
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
 
 
 def _reap(pid: int) -> int | None:
