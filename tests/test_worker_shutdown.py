@@ -115,8 +115,14 @@ def signalled_with_a_job_in_hand(
 def test_the_local_api_exits_within_seconds_with_a_job_in_comfyui(
     hanging_double: ComfyServer, tmp_path: Path, signum: int
 ):
+    def at_the_hanging_sampler(log: Path) -> bool:
+        """The worker has heard the hanging node (420:12) start, so the error names its stage.
+        Signalled earlier, between stages (the sampler's set-up nodes have none), the stop
+        can only say that ComfyUI was interrupted."""
+        return "'stage': 'sample_high_noise'" in log.read_text()
+
     exited_in, answer, log = signalled_with_a_job_in_hand(
-        hanging_double.url, tmp_path, signum, lambda _log: hanging_double.prompts_received() > 0
+        hanging_double.url, tmp_path, signum, at_the_hanging_sampler
     )
     assert exited_in < 5, log[-3000:]
     assert answer["status"] == "FAILED", answer
