@@ -55,6 +55,25 @@ def wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60
     raise AssertionError(f"{path} never appeared")
 
 
+def exit_status(proc: subprocess.Popen[bytes], stderr: Path, timeout: float = 60.0) -> int:
+    """`proc`'s exit status; if it is still running after `timeout`, the test fails with where
+    it is stuck: its signal masks, and the traceback faulthandler prints on SIGABRT."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        masks = [
+            line
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            if line.startswith(("SigBlk", "SigIgn", "SigCgt"))
+        ]
+        proc.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER=1: a traceback of every thread
+        proc.wait(timeout=30)
+        raise AssertionError(
+            f"still running {timeout:.0f} s after SIGTERM; {masks}\n"
+            + stderr.read_text(errors="replace")[-6000:]
+        ) from None
+
+
 def test_a_port_in_use_stops_the_server_before_it_starts(listener, tmp_path):
     server = comfyui.ComfyServer(
         sys.executable,
@@ -89,20 +108,26 @@ def test_sigterm_to_the_bench_stops_the_comfyui_it_started(tmp_path):
         "--vram-budget-mib", "0", "--stack", "host", "--attention", "sdpa",
         "--sizes", "128x128", "--jobs", "1", "--port", str(free_port()),
     ]  # fmt: skip
-    bench = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env={**os.environ, "SILENT_COMFYUI_PID": str(comfy_pid_file)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    stderr = tmp_path / "bench.stderr"
+    with stderr.open("wb") as stderr_file:
+        bench = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "SILENT_COMFYUI_PID": str(comfy_pid_file),
+                "PYTHONFAULTHANDLER": "1",
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_file,
+            start_new_session=True,
+        )
     try:
         comfy_pid = int(wait_for_file(comfy_pid_file, bench))
         assert os.getsid(comfy_pid) != os.getsid(bench.pid)  # out of the bench's session
 
         os.killpg(bench.pid, signal.SIGTERM)  # as a queue runner cancels an item
-        assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+        assert exit_status(bench, stderr) == 128 + signal.SIGTERM, stderr.read_text()
 
         with pytest.raises(ProcessLookupError):
             os.kill(comfy_pid, 0)

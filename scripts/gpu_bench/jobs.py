@@ -299,8 +299,8 @@ def run_server(
             record.triton_cache.setdefault("dir", str(triton_cache))
             record.triton_cache[when] = cache_files(triton_cache)
 
-    server.start()
     try:
+        server.start()  # inside: a SIGTERM as it returns must still stop the ComfyUI it started
         worker = make_worker(
             server,
             attention,
