@@ -444,6 +444,7 @@ def test_an_owner_frozen_past_the_stale_bound_stops_when_it_wakes(tmp_path):
 
             old = wait_for(holds_a_mib, "the first owner with a MiB on disk", first)
             owner.proc.send_signal(signal.SIGSTOP)
+            frozen_ports = tcp_ports(owner.proc.pid)
             try:
                 with workers_running(1, env, tmp_path / "new", provisioning(tmp_path)) as second:
 
@@ -464,16 +465,27 @@ def test_an_owner_frozen_past_the_stale_bound_stops_when_it_wakes(tmp_path):
             finally:
                 owner.proc.send_signal(signal.SIGCONT)
         requests = list(server.requests)
+        ports = list(server.ports)
     logs = {"frozen": first[0].text(), "new": second[0].text()}
     assert [w.proc.returncode for w in (*first, *second)] == [0, 0], logs
     assert (root / rel).read_bytes() == blob
     assert new.token != old.token
-    # Woken, the old owner asked for nothing more: every range asked for since the takeover was
-    # the new owner's, and none twice.
-    after = [span(r, size) for method, _path, r in requests[taken_at:] if method == "GET"]
-    assert after, requests
-    assert_disjoint(after, rel)
-    assert sum(e - s for s, e in after) <= size - MIB
+    # Since the takeover, the ranges fetched are the new owner's, none twice. Woken, the old
+    # owner may send the one request each of its connections had passed its claim check for
+    # as it froze (no check is atomic with a send), but no other: each of its threads checks
+    # the claim again before it writes or asks for more, and finds it lost.
+    after = [
+        (span(r, size), port)
+        for (method, _path, r), port in zip(requests[taken_at:], ports[taken_at:], strict=True)
+        if method == "GET"
+    ]
+    fetched = [rng for rng, port in after if port not in frozen_ports]
+    woken = [port for _rng, port in after if port in frozen_ports]
+    assert fetched, (requests, ports, frozen_ports)
+    since = f"{rel}; since the takeover (range, client port): {after}; frozen: {frozen_ports}"
+    assert_disjoint(fetched, since)
+    assert sum(e - s for s, e in fetched) <= size - MIB, since
+    assert len(woken) == len(set(woken)) <= len(frozen_ports), (after, frozen_ports)
     assert f"{rel}: another worker took its download over" in logs["frozen"]
     assert f"{rel}: ready (made ready by another worker)" in logs["frozen"]
     assert logs["new"].count(f"{rel}: ready ({server.url}/a.bin)") == 1
