@@ -139,3 +139,45 @@ def test_sigterm_to_the_bench_stops_the_comfyui_it_started(tmp_path):
         if comfy_pid_file.is_file() and comfy_pid_file.read_text():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(comfy_pid_file.read_text()), signal.SIGKILL)
+
+
+def test_a_stop_as_the_server_starts_still_stops_the_comfyui_it_launched(tmp_path, monkeypatch):
+    """SIGTERM's SystemExit can land as `start()` returns, before the run's cleanup is set up:
+    the ComfyUI it launched must stop all the same."""
+    from scripts import bench_gpu
+    from scripts.gpu_bench import jobs
+
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "main.py").write_text(SILENT_MAIN, encoding="utf-8")
+    comfy_pid_file = tmp_path / "silent.pid"
+    monkeypatch.setenv("SILENT_COMFYUI_PID", str(comfy_pid_file))
+    args = bench_gpu.parse_args([
+        "--comfyui-dir", str(comfy), "--models-root", str(tmp_path / "models"),
+        "--out", str(tmp_path / "out"), "--weights", "none", "--vram-budget-mib", "0",
+        "--stack", "host", "--attention", "sdpa", "--sizes", "128x128", "--jobs", "1",
+        "--port", str(free_port()),
+    ])  # fmt: skip
+    args.out.mkdir()
+    launched: list[subprocess.Popen[bytes]] = []
+    start = comfyui.ComfyServer.start
+
+    def start_then_stopped(server: comfyui.ComfyServer) -> None:
+        start(server)
+        assert server.proc is not None
+        launched.append(server.proc)
+        wait_for_file(comfy_pid_file, server.proc)  # running, as the signal finds it
+        raise SystemExit(128 + signal.SIGTERM)  # what bench_gpu's SIGTERM handler raises
+
+    monkeypatch.setattr(comfyui.ComfyServer, "start", start_then_stopped)
+    try:
+        with pytest.raises(SystemExit):
+            jobs.run_server(args, [(128, 128)], "sdpa", tmp_path / "workflow.json", None)
+        [proc] = launched
+        assert proc.poll() == -signal.SIGTERM  # stopped by the run's cleanup, and reaped
+        assert not (args.out / "comfyui.pid").exists()
+    finally:
+        for proc in launched:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
