@@ -45,6 +45,24 @@ def listener() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
+def silent_comfyui(tmp_path: Path) -> tuple[Path, Path]:
+    """A ComfyUI folder whose main.py is SILENT_MAIN, and the file it writes its PID to."""
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "main.py").write_text(SILENT_MAIN, encoding="utf-8")
+    return comfy, tmp_path / "silent.pid"
+
+
+def bench_args(comfy: Path, tmp_path: Path) -> list[str]:
+    """bench_gpu's arguments for one quick job on `comfy`, with no GPU and no weights."""
+    return [
+        "--comfyui-dir", str(comfy), "--models-root", str(tmp_path / "models"),
+        "--out", str(tmp_path / "out"), "--weights", "none", "--vram-budget-mib", "0",
+        "--stack", "host", "--attention", "sdpa", "--sizes", "128x128", "--jobs", "1",
+        "--port", str(free_port()),
+    ]  # fmt: skip
+
+
 def wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -97,17 +115,9 @@ def test_a_free_port_is_not_in_use():
 
 
 def test_sigterm_to_the_bench_stops_the_comfyui_it_started(tmp_path):
-    comfy = tmp_path / "ComfyUI"
-    comfy.mkdir()
-    (comfy / "main.py").write_text(SILENT_MAIN, encoding="utf-8")
-    comfy_pid_file = tmp_path / "silent.pid"
+    comfy, comfy_pid_file = silent_comfyui(tmp_path)
     out = tmp_path / "out"
-    command = [
-        sys.executable, "scripts/bench_gpu.py", "--comfyui-dir", str(comfy),
-        "--models-root", str(tmp_path / "models"), "--out", str(out), "--weights", "none",
-        "--vram-budget-mib", "0", "--stack", "host", "--attention", "sdpa",
-        "--sizes", "128x128", "--jobs", "1", "--port", str(free_port()),
-    ]  # fmt: skip
+    command = [sys.executable, "scripts/bench_gpu.py", *bench_args(comfy, tmp_path)]
     stderr = tmp_path / "bench.stderr"
     with stderr.open("wb") as stderr_file:
         bench = subprocess.Popen(
@@ -147,17 +157,9 @@ def test_a_stop_as_the_server_starts_still_stops_the_comfyui_it_launched(tmp_pat
     from scripts import bench_gpu
     from scripts.gpu_bench import jobs
 
-    comfy = tmp_path / "ComfyUI"
-    comfy.mkdir()
-    (comfy / "main.py").write_text(SILENT_MAIN, encoding="utf-8")
-    comfy_pid_file = tmp_path / "silent.pid"
+    comfy, comfy_pid_file = silent_comfyui(tmp_path)
     monkeypatch.setenv("SILENT_COMFYUI_PID", str(comfy_pid_file))
-    args = bench_gpu.parse_args([
-        "--comfyui-dir", str(comfy), "--models-root", str(tmp_path / "models"),
-        "--out", str(tmp_path / "out"), "--weights", "none", "--vram-budget-mib", "0",
-        "--stack", "host", "--attention", "sdpa", "--sizes", "128x128", "--jobs", "1",
-        "--port", str(free_port()),
-    ])  # fmt: skip
+    args = bench_gpu.parse_args(bench_args(comfy, tmp_path))
     args.out.mkdir()
     launched: list[subprocess.Popen[bytes]] = []
     start = comfyui.ComfyServer.start
